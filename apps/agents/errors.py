@@ -1,0 +1,34 @@
+"""The application's one error type. The API's exception handler renders it as
+`{"error": {"code", "message", "fields"?}}` with `status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApplicationError(Exception):
+    status = 400
+
+    def __init__(
+        self, message: str, *, code: str = "invalid", status: int | None = None, fields: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        if status is not None:
+            self.status = status
+        self.fields = fields
+
+
+class IllegalTransition(ApplicationError):
+    """An execution was asked to move to a state its current state does not allow. Nothing was changed."""
+
+    status = 409
+
+    def __init__(self, execution_id: object, current: str | None, target: str) -> None:
+        super().__init__(
+            f"execution {execution_id} cannot go from {current or 'missing'} to {target}",
+            code="illegal_transition",
+        )
+        self.current = current
+        self.target = target

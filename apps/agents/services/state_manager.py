@@ -1,0 +1,253 @@
+"""Every status change of an execution goes through here (seed: StateManager).
+
+Each transition is one conditional UPDATE (`filter(pk=..., status__in=allowed).update(...)`), so two
+processes racing to finish the same row cannot both win, and a terminal row never changes again. An illegal
+transition raises IllegalTransition and writes nothing.
+
+Lifecycle: pending -> running -> completed | failed | cancelled, pending -> cancelled, and pending -> failed
+(ARCHITECTURE.md omits the last; without it a queued row whose message was lost could never end).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.agents.errors import IllegalTransition
+from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
+
+logger = logging.getLogger(__name__)
+
+S = ExecutionStatus
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    S.RUNNING: (S.PENDING,),
+    S.COMPLETED: (S.RUNNING,),
+    S.FAILED: (S.PENDING, S.RUNNING),
+    S.CANCELLED: (S.PENDING, S.RUNNING),
+}
+
+# Slack on top of an agent's own timeout before the reaper may call a silent running row lost.
+DEADLINE_GRACE = timedelta(seconds=30)
+
+
+def _attempt_dicts(attempts: Iterable[Any]) -> list[dict[str, Any]]:
+    return [a.to_dict() if hasattr(a, "to_dict") else dict(a) for a in attempts]
+
+
+class StateManager:
+    """Sync methods for views, tasks and commands; `a`-prefixed async twins for the engine."""
+
+    # ---------------------------------------------------------------- create
+    def _new_execution(
+        self,
+        *,
+        agent: Agent,
+        input_data: Mapping[str, Any],
+        user: Any = None,
+        context: Mapping[str, Any] | None = None,
+        conversation: Conversation | None = None,
+        mode: str = ExecutionMode.SYNC,
+        running: bool = False,
+        idempotency_key: str | None = None,
+        request_hash: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        pending_deadline: timedelta | None = None,
+    ) -> AgentExecution:
+        now = timezone.now()
+        execution = AgentExecution(
+            agent=agent,
+            agent_slug=agent.agent_id,
+            user=user if getattr(user, "is_authenticated", False) else None,
+            conversation=conversation,
+            mode=mode,
+            input_data=dict(input_data),
+            context=dict(context or {}),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            metadata=dict(metadata or {}),
+        )
+        if running:
+            # Synchronous runs are inserted already running: one write instead of two (ARCHITECTURE.md).
+            execution.status = S.RUNNING
+            execution.started_at = now
+            execution.heartbeat_at = now
+            execution.deadline_at = now + timedelta(seconds=agent.timeout_seconds) + DEADLINE_GRACE
+        else:
+            execution.status = S.PENDING
+            execution.deadline_at = now + (pending_deadline or timedelta(hours=1))
+        return execution
+
+    def create_execution(self, **kwargs: Any) -> AgentExecution:
+        execution = self._new_execution(**kwargs)
+        execution.save(force_insert=True)
+        return execution
+
+    async def acreate_execution(self, **kwargs: Any) -> AgentExecution:
+        execution = self._new_execution(**kwargs)
+        await execution.asave(force_insert=True)
+        return execution
+
+    # ---------------------------------------------------------------- transitions
+    def _plan(self, execution: AgentExecution, target: str, fields: dict[str, Any]) -> tuple[Q, dict[str, Any]]:
+        now = timezone.now()
+        fields = {**fields, "status": target, "updated_at": now}
+        if target == S.RUNNING:
+            fields.setdefault("started_at", now)
+            fields.setdefault("heartbeat_at", now)
+            timeout = execution.agent.timeout_seconds if execution.agent_id else 3600
+            fields.setdefault("deadline_at", now + timedelta(seconds=timeout) + DEADLINE_GRACE)
+        else:
+            fields.setdefault("finished_at", now)
+            if fields.get("execution_time") is None:
+                started = execution.started_at
+                fields["execution_time"] = (now - started).total_seconds() if started else 0.0
+        return Q(pk=execution.pk, status__in=ALLOWED_FROM[target]), fields
+
+    def _applied(self, execution: AgentExecution, fields: dict[str, Any]) -> AgentExecution:
+        for name, value in fields.items():
+            setattr(execution, name, value)
+        return execution
+
+    def _illegal(self, execution: AgentExecution, target: str) -> IllegalTransition:
+        current = AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
+        return IllegalTransition(execution.pk, current, target)
+
+    def transition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
+        where, fields = self._plan(execution, target, fields)
+        if AgentExecution.objects.filter(where).update(**fields) != 1:
+            raise self._illegal(execution, target)
+        logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
+        return self._applied(execution, fields)
+
+    async def atransition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
+        where, fields = self._plan(execution, target, fields)
+        if await AgentExecution.objects.filter(where).aupdate(**fields) != 1:
+            current = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
+            raise IllegalTransition(execution.pk, current, target)
+        logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
+        return self._applied(execution, fields)
+
+    @staticmethod
+    def _outcome_fields(
+        *,
+        output: Any = None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost: Decimal = Decimal("0"),
+        platform: str | None = None,
+        model: str | None = None,
+        attempts: Sequence[Any] = (),
+        execution_time: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "output": output,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost": cost,
+            "platform_used": platform or "",
+            "model_used": model or "",
+            "attempts": _attempt_dicts(attempts),
+            "execution_time": execution_time,
+        }
+        if metadata is not None:
+            fields["metadata"] = dict(metadata)
+        return fields
+
+    def start_execution(self, execution: AgentExecution) -> AgentExecution:
+        return self.transition(execution, S.RUNNING)
+
+    async def astart_execution(self, execution: AgentExecution) -> AgentExecution:
+        return await self.atransition(execution, S.RUNNING)
+
+    def complete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
+        return self.transition(execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome))
+
+    async def acomplete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
+        return await self.atransition(
+            execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome)
+        )
+
+    def fail_execution(self, execution: AgentExecution, *, code: str, message: str, **outcome: Any) -> AgentExecution:
+        return self.transition(
+            execution, S.FAILED, error_code=code, error_message=message[:10_000], **self._outcome_fields(**outcome)
+        )
+
+    async def afail_execution(
+        self, execution: AgentExecution, *, code: str, message: str, **outcome: Any
+    ) -> AgentExecution:
+        return await self.atransition(
+            execution, S.FAILED, error_code=code, error_message=message[:10_000], **self._outcome_fields(**outcome)
+        )
+
+    def cancel_execution(
+        self, execution: AgentExecution, *, message: str = "cancelled", **outcome: Any
+    ) -> AgentExecution:
+        return self.transition(
+            execution,
+            S.CANCELLED,
+            error_code="cancelled_by_user",
+            error_message=message,
+            **self._outcome_fields(**outcome),
+        )
+
+    async def acancel_execution(
+        self, execution: AgentExecution, *, message: str = "cancelled", **outcome: Any
+    ) -> AgentExecution:
+        return await self.atransition(
+            execution,
+            S.CANCELLED,
+            error_code="cancelled_by_user",
+            error_message=message,
+            **self._outcome_fields(**outcome),
+        )
+
+    # ---------------------------------------------------------------- liveness
+    def heartbeat(self, execution: AgentExecution) -> bool:
+        """Mark a running row alive. False when the row is no longer running (another process ended it)."""
+        return AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).update(heartbeat_at=timezone.now()) == 1
+
+    async def aheartbeat(self, execution: AgentExecution) -> bool:
+        updated = await AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).aupdate(
+            heartbeat_at=timezone.now()
+        )
+        return updated == 1
+
+    def request_cancel(self, execution: AgentExecution) -> bool:
+        """Flag a live row for cancellation by whichever process holds it. False if it is already terminal."""
+        now = timezone.now()
+        updated = AgentExecution.objects.filter(pk=execution.pk, status__in=(S.PENDING, S.RUNNING)).update(
+            cancel_requested_at=now, updated_at=now
+        )
+        if updated:
+            execution.cancel_requested_at = now
+        return updated == 1
+
+    # ---------------------------------------------------------------- reads
+    def get_execution(self, execution_id: Any) -> AgentExecution | None:
+        return AgentExecution.objects.select_related("agent").filter(pk=execution_id).first()
+
+    async def aget_execution(self, execution_id: Any) -> AgentExecution | None:
+        return await AgentExecution.objects.select_related("agent").filter(pk=execution_id).afirst()
+
+    def get_agent_executions(self, agent: Agent, limit: int = 50) -> list[AgentExecution]:
+        return list(AgentExecution.objects.filter(agent=agent).order_by("-created_at")[:limit])
+
+    async def aget_agent_executions(self, agent: Agent, limit: int = 50) -> list[AgentExecution]:
+        return [e async for e in AgentExecution.objects.filter(agent=agent).order_by("-created_at")[:limit]]
+
+    def stale_running(self, now: datetime | None = None) -> list[AgentExecution]:
+        """Live rows past their deadline: what the reaper fails."""
+        now = now or timezone.now()
+        return list(
+            AgentExecution.objects.filter(status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now).select_related("agent")
+        )
+
+
+state_manager = StateManager()

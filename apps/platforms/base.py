@@ -1,0 +1,128 @@
+"""The one interface every platform implements, and the typed values that cross it.
+
+A platform is two methods (`generate`, `stream`); each adapter maps its provider's wire types onto these
+dataclasses exhaustively so that the engine never sees an SDK type.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call requested by the model. `arguments` is the parsed JSON object."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str = ""
+    # Set on assistant messages that asked for tools.
+    tool_calls: tuple[ToolCall, ...] = ()
+    # Set on role="tool" messages: which call this is the result of, and the tool's name.
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    name: str
+    description: str
+    parameters: Mapping[str, Any]  # JSON Schema of the arguments object
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    messages: Sequence[ChatMessage]
+    system_prompt: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    # When set, the platform is asked for JSON matching this schema (native structured output or a grammar).
+    json_schema: Mapping[str, Any] | None = None
+    tools: Sequence[ToolDefinition] = ()
+    # Seconds for the whole request (connect + response); None means the platform default.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens)
+
+
+# Normalised finish reasons. Adapters map provider values onto these.
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str  # the model the provider reports having used
+    tool_calls: tuple[ToolCall, ...] = ()
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a stream. Text chunks carry only `text`; the last chunk of every complete stream carries
+    `finish_reason` and `usage` (and any tool calls, assembled whole). A stream that ends without such a chunk
+    raises PlatformError instead: adapters never invent a finish reason."""
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformInfo:
+    name: str
+    default_model: str
+    base_url: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Platform(abc.ABC):
+    """A configured AI platform. One instance per process, holding one reusable SDK client."""
+
+    #: Registry name: "openai", "anthropic", "gemini" or "local".
+    name: str
+    default_model: str
+
+    @abc.abstractmethod
+    async def generate(self, request: CompletionRequest) -> Completion:
+        """Return the whole completion or raise PlatformError."""
+
+    @abc.abstractmethod
+    def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        """Yield chunks as they arrive, ending with a chunk that has finish_reason and usage; raise
+        PlatformError on any failure, including a stream that closes before its finish reason.
+        Closing the iterator (or cancelling the task consuming it) closes the upstream request."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release the client's connections."""
+
+    def info(self) -> PlatformInfo:
+        return PlatformInfo(name=self.name, default_model=self.default_model)

@@ -1,0 +1,100 @@
+"""One error type for every platform failure. The retry loop reads `retryable`; it never guesses from text."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorKind = Literal[
+    "rate_limited",  # 429
+    "server_error",  # 5xx
+    "timeout",  # no answer in time
+    "connection",  # refused, reset, DNS
+    "bad_request",  # 400/422: the request itself is wrong; never retried nor sent elsewhere
+    "auth",  # 401/403
+    "not_found",  # 404, e.g. unknown model
+    "refusal",  # content policy / safety block
+    "incomplete_stream",  # the stream closed before its finish reason
+    "malformed_response",  # the provider answered something we cannot parse
+    "unavailable",  # platform not configured or cooling down
+]
+
+
+class PlatformError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        kind: ErrorKind,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.kind = kind
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def may_fall_back(self) -> bool:
+        """A wrong request is wrong everywhere; everything else may be tried on another platform."""
+        return self.kind != "bad_request"
+
+    def __str__(self) -> str:
+        status = f" {self.status}" if self.status is not None else ""
+        return f"{self.provider}{status} {self.kind}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"PlatformError(provider={self.provider!r}, kind={self.kind!r}, status={self.status!r}, "
+            f"retryable={self.retryable!r}, retry_after={self.retry_after!r}, message={self.message!r})"
+        )
+
+
+def retryable_for_status(status: int) -> bool:
+    return status == 408 or status == 409 or status == 429 or status >= 500
+
+
+def kind_for_status(status: int) -> ErrorKind:
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "server_error"
+    return "bad_request"
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None if absent or invalid."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    raw_ms = get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
