@@ -8,6 +8,15 @@ import pytest
 
 from tests.factories import UserFactory
 
+# Each fake lives in its own module with its own fixtures.
+pytest_plugins = [
+    "tests.fakes.openai_server",
+    "tests.fakes.anthropic_server",
+    "tests.fakes.gemini_server",
+    "tests.fakes.platform",
+    "tests.fakes.live_server",
+]
+
 
 @pytest.fixture(autouse=True)
 def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
