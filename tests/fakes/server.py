@@ -8,6 +8,7 @@ its wire format, JSON or SSE. Tests queue replies and faults, then assert on `re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -39,6 +40,7 @@ class Fault:
     delay: float = 0.0
     after_chunks: int = 1
     message: str = "fake failure"
+    code: str | None = None  # provider error code in the body, e.g. "content_policy_violation"
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Reply:
     finish_reason: str | None = None  # provider-specific default when None
     model: str | None = None  # default: the model asked for
     chunk_delay: float = 0.0  # seconds between streamed chunks
+    refusal: str | None = None  # the model declines (OpenAI `message.refusal`; others map it as they can)
 
     def pieces(self) -> list[str]:
         if not self.text:
@@ -78,6 +81,9 @@ class FakeProviderServer:
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.completed_responses = 0
+        # Bumped by reset(): a handler still finishing a previous test's request (a hang the client gave up
+        # on) must not count a disconnect against the next test.
+        self._generation = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -96,6 +102,7 @@ class FakeProviderServer:
         self.requests.clear()
         self.disconnects = 0
         self.completed_responses = 0
+        self._generation += 1
 
     @property
     def url(self) -> str:
@@ -160,11 +167,18 @@ class FakeProviderServer:
         self.requests.append(request)
         exchange = Exchange(self, receive, send)
         fault = self.faults.popleft() if self.faults else None
+        generation = self._generation
         try:
             await self.handle(request, exchange, fault)
-            self.completed_responses += 1
+            if generation == self._generation:
+                self.completed_responses += 1
         except ClientGone:
-            self.disconnects += 1
+            if generation == self._generation:
+                self.disconnects += 1
+        except ServerDropped:
+            pass
+        finally:
+            exchange.finish()
 
     async def handle(self, request: RecordedRequest, exchange: Exchange, fault: Fault | None) -> None:
         """Provider-specific: answer `request`, honouring `fault` (see Fault). Override in subclasses."""
@@ -178,6 +192,10 @@ class ClientGone(Exception):
     """The client closed the connection."""
 
 
+class ServerDropped(Exception):
+    """The fake closed the connection on purpose (drop_connection): neither a response nor a disconnect."""
+
+
 class Exchange:
     """Helpers to answer one request, noticing when the client goes away."""
 
@@ -186,14 +204,22 @@ class Exchange:
         self._receive = receive
         self._send = send
         self._gone = asyncio.Event()
+        self._finished = False
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
-            if message["type"] == "http.disconnect":
+            # Once the response is complete the server reports http.disconnect by itself: that is not the
+            # client going away, so it must not count as one.
+            if message["type"] == "http.disconnect" and not self._finished:
                 self._gone.set()
                 return
+
+    def finish(self) -> None:
+        """Stop watching for a disconnect (the response is complete, or the handler is done)."""
+        self._finished = True
+        self._watcher.cancel()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but raise ClientGone as soon as the client disconnects."""
@@ -207,7 +233,9 @@ class Exchange:
         await self._gone.wait()
         raise ClientGone
 
-    async def start(self, status: int, headers: dict[str, str] | None = None, content_type: str = "application/json") -> None:
+    async def start(
+        self, status: int, headers: dict[str, str] | None = None, content_type: str = "application/json"
+    ) -> None:
         if self._gone.is_set():
             raise ClientGone
         all_headers = [(b"content-type", content_type.encode())]
@@ -218,7 +246,11 @@ class Exchange:
     async def write(self, data: bytes, more: bool = True) -> None:
         if self._gone.is_set():
             raise ClientGone
-        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        if not more:
+            self.finish()
+            await self._send({"type": "http.response.body", "body": data, "more_body": False})
+            return
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
         # Yield so that a disconnect is noticed between chunks.
         await asyncio.sleep(0)
         if self._gone.is_set():
@@ -239,10 +271,23 @@ class Exchange:
 
     async def close(self) -> None:
         """Finish the response body (a clean close; for a cut stream call this without a finish event)."""
+        if self._gone.is_set():
+            raise ClientGone
+        self.finish()
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-        self._watcher.cancel()
 
     async def abort(self) -> None:
-        """Drop the connection: raising out of the ASGI app makes uvicorn close the socket."""
-        self._watcher.cancel()
-        raise ConnectionAbortedError("fake server drops the connection")
+        """Drop the connection without (the rest of) a response.
+
+        Raising out of the ASGI app is not enough: before the response has started, uvicorn answers 500
+        instead. So close the socket itself, reached through uvicorn's send callable (its request cycle holds
+        the transport); wait until uvicorn has noticed, so that it sends nothing more.
+        """
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is None:
+            raise RuntimeError("cannot reach the connection's transport (uvicorn internals changed)")
+        transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gone.wait(), timeout=1.0)
+        self.finish()
+        raise ServerDropped
