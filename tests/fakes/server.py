@@ -29,7 +29,8 @@ class Fault:
     status: answer `status` with the provider's error body (and Retry-After when `retry_after` is set).
     slow_first_byte: wait `delay` seconds before the first byte, then answer normally.
     hang: never answer (until the client gives up or disconnects).
-    cut_stream: stream `after_chunks` text chunks, then close the connection without a finish event.
+    cut_stream: stream `after_chunks` text chunks, then end the body without a finish event (with `abrupt`,
+        drop the socket instead, so the client sees a broken transfer rather than an early end).
     malformed_json: answer 200 with a body that is not JSON.
     drop_connection: close the socket without any response.
     """
@@ -41,6 +42,7 @@ class Fault:
     after_chunks: int = 1
     message: str = "fake failure"
     code: str | None = None  # provider error code in the body, e.g. "content_policy_violation"
+    abrupt: bool = False
 
 
 @dataclass
