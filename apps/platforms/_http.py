@@ -7,14 +7,18 @@ in authentication errors, and an error message ends up in logs, in the execution
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import anyio
 import httpx2
 
 from apps.platforms.errors import PlatformError, kind_for_status, parse_retry_after, retryable_for_status
+
+ClientT = TypeVar("ClientT")
 
 REDACTED = "[redacted]"
 # Longest provider message we keep: enough to diagnose, short enough for a log line and a DB column.
@@ -99,3 +103,45 @@ def parse_arguments(provider: str, raw: str | None, *, tool: str) -> Mapping[str
     if not isinstance(value, dict):
         raise malformed(provider, f"arguments of tool call {tool!r} are not a JSON object")
     return value
+
+
+class PerLoopClient(Generic[ClientT]):
+    """One SDK client per event loop, reused for every request on that loop.
+
+    An async HTTP client's pooled connections belong to the loop that opened them: reused from another loop
+    they fail ("Event loop is closed"). The ASGI server runs one loop for the life of the process, but a
+    Celery task or a sync caller runs each call in a fresh loop (asyncio.run, async_to_sync), so a single
+    client shared by all of them breaks from the second loop on. A closed loop's client is dropped (its
+    sockets died with the loop; they cannot be closed from another one).
+    """
+
+    def __init__(self, factory: Callable[[], ClientT], close: Callable[[ClientT], Awaitable[None]]) -> None:
+        self._factory = factory
+        self._close = close
+        # Built now so that a bad configuration fails at startup, not on the first request; it goes to the
+        # first loop that asks (usually the only one).
+        self._spare: ClientT | None = factory()
+        # Not weakly keyed: a client's pooled connections refer to their loop, so a weak key would never die.
+        # Clients of closed loops are dropped on the next get() instead.
+        self._clients: dict[asyncio.AbstractEventLoop, ClientT] = {}
+        self._lock = threading.Lock()  # loops in different threads may ask at the same time
+
+    def get(self) -> ClientT:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for closed in [other for other in self._clients if other.is_closed()]:
+                del self._clients[closed]
+            client = self._clients.get(loop)
+            if client is None:
+                client, self._spare = (self._spare or self._factory()), None
+                self._clients[loop] = client
+            return client
+
+    async def aclose(self) -> None:
+        """Close the current loop's client (a loop that is about to end should call this); clients of other
+        loops cannot be closed from here and stay with their loops."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.pop(loop, None)
+        if client is not None:
+            await self._close(client)

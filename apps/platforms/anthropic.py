@@ -74,22 +74,25 @@ class AnthropicPlatform(Platform):
         self.base_url = base_url or None
         self.timeout = timeout
         self._secret = api_key
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0
+        self._clients = _http.PerLoopClient(
+            lambda: anthropic.AsyncAnthropic(
+                api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0
+            ),
+            lambda client: client.close(),
         )
 
     def info(self) -> PlatformInfo:
         return PlatformInfo(name=self.name, default_model=self.default_model, base_url=self.base_url)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._clients.aclose()
 
     async def generate(self, request: CompletionRequest) -> Completion:
         params = self._params(request)
         try:
             # The SDK timeout bounds each network wait; this bounds the whole call, as the request promises.
             async with asyncio.timeout(request.timeout or self.timeout):
-                message = await self._client.messages.create(**params)
+                message = await self._clients.get().messages.create(**params)
         except Exception as exc:
             raise self._error(exc) from None
         return self._completion(message, params["model"], wrapped=is_wrapped(request))
@@ -99,7 +102,7 @@ class AnthropicPlatform(Platform):
         # the engine owns the overall deadline.
         params = self._params(request)
         try:
-            sdk_stream = await self._client.messages.create(**params, stream=True)
+            sdk_stream = await self._clients.get().messages.create(**params, stream=True)
         except Exception as exc:
             raise self._error(exc) from None
         state = StreamState(model=params["model"], output_tool=OUTPUT_TOOL, wrapped=is_wrapped(request))

@@ -60,11 +60,14 @@ class OpenAIPlatform(Platform):
         self.base_url = base_url or None
         self.timeout = timeout
         self._secret = api_key
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key or (NO_KEY if self.base_url else api_key),
-            base_url=self.base_url,
-            timeout=timeout,
-            max_retries=0,
+        self._clients = _http.PerLoopClient(
+            lambda: openai.AsyncOpenAI(
+                api_key=api_key or (NO_KEY if self.base_url else ""),
+                base_url=self.base_url,
+                timeout=timeout,
+                max_retries=0,
+            ),
+            lambda client: client.close(),
         )
         # OpenAI itself wants `max_completion_tokens` (its reasoning models reject `max_tokens`), while the
         # OpenAI-compatible servers we target (Ollama, LM Studio, older vLLM) only know `max_tokens`. The
@@ -75,7 +78,7 @@ class OpenAIPlatform(Platform):
         return PlatformInfo(name=self.name, default_model=self.default_model, base_url=self.base_url)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._clients.aclose()
 
     # ------------------------------------------------------------------ requests
     async def generate(self, request: CompletionRequest) -> Completion:
@@ -83,7 +86,7 @@ class OpenAIPlatform(Platform):
         try:
             # The SDK timeout bounds each network wait; this bounds the whole call, as the request promises.
             async with asyncio.timeout(request.timeout or self.timeout):
-                response = await self._client.chat.completions.create(**params)
+                response = await self._clients.get().chat.completions.create(**params)
         except Exception as exc:
             raise self._error(exc) from None
         return self._completion(response, params["model"])
@@ -95,7 +98,7 @@ class OpenAIPlatform(Platform):
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
         try:
-            sdk_stream = await self._client.chat.completions.create(**params)
+            sdk_stream = await self._clients.get().chat.completions.create(**params)
         except Exception as exc:
             raise self._error(exc) from None
         state = _StreamState(model=params["model"])

@@ -336,6 +336,18 @@ async def test_closing_the_stream_closes_the_upstream_request(platform, fake_ant
     assert fake_anthropic.completed_responses == 0
 
 
+def test_one_platform_serves_successive_event_loops(fake_anthropic):
+    # A Celery task or a sync caller runs each call in a fresh loop (asyncio.run); the pooled connections of
+    # a finished loop must not be reused from the next one.
+    instance = AnthropicPlatform(
+        api_key=KEY, base_url=fake_anthropic.url, default_model="claude-3-5-haiku-latest"
+    )
+
+    for _ in range(2):
+        assert asyncio.run(instance.generate(ask())).text == "Hello from the fake provider."
+        assert asyncio.run(collect(instance.stream(ask())))[-1].finish_reason == "stop"
+
+
 # ---------------------------------------------------------------------------------------------- faults
 FAULTS = [
     pytest.param(Fault("status", status=429, retry_after=7), "rate_limited", True, 429, id="429"),

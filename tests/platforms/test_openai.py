@@ -330,6 +330,16 @@ async def test_closing_the_stream_closes_the_upstream_request(platform, fake_ope
     assert fake_openai.completed_responses == 0
 
 
+def test_one_platform_serves_successive_event_loops(fake_openai):
+    # A Celery task or a sync caller runs each call in a fresh loop (asyncio.run); the pooled connections of
+    # a finished loop must not be reused from the next one.
+    instance = OpenAIPlatform(api_key=KEY, base_url=f"{fake_openai.url}/v1", default_model="gpt-4o-mini")
+
+    for _ in range(2):
+        assert asyncio.run(instance.generate(ask())).text == "Hello from the fake provider."
+        assert asyncio.run(collect(instance.stream(ask())))[-1].finish_reason == "stop"
+
+
 # ---------------------------------------------------------------------------------------------- faults
 FAULTS = [
     pytest.param(Fault("status", status=429, retry_after=7), "rate_limited", True, 429, id="429"),
