@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fakes.gemini_server",
     "tests.fakes.platform",
     "tests.fakes.live_server",
+    "tests.fakes.registry",
 ]
 
 

@@ -99,6 +99,11 @@ def get_registry() -> PlatformRegistry:
     return _registry
 
 
+def installed_registry() -> PlatformRegistry | None:
+    """The process-wide registry if one has been built or set, without building one."""
+    return _registry
+
+
 def set_registry(registry: PlatformRegistry | None) -> None:
     """Replace the process-wide registry (tests, or after settings change). None rebuilds on next use."""
     global _registry
@@ -106,5 +111,71 @@ def set_registry(registry: PlatformRegistry | None) -> None:
         _registry = registry
 
 
+# An OpenAI-compatible server (Ollama, vLLM, LM Studio) needs no key, but the SDK will not start without one.
+OPENAI_PLACEHOLDER_KEY = "not-needed"
+
+
 def build_registry_from_settings() -> PlatformRegistry:
-    raise NotImplementedError("filled in by the platform adapters work (issue 4)")
+    """Every platform the settings configure, and nothing else.
+
+    Adapter modules are imported only for configured platforms, so a process without keys never imports the
+    openai / anthropic / google SDKs (nor llama.cpp when the local model is off).
+    """
+    from django.conf import settings
+
+    from apps.platforms.pricing import Pricing
+
+    timeout = float(settings.PLATFORM_REQUEST_TIMEOUT)
+    platforms: dict[str, Platform] = {}
+    if settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL:
+        from apps.platforms.openai import OpenAIPlatform
+
+        platforms["openai"] = OpenAIPlatform(
+            api_key=settings.OPENAI_API_KEY or OPENAI_PLACEHOLDER_KEY,
+            base_url=settings.OPENAI_BASE_URL or None,
+            default_model=settings.OPENAI_DEFAULT_MODEL,
+            timeout=timeout,
+        )
+    if settings.ANTHROPIC_API_KEY:
+        from apps.platforms.anthropic import AnthropicPlatform
+
+        platforms["anthropic"] = AnthropicPlatform(
+            api_key=settings.ANTHROPIC_API_KEY,
+            base_url=settings.ANTHROPIC_BASE_URL or None,
+            default_model=settings.ANTHROPIC_DEFAULT_MODEL,
+            timeout=timeout,
+        )
+    if settings.GEMINI_API_KEY:
+        from apps.platforms.gemini import GeminiPlatform
+
+        platforms["gemini"] = GeminiPlatform(
+            api_key=settings.GEMINI_API_KEY,
+            base_url=settings.GEMINI_BASE_URL or None,
+            default_model=settings.GEMINI_DEFAULT_MODEL,
+            timeout=timeout,
+        )
+    if settings.LOCAL_ENABLED:
+        from apps.platforms.local import LocalPlatform
+
+        platforms["local"] = LocalPlatform(
+            model_path=settings.LOCAL_MODEL_PATH or None,
+            default_model=settings.LOCAL_DEFAULT_MODEL,
+            n_ctx=settings.LOCAL_CONTEXT_TOKENS,
+            n_threads=settings.LOCAL_THREADS,
+        )
+
+    order = [name.strip() for name in settings.PLATFORM_FALLBACK_ORDER if name.strip()]
+    for name in order:
+        if name not in PLATFORM_NAMES:
+            logger.warning("PLATFORM_FALLBACK_ORDER names an unknown platform %r; ignored", name)
+    default = settings.DEFAULT_PLATFORM or None
+    if default and default not in platforms:
+        hint = ENABLE_HINT.get(default, f"known platforms are {', '.join(PLATFORM_NAMES)}")
+        logger.warning("DEFAULT_PLATFORM %r is not configured (%s); using the fallback order", default, hint)
+    if not platforms:
+        logger.warning("no AI platform is configured; set a provider key or LOCAL_ENABLED=true")
+    registry = PlatformRegistry(
+        platforms, fallback_order=order, default=default, pricing=Pricing(settings.MODEL_PRICES)
+    )
+    logger.info("platforms configured: %s", ", ".join(registry.names()) or "none")
+    return registry
