@@ -96,7 +96,8 @@ _opened_responses: contextvars.ContextVar[list[Any] | None] = contextvars.Contex
 
 async def _remember_response(response: Any) -> None:
     opened = _opened_responses.get()
-    if opened is not None:
+    # Only streams: a later generate() in the same task must never be closed by an abandoned stream's cleanup.
+    if opened is not None and response.request.url.params.get("alt") == "sse":
         opened.append(response)
 
 

@@ -3,6 +3,7 @@ and answers are mapped. Faults, cancellation and key hygiene: test_gemini_faults
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -264,3 +265,16 @@ async def test_malformed_function_call_finish_is_a_retryable_malformed_response(
     error = await failure(gemini, ask(), streaming=False)
 
     assert (error.kind, error.retryable) == ("malformed_response", True)
+
+
+def test_one_platform_serves_successive_event_loops(fake_gemini):
+    """Celery tasks and sync callers run each call in a fresh loop (asyncio.run): a connection pooled on a
+    dead loop must not be reused. google-genai keeps a pool per loop when it owns its httpx client (here)."""
+    platform = make_platform(fake_gemini.url)
+    fake_gemini.reply(text="first")
+    fake_gemini.reply(text="second")
+
+    texts = [asyncio.run(platform.generate(ask())).text for _ in range(2)]
+    asyncio.run(platform.aclose())
+
+    assert texts == ["first", "second"]
