@@ -90,6 +90,9 @@ class Agent(TimeStamped):
         default=10, validators=[MinValueValidator(1), MaxValueValidator(200)]
     )
     max_tool_calls = models.PositiveSmallIntegerField(default=10, validators=[MaxValueValidator(100)])
+    # For agents seeded from apps/agents/catalog/: the hash of the catalog values last written to this row.
+    # When the row's values no longer hash to it, someone edited the agent, and seed_agents leaves it alone.
+    catalog_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["name"]
