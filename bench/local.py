@@ -1,7 +1,7 @@
 """Tokens/s of our LocalPlatform (generate and stream) next to raw llama-cpp-python on the same model, prompt
 and settings (greedy, same max_tokens), plus how long a cancel takes to free the model.
 
-    .venv/bin/python bench/local.py [--runs 5] [--max-tokens 128]
+    .venv/bin/python bench/local.py [--runs 5] [--max-tokens 128] [--threads 2]
 
 Runs are interleaved (raw, ours, raw stream, ours stream, ...) so machine noise hits every variant alike.
 All variants share the one loaded model, so llama.cpp's prompt-prefix cache helps each of them the same way.
@@ -109,8 +109,8 @@ def summarise(samples: list[tuple[float, ...]]) -> dict[str, float]:
     return out
 
 
-async def main(runs: int, max_tokens: int) -> dict[str, object]:
-    local = LocalPlatform(default_model="smollm2-135m-instruct", n_ctx=2048, n_threads=2)
+async def main(runs: int, max_tokens: int, threads: int) -> dict[str, object]:
+    local = LocalPlatform(default_model="smollm2-135m-instruct", n_ctx=2048, n_threads=threads)
     load_started = time.perf_counter()
     llama = await local.load()
     load_seconds = time.perf_counter() - load_started
@@ -173,9 +173,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (LOCAL_THREADS)")
     args = parser.parse_args()
-    outcome = asyncio.run(main(args.runs, args.max_tokens))
+    outcome = asyncio.run(main(args.runs, args.max_tokens, args.threads))
     print_table(outcome)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "local.json").write_text(json.dumps(outcome, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'local.json'}")
+    name = "local.json" if args.threads == 2 else f"local-{args.threads}threads.json"
+    (RESULTS / name).write_text(json.dumps(outcome, indent=2) + "\n")
+    print(f"wrote {RESULTS / name}")

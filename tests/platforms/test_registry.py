@@ -216,7 +216,16 @@ def test_command_lists_platforms_models_urls_and_order_but_no_key(fake_registry,
     assert not any(key in output for key in TEST_KEYS)
 
 
-def test_command_ping_reports_each_platform(fake_registry, fake_openai, fake_anthropic, fake_gemini) -> None:
+def test_command_ping_reports_each_platform(
+    nothing_configured, fake_openai, fake_anthropic, fake_gemini
+) -> None:
+    """Built from settings pointing at the fakes, so the command owns (and closes) the SDK clients."""
+    nothing_configured.OPENAI_API_KEY = OPENAI_KEY
+    nothing_configured.OPENAI_BASE_URL = fake_openai.url + "/v1"
+    nothing_configured.ANTHROPIC_API_KEY = ANTHROPIC_KEY
+    nothing_configured.ANTHROPIC_BASE_URL = fake_anthropic.url
+    nothing_configured.GEMINI_API_KEY = GEMINI_KEY
+    nothing_configured.GEMINI_BASE_URL = fake_gemini.url
     fake_anthropic.fail(Fault(kind="status", status=503))
 
     output, error = run_platforms("--ping")
@@ -229,7 +238,9 @@ def test_command_ping_reports_each_platform(fake_registry, fake_openai, fake_ant
     sent = fake_openai.requests[0].body
     assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 1
     assert len(fake_gemini.requests) == 1
-    assert not any(key in output for key in TEST_KEYS)
+    assert not any(key in output for key in (OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY))
+    # The command built this registry, so it closed it and the next use builds a fresh one.
+    assert installed_registry() is None
 
 
 def test_command_never_prints_a_configured_key_even_if_the_provider_echoes_it(
@@ -278,3 +289,17 @@ def test_command_with_nothing_configured_says_how_to_enable(nothing_configured) 
     assert output.startswith("No AI platform is configured.")
     assert "Not configured: openai (set OPENAI_API_KEY" in output
     assert "Not configured: local (set LOCAL_ENABLED=true)" in output
+
+
+async def test_fake_registry_wires_real_adapters_to_the_fakes_with_real_pricing(fake_registry) -> None:
+    assert get_registry() is fake_registry
+    assert fake_registry.chain(None) == ["openai", "anthropic", "gemini"]
+    for name in fake_registry.names():
+        platform = fake_registry.get(name)
+        completion = await platform.generate(
+            CompletionRequest(model=platform.default_model, messages=[ChatMessage(role="user", content="hi")])
+        )
+
+        assert completion.text == "Hello from the fake provider."
+        assert completion.usage == Usage(11, 7)
+        assert fake_registry.cost(name, platform.default_model, completion.usage) > 0

@@ -14,7 +14,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.platforms.base import ChatMessage, CompletionRequest
 from apps.platforms.errors import PlatformError
-from apps.platforms.registry import ENABLE_HINT, PLATFORM_NAMES, PlatformRegistry, get_registry
+from apps.platforms.registry import (
+    ENABLE_HINT,
+    PLATFORM_NAMES,
+    PlatformRegistry,
+    get_registry,
+    installed_registry,
+    set_registry,
+)
 
 SECRET_SETTINGS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")
 
@@ -43,11 +50,17 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=30.0, help="seconds per ping (default 30)")
 
     def handle(self, *args: object, **options: object) -> None:
+        # A registry this command builds is this command's to close: its SDK clients open connections on the
+        # command's own event loop, which is gone afterwards. One installed by someone else stays theirs.
+        owned = installed_registry() is None
         registry = get_registry()
         rows = [self._row(registry, name) for name in registry.names()]
         if options["ping"] and rows:
-            results = asyncio.run(ping_all(registry, [r.name for r in rows], float(options["timeout"])))
+            names = [r.name for r in rows]
+            results = asyncio.run(ping_all(registry, names, float(options["timeout"]), close=owned))
             rows = [Row(r.name, r.default_model, r.where, r.is_default, results[r.name]) for r in rows]
+            if owned:
+                set_registry(None)
 
         secrets = [value for value in (getattr(settings, s, "") for s in SECRET_SETTINGS) if value]
         if self.stdout.isatty():
@@ -72,9 +85,15 @@ class Command(BaseCommand):
         return Row(name, info.default_model, where, name == registry.default_platform())
 
 
-async def ping_all(registry: PlatformRegistry, names: Iterable[str], seconds: float) -> dict[str, PingResult]:
+async def ping_all(
+    registry: PlatformRegistry, names: Iterable[str], seconds: float, *, close: bool = False
+) -> dict[str, PingResult]:
     names = list(names)
-    results = await asyncio.gather(*(ping(registry, name, seconds) for name in names))
+    try:
+        results = await asyncio.gather(*(ping(registry, name, seconds) for name in names))
+    finally:
+        if close:
+            await registry.aclose()
     return dict(zip(names, results, strict=True))
 
 
