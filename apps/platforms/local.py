@@ -98,7 +98,6 @@ class _Job:
     grammar: LlamaGrammar | None
     emit: Callable[[tuple[Any, ...]], None]
     cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class _SharedModel:
@@ -113,10 +112,6 @@ class _SharedModel:
         self._llama: Llama | None = None
         self._format: Callable[..., Any] | None = None
         self._load_lock = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self._llama is not None
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -174,8 +169,6 @@ class _SharedModel:
         except Exception as exc:
             self.last_run = GenerationRecord("error", 0, 0)
             job.emit(("error", _map_llama_error(exc)))
-        finally:
-            job.done.set()
 
     def _generate(self, job: _Job) -> GenerationRecord:
         import llama_cpp
@@ -225,7 +218,8 @@ class _SharedModel:
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     outcome = "stop"
                     break
-                piece = llama.detokenize([token], prev_tokens=prompt + completion)
+                # No prev_tokens: llama.cpp's own tokenizer ignores them (only the HF tokenizer uses them).
+                piece = llama.detokenize([token])
                 completion.append(token)
                 text += decoder.decode(piece)
                 stop_at = _first_stop(text, stops)
