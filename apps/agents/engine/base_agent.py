@@ -1,0 +1,473 @@
+"""BaseAgent: one run's lifecycle over the platforms of a registry (seed: base_agent.py).
+
+    pre-hooks -> respond() [prepare_prompt, model calls with retries and fallback, process_response]
+              -> post-hooks -> AgentResult
+
+Rules (ARCHITECTURE.md "Retry and fallback rules"):
+- Only `PlatformError.retryable` errors are retried, with full-jitter backoff or the provider's Retry-After,
+  at most `max_retries` times per platform. A 400 (`bad_request`) fails the run at once with the provider's
+  message: the same request would be wrong everywhere. Anything else falls back to the next platform of
+  `registry.chain(preferred_platform)`; a platform in cooldown is skipped without a network call.
+- A request that already streamed text to the client is never retried or sent elsewhere.
+- `timeout_seconds` bounds the whole run (retries, fallbacks, tool calls).
+- CancelledError is never swallowed: it propagates, and closing the platform stream closes the HTTP request.
+  What the run used so far stays readable in its RunState.
+
+Pure Python: the registry is passed in; nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from apps.agents.engine.context import (
+    AgentConfig,
+    AgentContext,
+    AgentError,
+    AgentResult,
+    Attempt,
+    current_execution_id,
+)
+from apps.agents.engine.cooldown import Cooldowns
+from apps.agents.engine.events import (
+    ExecutionCompleted,
+    ExecutionFailed,
+    OutputDelta,
+    PlatformFallback,
+    StreamEvent,
+)
+from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
+from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
+from apps.agents.engine.tools import ToolRegistry, tool_registry
+from apps.platforms.base import (
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    Platform,
+    ToolDefinition,
+    Usage,
+)
+from apps.platforms.errors import PlatformError
+
+logger = logging.getLogger("apps.agents.engine")
+
+PreHook = Callable[[dict[str, Any], AgentContext], Awaitable[dict[str, Any] | None] | dict[str, Any] | None]
+PostHook = Callable[
+    [AgentResult, dict[str, Any], AgentContext], Awaitable[AgentResult | None] | AgentResult | None
+]
+
+# Keys of input_data that are not extra context for the prompt.
+PROMPT_KEYS = ("task", "message", "prompt")
+RESERVED_KEYS = (*PROMPT_KEYS, "output_format")
+
+_END = object()
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class BaseAgent:
+    #: Used when the agent's config leaves temperature empty.
+    default_temperature: float = 0.7
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        registry: Any,
+        *,
+        cooldowns: Cooldowns | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        retry_policy: RetryPolicy | None = None,
+        tools: ToolRegistry | None = None,
+    ) -> None:
+        self.config = config
+        # A PlatformRegistry (duck-typed: chain, get, cost), never imported here so the engine stays pure.
+        self.registry = registry
+        # Without a shared instance cooldowns last for this agent object only; the service passes the
+        # process-wide one so that one run's failures spare the next run the retries.
+        self.cooldowns = cooldowns if cooldowns is not None else Cooldowns()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.tools = tools if tools is not None else tool_registry
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
+        self._pre_hooks: list[PreHook] = []
+        self._post_hooks: list[PostHook] = []
+        #: The progress of the most recent run started on this instance.
+        self.last_run: RunState | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def temperature(self) -> float:
+        return self.config.temperature if self.config.temperature is not None else self.default_temperature
+
+    def add_pre_hook(self, hook: PreHook) -> None:
+        """`hook(input_data, context)` may return a changed input (or None to keep it) or raise HookVeto."""
+        self._pre_hooks.append(hook)
+
+    def add_post_hook(self, hook: PostHook) -> None:
+        """`hook(result, input_data, context)` may return a changed result (or None) or raise HookVeto.
+        It sees failed results too (check `result.success`), but not cancelled runs."""
+        self._post_hooks.append(hook)
+
+    # ------------------------------------------------------------------ seed API
+    async def execute(
+        self,
+        input_data: Mapping[str, Any],
+        context: AgentContext | None = None,
+        *,
+        run: RunState | None = None,
+    ) -> AgentResult:
+        """Run to the end and return the result. Provider failures give `success=False`; never raises for
+        them. CancelledError propagates (the run's progress stays in `run` / `self.last_run`)."""
+        return await self.run(input_data, context, run=run)
+
+    async def execute_streaming(
+        self,
+        input_data: Mapping[str, Any],
+        context: AgentContext | None = None,
+        *,
+        run: RunState | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Yield events as the run produces them, ending with ExecutionCompleted or ExecutionFailed.
+
+        The run executes in its own task: its deadline (asyncio.timeout) must not span this generator's
+        yields, where the consumer's code runs. Closing the generator or cancelling its consumer cancels
+        that task, which closes the upstream request before this returns.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(self.run(input_data, context, run=run, emit=queue.put))
+        task.add_done_callback(lambda _: queue.put_nowait(_END))
+        try:
+            while (event := await queue.get()) is not _END:
+                yield event
+            result: AgentResult = task.result()
+            if result.success:
+                yield ExecutionCompleted(result)
+            else:
+                assert result.error is not None
+                yield ExecutionFailed(result.error, result)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def prepare_prompt(self, input_data: Mapping[str, Any], context: AgentContext) -> str:
+        """The user message of this run: the task, then any other input fields as labelled context."""
+        task = next((str(input_data[k]) for k in PROMPT_KEYS if input_data.get(k)), "")
+        extras = [f"{key}: {value}" for key, value in input_data.items() if key not in RESERVED_KEYS]
+        if extras:
+            task += "\n\nInput:\n" + "\n".join(extras)
+        return task
+
+    async def process_response(
+        self, response: Completion, input_data: Mapping[str, Any], context: AgentContext
+    ) -> Any:
+        """The run's output from the final completion. Raise RunFailure to fail the run."""
+        return response.text
+
+    async def handle_error(
+        self, error: Exception, input_data: Mapping[str, Any], context: AgentContext
+    ) -> str:
+        """The message recorded for a failure. Adapters have already scrubbed keys from PlatformErrors."""
+        if isinstance(error, PlatformError):
+            return str(error)
+        return f"{type(error).__name__}: {error}"
+
+    async def pre_execute(self, input_data: dict[str, Any], context: AgentContext) -> dict[str, Any]:
+        for hook in self._pre_hooks:
+            changed = await _maybe_await(hook(input_data, context))
+            if changed is not None:
+                input_data = dict(changed)
+        return input_data
+
+    async def post_execute(
+        self, result: AgentResult, input_data: dict[str, Any], context: AgentContext
+    ) -> AgentResult:
+        for hook in self._post_hooks:
+            changed = await _maybe_await(hook(result, input_data, context))
+            if changed is not None:
+                result = changed
+        return result
+
+    # ------------------------------------------------------------------ the run
+    async def run(
+        self,
+        input_data: Mapping[str, Any],
+        context: AgentContext | None = None,
+        *,
+        run: RunState | None = None,
+        emit: Emit | None = None,
+    ) -> AgentResult:
+        """The whole run as one coroutine. With `emit`, platforms are streamed and every event is awaited
+        through it (the terminal event is the caller's to send, once it has recorded the result)."""
+        context = context if context is not None else AgentContext()
+        state = run if run is not None else RunState(started=self._clock())
+        self.last_run = state
+        scope = RunScope(dict(input_data), context, state, emit, clock=self._clock)
+        timeout = self.config.timeout_seconds
+        scope.deadline = self._clock() + timeout if timeout else None
+        try:
+            try:
+                async with asyncio.timeout(timeout or None) as timer:
+                    scope.timer = timer
+                    scope.input_data = await self.pre_execute(scope.input_data, context)
+                    output = await self.respond(scope)
+                    result = state.result(
+                        success=True, output=output, execution_time=state.elapsed(self._clock())
+                    )
+            except TimeoutError:
+                if not scope.deadline_expired():
+                    raise
+                self._log(scope, logging.WARNING, "run timed out after %ss", timeout)
+                result = self._failed(state, "timeout", f"the run did not finish within {timeout:g} s")
+            return await self.post_execute(result, scope.input_data, context)
+        except RunFailure as failure:
+            # Also a HookVeto from a pre- or post-hook; post-hooks do not see their own veto.
+            self._log(scope, logging.INFO, "run failed: %s %s", failure.code, failure.message)
+            return self._failed(state, failure.code, failure.message)
+
+    def _failed(self, state: RunState, code: Any, message: str) -> AgentResult:
+        result = state.partial_result(code, message)
+        result.execution_time = state.elapsed(self._clock())
+        return result
+
+    async def respond(self, scope: RunScope) -> Any:
+        """Produce the run's output. Subclasses override this (tool loop, structured output, history)."""
+        prompt = await self.prepare_prompt(scope.input_data, scope.context)
+        user = ChatMessage(role="user", content=prompt)
+        scope.state.transcript.append(user)
+        completion = await self.call_model(scope, [user])
+        scope.state.transcript.append(ChatMessage(role="assistant", content=completion.text))
+        scope.state.metadata["finish_reason"] = completion.finish_reason
+        return await self.process_response(completion, scope.input_data, scope.context)
+
+    # ------------------------------------------------------------------ one model call, every platform
+    async def call_model(
+        self,
+        scope: RunScope,
+        messages: Sequence[ChatMessage],
+        *,
+        system_prompt: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
+        tools: Sequence[ToolDefinition] = (),
+        stream_text: bool = True,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """One completion, with retries and fallback over the chain. Raises RunFailure when none answers.
+
+        Streams (and emits text deltas) when the run is streaming and `stream_text` is set; otherwise uses
+        generate(). Usage and cost of the answer are added to the run's state.
+        """
+        config = self.config
+        chain = self.registry.chain(config.preferred_platform or None)
+        if not chain:
+            raise RunFailure("no_platform", "no AI platform is configured")
+        stream = scope.streaming and stream_text
+        last_error: PlatformError | None = None
+        skipped: list[str] = []
+        previous: tuple[str, str] | None = None  # (platform, why we left it)
+        for name in chain:
+            left = self.cooldowns.remaining(name)
+            if left:
+                why = f"cooling down for {left:.0f} s after repeated failures"
+                self._record(scope, name, "", "cooldown", None, error=why)
+                skipped.append(f"{name}: {why}")
+                previous = (name, "cooldown")
+                continue
+            try:
+                platform: Platform = self.registry.get(name)
+            except PlatformError as exc:
+                self._record(scope, name, "", "unavailable", None, error=exc.message)
+                skipped.append(f"{name}: {exc.message}")
+                previous = (name, "unavailable")
+                continue
+            model = config.model if name == chain[0] and config.model else platform.default_model
+            if previous is not None:
+                self._log(
+                    scope, logging.INFO, "falling back from %s to %s (%s)", previous[0], name, previous[1]
+                )
+                await scope.send(PlatformFallback(previous[0], name, previous[1]))
+            request = CompletionRequest(
+                model=model,
+                messages=tuple(messages),
+                system_prompt=config.system_prompt if system_prompt is None else system_prompt,
+                temperature=self.temperature if temperature is None else temperature,
+                max_tokens=config.max_tokens if max_tokens is None else max_tokens,
+                json_schema=json_schema,
+                tools=tuple(tools),
+            )
+            completion, error = await self._try_platform(scope, name, platform, request, stream)
+            if completion is not None:
+                return completion
+            assert error is not None
+            last_error = error
+            previous = (name, error.kind if error.status is None else f"{error.kind} {error.status}")
+        if last_error is None:
+            raise RunFailure("no_platform", "no platform available: " + "; ".join(skipped))
+        message = await self.handle_error(last_error, scope.input_data, scope.context)
+        raise RunFailure("provider_error", f"every platform failed; last error: {message}")
+
+    async def _try_platform(
+        self, scope: RunScope, name: str, platform: Platform, request: CompletionRequest, stream: bool
+    ) -> tuple[Completion | None, PlatformError | None]:
+        """Up to 1 + max_retries attempts on one platform: (completion, None) or (None, the last error)."""
+        max_retries = max(0, self.config.max_retries)
+        for retry in range(max_retries + 1):
+            started = self._clock()
+            scope.sent_output = False
+            try:
+                try:
+                    if stream:
+                        completion = await self._stream_once(scope, platform, request)
+                    else:
+                        completion = await platform.generate(request)
+                except PlatformError:
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # an adapter bug must not escape as a crash of the run
+                    logger.exception("platform %s raised %s", name, type(exc).__name__)
+                    raise PlatformError(
+                        f"{type(exc).__name__}: {exc}", provider=name, kind="server_error", retryable=False
+                    ) from exc
+            except PlatformError as error:
+                self._record(
+                    scope,
+                    name,
+                    request.model,
+                    error.kind,
+                    started,
+                    error=error.message,
+                    http_status=error.status,
+                )
+                self.cooldowns.record_failure(name, error)
+                if scope.sent_output:
+                    raise RunFailure(
+                        "provider_error",
+                        f"the stream from {name} failed after output was sent: {error.message}",
+                    ) from None
+                if not error.may_fall_back:
+                    message = await self.handle_error(error, scope.input_data, scope.context)
+                    raise RunFailure("provider_error", message) from None
+                if not error.retryable or retry == max_retries:
+                    return None, error
+                delay = backoff_delay(
+                    retry, policy=self.retry_policy, rng=self._rng, retry_after=error.retry_after
+                )
+                if not fits_deadline(delay, scope.remaining()):
+                    self._log(
+                        scope, logging.INFO, "%s: a retry in %.2f s would pass the deadline", name, delay
+                    )
+                    return None, error
+                self._log(
+                    scope,
+                    logging.WARNING,
+                    "%s failed (%s); retry %d in %.2f s",
+                    name,
+                    error.kind,
+                    retry + 1,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            except asyncio.CancelledError:
+                expired = scope.deadline_expired()
+                status, why = (
+                    ("timeout", "the run's deadline passed") if expired else ("cancelled", "cancelled")
+                )
+                self._record(scope, name, request.model, status, started, error=why)
+                raise
+            model = completion.model or request.model
+            self._record(scope, name, model, "ok", started, completion=completion)
+            self.cooldowns.record_success(name)
+            state = scope.state
+            state.add_usage(completion.usage, self.registry.cost(name, model, completion.usage))
+            state.platform_used, state.model_used = name, model
+            state.last_text = completion.text
+            return completion, None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+    async def _stream_once(
+        self, scope: RunScope, platform: Platform, request: CompletionRequest
+    ) -> Completion:
+        parts: list[str] = []
+        final = None
+        chunks: AsyncIterator[Any] = platform.stream(request)
+        closer = getattr(chunks, "aclose", None)
+        try:
+            async for chunk in chunks:
+                if chunk.text:
+                    parts.append(chunk.text)
+                    scope.sent_output = True
+                    scope.state.streamed.append(chunk.text)
+                    await scope.send(OutputDelta(chunk.text))
+                if chunk.finish_reason is not None:
+                    final = chunk
+        finally:
+            # On cancellation or an error the generator may be suspended at a yield: close it now, which
+            # closes the HTTP response, rather than whenever the garbage collector gets to it.
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        if final is None:
+            raise PlatformError(
+                "the stream ended without a finish reason",
+                provider=platform.name,
+                kind="incomplete_stream",
+                retryable=True,
+            )
+        return Completion(
+            text="".join(parts),
+            finish_reason=final.finish_reason,
+            usage=final.usage or Usage(),
+            model=final.model or request.model,
+            tool_calls=final.tool_calls,
+            provider_id=final.provider_id,
+        )
+
+    # ------------------------------------------------------------------ records and logs
+    def _record(
+        self,
+        scope: RunScope,
+        platform: str,
+        model: str,
+        status: str,
+        started: float | None,
+        *,
+        error: str | None = None,
+        http_status: int | None = None,
+        completion: Completion | None = None,
+    ) -> None:
+        latency = 0.0 if started is None else round((self._clock() - started) * 1000, 2)
+        usage = completion.usage if completion is not None else None
+        scope.state.attempts.append(
+            Attempt(
+                platform=platform,
+                model=model,
+                status=status,
+                latency_ms=latency,
+                error=error,
+                http_status=http_status,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+            )
+        )
+
+    def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:
+        execution_id = scope.context.execution_id or current_execution_id.get() or "-"
+        logger.log(level, message, *args, extra={"execution_id": execution_id, "agent": self.config.agent_id})
+
+
+__all__ = ["AgentError", "BaseAgent", "HookVeto", "PostHook", "PreHook", "RunFailure", "RunState"]

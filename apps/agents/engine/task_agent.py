@@ -1,0 +1,128 @@
+"""TaskAgent: one task, one answer (seed: task_agent.py). Default temperature 0.3.
+
+Structured output: when the agent has an `output_schema`, or the input asks for `output_format: "json"`, the
+schema goes to the platform (native structured output where it has one), the answer is parsed as JSON and
+validated; an invalid answer is sent back to the model with the validation error, at most `MAX_REASKS`
+times, before the run fails with `invalid_output`. Tools: see tool_loop.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from apps.agents.engine.base_agent import BaseAgent
+from apps.agents.engine.context import AgentContext
+from apps.agents.engine.events import OutputDelta
+from apps.agents.engine.run import RunFailure, RunScope
+from apps.agents.engine.tool_loop import complete_with_tools
+from apps.platforms.base import ChatMessage, Completion
+
+MAX_REASKS = 2
+#: `output_format: "json"` without a schema: any JSON object (what every platform's JSON mode can promise).
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+_FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
+REASK = (
+    "Your previous answer was not valid: {error}\n"
+    "Answer again with only the JSON value, matching the schema exactly, and nothing else."
+)
+
+
+class InvalidOutput(Exception):
+    """The model's answer is not the JSON the agent promised. Raised by process_response."""
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def parse_json_output(text: str) -> Any:
+    """The JSON value in `text`, tolerating a Markdown code fence around it."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1).strip()
+    try:
+        return json.loads(stripped)
+    except ValueError as exc:
+        preview = stripped[:80] + ("..." if len(stripped) > 80 else "")
+        raise InvalidOutput(f"not valid JSON ({exc}): {preview!r}") from None
+
+
+def validate_output(value: Any, schema: Mapping[str, Any]) -> None:
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise InvalidOutput(f"does not match the schema at {where}: {error.message}")
+
+
+class TaskAgent(BaseAgent):
+    default_temperature = 0.3
+
+    def output_schema(self, input_data: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self.config.output_schema:
+            return self.config.output_schema
+        if input_data.get("output_format") == "json":
+            return ANY_JSON_OBJECT
+        return None
+
+    async def prepare_prompt(self, input_data: Mapping[str, Any], context: AgentContext) -> str:
+        prompt = await super().prepare_prompt(input_data, context)
+        schema = self.output_schema(input_data)
+        if schema is not None:
+            # Platforms without native structured output still get told; the answer is validated anyway.
+            prompt += "\n\nRespond with only JSON matching this JSON Schema:\n" + json.dumps(schema)
+        elif input_data.get("output_format"):
+            prompt += f"\n\nOutput format: {input_data['output_format']}"
+        return prompt
+
+    async def process_response(
+        self, response: Completion, input_data: Mapping[str, Any], context: AgentContext
+    ) -> Any:
+        schema = self.output_schema(input_data)
+        if schema is None:
+            return response.text
+        value = parse_json_output(response.text)
+        validate_output(value, schema)
+        return value
+
+    async def respond(self, scope: RunScope) -> Any:
+        schema = self.output_schema(scope.input_data)
+        prompt = await self.prepare_prompt(scope.input_data, scope.context)
+        user = ChatMessage(role="user", content=prompt)
+        scope.state.transcript.append(user)
+        messages = [user]
+        for reask in range(MAX_REASKS + 1):
+            # Structured answers are not streamed token by token: an answer that fails validation is
+            # re-asked, and a client must never receive text that is later taken back. The validated
+            # JSON is sent as one delta instead.
+            completion = await complete_with_tools(
+                self, scope, messages, json_schema=schema, stream_text=schema is None
+            )
+            scope.state.metadata["finish_reason"] = completion.finish_reason
+            try:
+                output = await self.process_response(completion, scope.input_data, scope.context)
+            except InvalidOutput as exc:
+                if reask == MAX_REASKS:
+                    raise RunFailure(
+                        "invalid_output", f"the output was still invalid after {MAX_REASKS} re-asks: {exc}"
+                    ) from None
+                scope.state.metadata["reasks"] = reask + 1
+                messages.append(ChatMessage(role="assistant", content=completion.text))
+                messages.append(ChatMessage(role="user", content=REASK.format(error=exc)))
+                continue
+            text = completion.text if schema is None else json.dumps(output, ensure_ascii=False)
+            scope.state.transcript.append(ChatMessage(role="assistant", content=text))
+            if schema is not None and scope.streaming:
+                scope.state.streamed.append(text)
+                await scope.send(OutputDelta(text))
+            return output
+        raise AssertionError("unreachable")  # pragma: no cover
