@@ -1,0 +1,65 @@
+"""Admin: agents are edited here (the seed's Phase 5 flow); executions are a read-only record."""
+
+from django.contrib import admin
+
+from apps.agents.models import Agent, AgentExecution, Conversation, Message
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("name", "agent_id", "agent_type", "preferred_platform", "model", "is_shared", "is_active")
+    list_filter = ("agent_type", "preferred_platform", "is_shared", "is_active")
+    search_fields = ("name", "agent_id", "description")
+    readonly_fields = ("id", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "agent_id", "description", "owner", "agent_type", "is_shared", "is_active")}),
+        ("Model", {"fields": ("preferred_platform", "model", "temperature", "max_tokens")}),
+        ("Behaviour", {"fields": ("system_prompt", "capabilities", "output_schema", "tools")}),
+        ("Limits", {"fields": ("timeout_seconds", "max_retries", "history_window", "max_tool_calls")}),
+        ("Record", {"fields": ("id", "created_at", "updated_at")}),
+    )
+
+
+@admin.register(AgentExecution)
+class AgentExecutionAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "agent_slug", "user", "status", "platform_used", "model_used", "tokens_used", "cost",
+        "execution_time", "created_at",
+    )
+    list_filter = ("status", "platform_used", "mode", "error_code", "agent")
+    search_fields = ("id", "agent_slug", "user__username", "error_message", "idempotency_key")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+
+    # A record of what happened: nobody edits, adds or deletes it by hand.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    fields = ("position", "role", "content", "tokens", "execution", "created_at")
+    readonly_fields = ("created_at",)
+    ordering = ("position",)
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ("id", "title", "owner", "agent", "created_at")
+    search_fields = ("id", "title", "owner__username")
+    list_filter = ("agent",)
+    inlines = [MessageInline]
+    readonly_fields = ("id", "summary_upto", "created_at", "updated_at")
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("conversation", "position", "role", "tokens", "created_at")
+    search_fields = ("content",)

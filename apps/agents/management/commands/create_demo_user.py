@@ -1,0 +1,38 @@
+"""Create the demo user when none exists, and print how to log in and call the API (`make run` runs it)."""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = "Create the demo user (DEMO_USER / DEMO_PASSWORD) if missing and print its API token."
+
+    def handle(self, *args, **options):
+        User = get_user_model()
+        username, password = settings.DEMO_USER, settings.DEMO_PASSWORD
+        user, created = User.objects.get_or_create(username=username, defaults={"is_staff": True})
+        if created:
+            user.set_password(password)
+            user.is_superuser = True
+            user.save()
+        token, _ = Token.objects.get_or_create(user=user)
+        base = "http://127.0.0.1:8000"
+        shown_password = password if created or user.check_password(password) else "(changed; not shown)"
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    f"Demo user {'created' if created else 'ready'}: {username} / {shown_password}",
+                    f"API token: {token.key}",
+                    f"Admin:     {base}/admin/   API docs: {base}/api/docs/",
+                    "Try it:",
+                    f'  curl -s {base}/api/v1/agents/ -H "Authorization: Token {token.key}"',
+                    f"  curl -s {base}/api/v1/agents/business-analyst/execute/ \\",
+                    f'    -H "Authorization: Token {token.key}" -H "Content-Type: application/json" \\',
+                    '    -d \'{"input_data": {"task": "Write one user story for a password reset"}}\'',
+                    "",
+                ]
+            )
+        )
