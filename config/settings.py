@@ -69,7 +69,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     # Tests use a file, not memory, so a live uvicorn server and a real Celery worker see the same rows.
-    DATABASES["default"]["TEST"] = {"NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / ".test-db.sqlite3"))}
+    DATABASES["default"]["TEST"] = {
+        "NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / ".test-db.sqlite3"))
+    }
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
@@ -96,6 +98,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.agents.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {
         "user": env("THROTTLE_USER_RATE", default="6000/min"),
         "execute": env("THROTTLE_EXECUTE_RATE", default="600/min"),
@@ -132,7 +135,9 @@ LOCAL_DEFAULT_MODEL = env("LOCAL_DEFAULT_MODEL", default="smollm2-135m-instruct"
 LOCAL_CONTEXT_TOKENS = env.int("LOCAL_CONTEXT_TOKENS", default=2048)
 LOCAL_THREADS = env.int("LOCAL_THREADS", default=2)
 # Order in which platforms are tried after the agent's preferred one. Unconfigured ones are skipped.
-PLATFORM_FALLBACK_ORDER = env.list("PLATFORM_FALLBACK_ORDER", default=["openai", "anthropic", "gemini", "local"])
+PLATFORM_FALLBACK_ORDER = env.list(
+    "PLATFORM_FALLBACK_ORDER", default=["openai", "anthropic", "gemini", "local"]
+)
 # Platform used by agents whose preferred_platform is empty: the first configured one in the order above.
 DEFAULT_PLATFORM = env("DEFAULT_PLATFORM", default="")
 PLATFORM_COOLDOWN_SECONDS = env.float("PLATFORM_COOLDOWN_SECONDS", default=30.0)
@@ -154,6 +159,16 @@ CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
+# A background run whose heartbeat is older than this lost its worker: the reaper fails it (worker_lost).
+EXECUTION_STALE_SECONDS = env.float("EXECUTION_STALE_SECONDS", default=30.0)
+# Longer than any run can last (Agent.timeout_seconds <= 3600 plus grace): a message is handed to another
+# worker only after this long without an ack, so a slow run is never started twice (config/celery.py).
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=7200)
+# Prefix of every Redis key (broker and events), so one Redis can serve several deployments or test runs.
+REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="agentplatform:")
+# How long a background run's events stay readable at GET /api/v1/executions/{id}/events/.
+EVENTS_TTL_SECONDS = env.int("EVENTS_TTL_SECONDS", default=86400)
+REAPER_INTERVAL_SECONDS = env.float("REAPER_INTERVAL_SECONDS", default=30.0)
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------
 DEMO_USER = env("DEMO_USER", default="demo")
@@ -167,7 +182,9 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [execution=%(execution_id)s] %(message)s"}
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["execution"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["execution"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

@@ -12,7 +12,10 @@ class AgentAdmin(admin.ModelAdmin):
     search_fields = ("name", "agent_id", "description")
     readonly_fields = ("id", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "agent_id", "description", "owner", "agent_type", "is_shared", "is_active")}),
+        (
+            None,
+            {"fields": ("name", "agent_id", "description", "owner", "agent_type", "is_shared", "is_active")},
+        ),
         ("Model", {"fields": ("preferred_platform", "model", "temperature", "max_tokens")}),
         ("Behaviour", {"fields": ("system_prompt", "capabilities", "output_schema", "tools")}),
         ("Limits", {"fields": ("timeout_seconds", "max_retries", "history_window", "max_tool_calls")}),
@@ -23,8 +26,16 @@ class AgentAdmin(admin.ModelAdmin):
 @admin.register(AgentExecution)
 class AgentExecutionAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "agent_slug", "user", "status", "platform_used", "model_used", "tokens_used", "cost",
-        "execution_time", "created_at",
+        "id",
+        "agent_slug",
+        "user",
+        "status",
+        "platform_used",
+        "model_used",
+        "tokens_used",
+        "cost",
+        "execution_time",
+        "created_at",
     )
     list_filter = ("status", "platform_used", "mode", "error_code", "agent")
     search_fields = ("id", "agent_slug", "user__username", "error_message", "idempotency_key")

@@ -10,7 +10,12 @@ class ApplicationError(Exception):
     status = 400
 
     def __init__(
-        self, message: str, *, code: str = "invalid", status: int | None = None, fields: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        code: str = "invalid",
+        status: int | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

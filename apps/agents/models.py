@@ -96,7 +96,10 @@ class Agent(TimeStamped):
 
     class Meta:
         ordering = ["name"]
-        indexes = [models.Index(fields=["owner", "is_active"]), models.Index(fields=["is_shared", "is_active"])]
+        indexes = [
+            models.Index(fields=["owner", "is_active"]),
+            models.Index(fields=["is_shared", "is_active"]),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(temperature__isnull=True) | Q(temperature__gte=0, temperature__lte=2),
@@ -144,8 +147,12 @@ class ExecutionMode(models.TextChoices):
 
 class Conversation(TimeStamped):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
-    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
     title = models.CharField(max_length=200, blank=True)
     summary = models.TextField(blank=True)
     # Position of the last message folded into `summary` (0: nothing summarised yet).
@@ -195,7 +202,8 @@ class AgentExecution(TimeStamped):
     deadline_at = models.DateTimeField(null=True, blank=True)
     # Set by a cancel request from any process; the process running the execution stops and records it.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "", for "no key": the partial unique constraint must not treat keyless runs as duplicates.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 

@@ -81,10 +81,16 @@ def test_complete_records_the_whole_outcome():
 @pytest.mark.django_db
 def test_fail_records_code_message_and_partial_output():
     execution = ExecutionFactory(status=S.RUNNING)
-    state_manager.fail_execution(execution, code="timeout", message="deadline", output="partial", tokens_out=3)
+    state_manager.fail_execution(
+        execution, code="timeout", message="deadline", output="partial", tokens_out=3
+    )
     row = AgentExecution.objects.get(pk=execution.pk)
     assert (row.status, row.error_code, row.error_message, row.output, row.output_tokens) == (
-        "failed", "timeout", "deadline", "partial", 3,
+        "failed",
+        "timeout",
+        "deadline",
+        "partial",
+        3,
     )
 
 
@@ -144,7 +150,9 @@ def test_concurrent_complete_and_cancel_exactly_one_wins(rounds):
                 connection.close()
 
         threads = [
-            threading.Thread(target=racer, args=("complete", lambda e: state_manager.complete_execution(e, output="x"))),
+            threading.Thread(
+                target=racer, args=("complete", lambda e: state_manager.complete_execution(e, output="x"))
+            ),
             threading.Thread(target=racer, args=("cancel", lambda e: state_manager.cancel_execution(e))),
         ]
         for thread in threads:

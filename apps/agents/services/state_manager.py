@@ -94,7 +94,9 @@ class StateManager:
         return execution
 
     # ---------------------------------------------------------------- transitions
-    def _plan(self, execution: AgentExecution, target: str, fields: dict[str, Any]) -> tuple[Q, dict[str, Any]]:
+    def _plan(
+        self, execution: AgentExecution, target: str, fields: dict[str, Any]
+    ) -> tuple[Q, dict[str, Any]]:
         now = timezone.now()
         fields = {**fields, "status": target, "updated_at": now}
         if target == S.RUNNING:
@@ -128,7 +130,9 @@ class StateManager:
     async def atransition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
         where, fields = self._plan(execution, target, fields)
         if await AgentExecution.objects.filter(where).aupdate(**fields) != 1:
-            current = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
+            current = (
+                await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
+            )
             raise IllegalTransition(execution.pk, current, target)
         logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
         return self._applied(execution, fields)
@@ -167,23 +171,35 @@ class StateManager:
         return await self.atransition(execution, S.RUNNING)
 
     def complete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
-        return self.transition(execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome))
+        return self.transition(
+            execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome)
+        )
 
     async def acomplete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
         return await self.atransition(
             execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome)
         )
 
-    def fail_execution(self, execution: AgentExecution, *, code: str, message: str, **outcome: Any) -> AgentExecution:
+    def fail_execution(
+        self, execution: AgentExecution, *, code: str, message: str, **outcome: Any
+    ) -> AgentExecution:
         return self.transition(
-            execution, S.FAILED, error_code=code, error_message=message[:10_000], **self._outcome_fields(**outcome)
+            execution,
+            S.FAILED,
+            error_code=code,
+            error_message=message[:10_000],
+            **self._outcome_fields(**outcome),
         )
 
     async def afail_execution(
         self, execution: AgentExecution, *, code: str, message: str, **outcome: Any
     ) -> AgentExecution:
         return await self.atransition(
-            execution, S.FAILED, error_code=code, error_message=message[:10_000], **self._outcome_fields(**outcome)
+            execution,
+            S.FAILED,
+            error_code=code,
+            error_message=message[:10_000],
+            **self._outcome_fields(**outcome),
         )
 
     def cancel_execution(
@@ -211,7 +227,12 @@ class StateManager:
     # ---------------------------------------------------------------- liveness
     def heartbeat(self, execution: AgentExecution) -> bool:
         """Mark a running row alive. False when the row is no longer running (another process ended it)."""
-        return AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).update(heartbeat_at=timezone.now()) == 1
+        return (
+            AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).update(
+                heartbeat_at=timezone.now()
+            )
+            == 1
+        )
 
     async def aheartbeat(self, execution: AgentExecution) -> bool:
         updated = await AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).aupdate(
@@ -246,7 +267,9 @@ class StateManager:
         """Live rows past their deadline: what the reaper fails."""
         now = now or timezone.now()
         return list(
-            AgentExecution.objects.filter(status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now).select_related("agent")
+            AgentExecution.objects.filter(
+                status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now
+            ).select_related("agent")
         )
 
 

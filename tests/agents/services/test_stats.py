@@ -15,8 +15,12 @@ def test_stats_with_known_numbers():
     # Completed run times 1..10 s; p50 = 5.5, p95 = 9.55 by linear interpolation (percentile_cont).
     for seconds in range(1, 11):
         ExecutionFactory(
-            agent=agent, status=ExecutionStatus.COMPLETED, execution_time=float(seconds),
-            input_tokens=10, output_tokens=5, cost=Decimal("0.0000012345"),
+            agent=agent,
+            status=ExecutionStatus.COMPLETED,
+            execution_time=float(seconds),
+            input_tokens=10,
+            output_tokens=5,
+            cost=Decimal("0.0000012345"),
         )
     ExecutionFactory(agent=agent, status=ExecutionStatus.FAILED, execution_time=99.0, input_tokens=3)
     ExecutionFactory(agent=agent, status=ExecutionStatus.FAILED)
