@@ -1,0 +1,440 @@
+"""The events of background runs, readable from any API server (GET /api/v1/executions/{id}/events/).
+
+A run publishes every stream event with its sequence number; readers ask for "everything after seq N", so a
+client that reconnects with `Last-Event-ID: N` resumes without gaps or duplicates, and one that connects
+after the end still gets the whole record, terminal event last.
+
+Two backends with one interface:
+- Redis (REDIS_URL, else a redis:// broker URL): one Redis Stream per execution. The entry id is derived from
+  the seq (`<seq>-1`), so "after seq N" is an exact XREAD position and a second publish of the same seq is
+  refused by Redis itself (no duplicates even if two processes publish). The key expires EVENTS_TTL_SECONDS
+  after the last event.
+- In-process (no Redis configured, the embedded `make run`): the same thing in a dict, for runs executed in
+  this very process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+from django.conf import settings
+from django.utils import timezone
+
+from apps.agents.engine.context import AgentError, AgentResult
+from apps.agents.engine.serialize import result_body
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode, ExecutionStatus
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
+
+
+class BusEvent(NamedTuple):
+    seq: int
+    name: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.name in TERMINAL_EVENTS
+
+
+class EventBus(ABC):
+    """Where runs publish their events. Publishing never raises: a run must not fail because its audience
+    cannot be reached (readers fall back to the database row for the outcome)."""
+
+    @abstractmethod
+    async def publish(self, execution_id: str, event: BusEvent) -> bool:
+        """Append `event`; False if it was not stored (a duplicate or older seq, or the bus is down)."""
+
+    @abstractmethod
+    def publish_sync(self, execution_id: str, event: BusEvent) -> bool:
+        """The same from synchronous code (the reaper, a cancel of a queued run)."""
+
+    @abstractmethod
+    def reader(self, execution_id: str) -> EventReader:
+        """A reader for one execution; close it with `aclose()` (it may hold a connection)."""
+
+    @abstractmethod
+    def last_seq_sync(self, execution_id: str) -> int:
+        """The highest seq stored for the execution, -1 if none."""
+
+    def publisher(self, execution_id: str) -> EventPublisher:
+        """A publisher for one run, on the current event loop; close it with `aclose()`."""
+        return EventPublisher(self, execution_id)
+
+
+class EventPublisher:
+    """Publishes one run's events. The base one delegates to the bus; Redis keeps one connection open."""
+
+    def __init__(self, bus: EventBus, execution_id: str) -> None:
+        self.bus = bus
+        self.execution_id = execution_id
+
+    async def publish(self, event: BusEvent) -> bool:
+        return await self.bus.publish(self.execution_id, event)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> EventPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class EventReader(ABC):
+    @abstractmethod
+    async def read(self, after_seq: int, wait: float) -> list[BusEvent]:
+        """Events with seq > after_seq, in order; waits up to `wait` seconds for the first one."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def _entry_id(seq: int) -> str:
+    # Stream ids are "<ms>-<n>" and must be above 0-0; "<seq>-1" keeps seq 0 valid and makes the id of
+    # "right after seq N" simply "N-1" (XREAD returns ids strictly greater than the one given).
+    return f"{seq}-1"
+
+
+def _decode(entry_id: Any, fields: Mapping[Any, Any]) -> BusEvent:
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    values = {text(k): text(v) for k, v in fields.items()}
+    return BusEvent(int(values["seq"]), values["event"], json.loads(values["data"]))
+
+
+class RedisEventBus(EventBus):
+    def __init__(self, url: str, *, prefix: str, ttl_seconds: int) -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self.ttl = ttl_seconds
+        # One synchronous client (thread-safe pool) per process; async clients are per event loop, so each
+        # reader and publisher session opens its own (see `reader` and `AsyncRedisPublisher`).
+        self._sync = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def key(self, execution_id: str) -> str:
+        return f"{self.prefix}events:{execution_id}"
+
+    @staticmethod
+    def _fields(event: BusEvent) -> dict[str, str]:
+        return {"seq": str(event.seq), "event": event.name, "data": json.dumps(event.data, default=str)}
+
+    def _report(self, execution_id: str, event: BusEvent, results: list[Any]) -> bool:
+        error = results[0] if isinstance(results[0], Exception) else None
+        if error is None:
+            return True
+        if "equal or smaller" in str(error):
+            logger.debug("events: seq %s of %s already published", event.seq, execution_id)
+        else:
+            logger.warning("events: could not publish seq %s of %s: %s", event.seq, execution_id, error)
+        return False
+
+    async def publish(self, execution_id: str, event: BusEvent) -> bool:
+        async with AsyncRedisPublisher(self, execution_id) as publisher:
+            return await publisher.publish(event)
+
+    def publish_sync(self, execution_id: str, event: BusEvent) -> bool:
+        key = self.key(execution_id)
+        try:
+            pipe = self._sync.pipeline(transaction=True)
+            pipe.xadd(key, self._fields(event), id=_entry_id(event.seq))
+            pipe.expire(key, self.ttl)
+            return self._report(execution_id, event, pipe.execute(raise_on_error=False))
+        except Exception as exc:  # Redis down: the row in the database still has the outcome.
+            logger.warning("events: Redis down, seq %s of %s not published: %s", event.seq, execution_id, exc)
+            return False
+
+    def last_seq_sync(self, execution_id: str) -> int:
+        try:
+            entries = self._sync.xrevrange(self.key(execution_id), count=1)
+        except Exception as exc:
+            logger.warning("events: Redis unavailable reading %s: %s", execution_id, exc)
+            return -1
+        return _decode(*entries[0]).seq if entries else -1
+
+    def reader(self, execution_id: str) -> EventReader:
+        return RedisEventReader(self, execution_id)
+
+    def publisher(self, execution_id: str) -> AsyncRedisPublisher:
+        return AsyncRedisPublisher(self, execution_id)
+
+
+class AsyncRedisPublisher(EventPublisher):
+    """One async connection for the life of a run (its event loop), closed at the end."""
+
+    bus: RedisEventBus
+
+    def __init__(self, bus: RedisEventBus, execution_id: str) -> None:
+        import redis.asyncio
+
+        super().__init__(bus, execution_id)
+        self.key = bus.key(execution_id)
+        self._client = redis.asyncio.Redis.from_url(bus.url, socket_timeout=5, socket_connect_timeout=5)
+        self._warned = False
+
+    async def publish(self, event: BusEvent) -> bool:
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xadd(self.key, self.bus._fields(event), id=_entry_id(event.seq))
+            pipe.expire(self.key, self.bus.ttl)
+            return self.bus._report(self.execution_id, event, await pipe.execute(raise_on_error=False))
+        except Exception as exc:
+            if not self._warned:  # once per run, not once per token
+                logger.warning("events: Redis down, events of %s not published: %s", self.execution_id, exc)
+                self._warned = True
+            return False
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+class RedisEventReader(EventReader):
+    def __init__(self, bus: RedisEventBus, execution_id: str) -> None:
+        import redis.asyncio
+
+        self.key = bus.key(execution_id)
+        # XREAD BLOCK holds its connection while it waits: the socket timeout must be longer than the wait.
+        self._client = redis.asyncio.Redis.from_url(bus.url, socket_timeout=30, socket_connect_timeout=5)
+
+    async def read(self, after_seq: int, wait: float) -> list[BusEvent]:
+        start = "0-0" if after_seq < 0 else _entry_id(after_seq)
+        block = int(wait * 1000) if wait > 0 else None
+        reply = await self._client.xread({self.key: start}, count=500, block=block)
+        return [_decode(entry_id, fields) for _key, entries in reply or [] for entry_id, fields in entries]
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@dataclass
+class _Stream:
+    events: list[BusEvent] = field(default_factory=list)
+    touched: float = field(default_factory=time.monotonic)
+    waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+
+
+class InProcessEventBus(EventBus):
+    """For runs executed in this process (no Redis). Publishers and readers may live on different event
+    loops (the in-process runner has its own thread), so waiters are woken with call_soon_threadsafe."""
+
+    MAX_STREAMS = 10_000
+
+    def __init__(self, *, ttl_seconds: int) -> None:
+        self.ttl = ttl_seconds
+        self._lock = threading.Lock()
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+
+    def _evict(self, now: float) -> None:
+        while self._streams:
+            oldest_id, oldest = next(iter(self._streams.items()))
+            if len(self._streams) <= self.MAX_STREAMS and now - oldest.touched < self.ttl:
+                break
+            del self._streams[oldest_id]
+
+    def publish_sync(self, execution_id: str, event: BusEvent) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            stream = self._streams.pop(execution_id, None) or _Stream()
+            self._streams[execution_id] = stream  # most recently touched last, for eviction
+            if stream.events and event.seq <= stream.events[-1].seq:
+                return False
+            stream.events.append(event)
+            stream.touched = now
+            waiters = list(stream.waiters)
+            self._evict(now)
+        for loop, ready in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: its reader is gone
+                loop.call_soon_threadsafe(ready.set)
+        return True
+
+    async def publish(self, execution_id: str, event: BusEvent) -> bool:
+        return self.publish_sync(execution_id, event)
+
+    def last_seq_sync(self, execution_id: str) -> int:
+        with self._lock:
+            stream = self._streams.get(execution_id)
+            return stream.events[-1].seq if stream and stream.events else -1
+
+    def _after(self, execution_id: str, after_seq: int) -> list[BusEvent]:
+        with self._lock:
+            stream = self._streams.get(execution_id)
+            return [e for e in stream.events if e.seq > after_seq] if stream else []
+
+    async def _wait(self, execution_id: str, after_seq: int, wait: float) -> list[BusEvent]:
+        events = self._after(execution_id, after_seq)
+        if events or wait <= 0:
+            return events
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            stream = self._streams.setdefault(execution_id, _Stream())
+            stream.waiters.add(waiter)
+        try:
+            events = self._after(execution_id, after_seq)  # published between the check and registering
+            if not events:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter[1].wait(), wait)
+                events = self._after(execution_id, after_seq)
+        finally:
+            with self._lock:
+                stream.waiters.discard(waiter)
+        return events
+
+    def reader(self, execution_id: str) -> EventReader:
+        bus = self
+
+        class _Reader(EventReader):
+            async def read(self, after_seq: int, wait: float) -> list[BusEvent]:
+                return await bus._wait(execution_id, after_seq, wait)
+
+        return _Reader()
+
+
+# --------------------------------------------------------------------------- the row as the last word
+
+# How long after a background row ended its terminal event may still be on its way (the publish follows
+# the database write); past this, the row speaks for it.
+PUBLISH_GRACE = timedelta(seconds=3)
+_MISSING = BusEvent(-1, "missing", {})
+
+
+def terminal_event_for(execution: AgentExecution, seq: int) -> BusEvent:
+    """The terminal event a finished row stands for."""
+    if execution.status == ExecutionStatus.COMPLETED:
+        return BusEvent(seq, "execution.completed", result_body(result_from_row(execution)))
+    if execution.status == ExecutionStatus.CANCELLED:
+        return BusEvent(seq, "execution.cancelled", {})
+    error = AgentError(execution.error_code or "provider_error", execution.error_message)  # type: ignore[arg-type]
+    return BusEvent(seq, "execution.failed", {"error": error.to_dict()})
+
+
+def result_from_row(execution: AgentExecution) -> AgentResult:
+    """The AgentResult a finished row records (for responses rebuilt later: idempotent replays, events)."""
+    error = None
+    if execution.status != ExecutionStatus.COMPLETED and execution.error_code:
+        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
+    return AgentResult(
+        success=execution.status == ExecutionStatus.COMPLETED,
+        output=execution.output,
+        input_tokens=execution.input_tokens,
+        output_tokens=execution.output_tokens,
+        cost=execution.cost,
+        execution_time=execution.execution_time or 0.0,
+        platform_used=execution.platform_used or None,
+        model_used=execution.model_used or None,
+        error=error,
+        metadata=dict(execution.metadata or {}),
+        execution_id=str(execution.pk),
+    )
+
+
+async def terminal_event_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
+    """The outcome from the database when the bus has none; None while the run is live (or just ended)."""
+    execution = await AgentExecution.objects.filter(pk=execution_id).afirst()
+    if execution is None:
+        return _MISSING
+    if execution.status not in TERMINAL_STATUSES:
+        return None
+    # Only background runs publish; for the others there is nothing to wait for.
+    recent = execution.finished_at and timezone.now() - execution.finished_at < PUBLISH_GRACE
+    if execution.mode == ExecutionMode.BACKGROUND and recent:
+        return None
+    return terminal_event_for(execution, next_seq)
+
+
+# --------------------------------------------------------------------------- selection
+
+_buses: dict[tuple[str, str, int], EventBus] = {}
+_buses_lock = threading.Lock()
+
+
+def redis_url() -> str:
+    """The Redis used for events and cancel notices: REDIS_URL, else the broker if it is Redis."""
+    url = settings.REDIS_URL or ""
+    broker = settings.CELERY_BROKER_URL or ""
+    if not url and broker.startswith(("redis://", "rediss://")):
+        url = broker
+    return url
+
+
+def get_bus() -> EventBus:
+    """The bus for the current settings (cached per Redis URL and prefix)."""
+    url = redis_url()
+    key = (url, settings.REDIS_KEY_PREFIX, int(settings.EVENTS_TTL_SECONDS))
+    bus = _buses.get(key)
+    if bus is None:
+        with _buses_lock:
+            bus = _buses.get(key)
+            if bus is None:
+                if url:
+                    bus = RedisEventBus(url, prefix=key[1], ttl_seconds=key[2])
+                else:
+                    bus = InProcessEventBus(ttl_seconds=key[2])
+                _buses[key] = bus
+    return bus
+
+
+async def subscribe(
+    execution_id: str, after_seq: int = -1, *, poll_seconds: float = 1.0
+) -> AsyncIterator[BusEvent]:
+    """Events of one execution with seq > after_seq, ending after the terminal event.
+
+    When the bus has no terminal event for a run that has ended (events expired, a sync run that never
+    published, a process that died between its last write and its publish), the outcome is taken from the
+    database row, with the next seq. Consumers should read it with `aclosing` (or let it be cancelled).
+    """
+    reader = get_bus().reader(execution_id)
+    last = after_seq
+    try:
+        wait = 0.0  # first read: whatever is already stored, without waiting
+        while True:
+            events = await reader.read(last, wait)
+            for event in events:
+                yield event
+                last = event.seq
+                if event.is_terminal:
+                    return
+            if events:
+                wait = 0.0 if len(events) >= 500 else poll_seconds
+                continue
+            fallback = await terminal_event_from_row(execution_id, next_seq=last + 1)
+            if fallback is not None:
+                # The row ended a while ago and its terminal event never came; re-read once to close the
+                # race with a publish that landed just now.
+                late = await reader.read(last, 0)
+                for event in late:
+                    yield event
+                    last = event.seq
+                    if event.is_terminal:
+                        return
+                if fallback.name == "missing":
+                    return
+                yield fallback._replace(seq=last + 1)
+                return
+            wait = poll_seconds
+    finally:
+        await reader.aclose()

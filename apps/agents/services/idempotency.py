@@ -1,0 +1,138 @@
+"""Idempotency-Key on execute (sync, stream and background) and the admission of a new execution.
+
+`admit_execution` is the one way an execute request becomes a row:
+- with a key, the same user's earlier row with that key (within IDEMPOTENCY_WINDOW) is returned instead of a
+  new one, after checking the request is the same one (`request_hash`, sha256 of the canonical JSON body);
+  a different body with a reused key is a 422 `idempotency_key_reused`;
+- two identical requests racing each other are decided by the unique constraint (user, idempotency_key):
+  both try to INSERT, one wins, the loser catches IntegrityError and returns the winner's row. The read
+  before the insert is only a fast path for plain retries, never what makes it correct;
+- the row and the conversation claim (apps/agents/services/conversation_lock.py) are one transaction, so a
+  409 `conversation_busy` leaves no row behind and does not use up the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.agents.errors import ApplicationError
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution
+from apps.agents.services.conversation_lock import claim_conversation
+from apps.agents.services.state_manager import state_manager
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    execution: AgentExecution
+    # False: the row of an earlier request with the same key; nothing new was started, and the caller
+    # answers with that execution's outcome (or its current state) instead of calling a provider.
+    created: bool
+
+
+def request_hash(body: Any) -> str:
+    """sha256 of the canonical JSON of a request body (key order and whitespace do not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def clean_key(key: str | None) -> str | None:
+    """The Idempotency-Key header as stored: None when absent or blank; 400 when unusable."""
+    if key is None or not key.strip():
+        return None
+    key = key.strip()
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ApplicationError(
+            f"Idempotency-Key must be at most {MAX_KEY_LENGTH} printable characters",
+            code="invalid_idempotency_key",
+            fields={"idempotency_key": ["invalid"]},
+        )
+    return key
+
+
+def _earlier(user: Any, key: str) -> AgentExecution | None:
+    """The user's row with this key, if it is still within the window. An older one gives its key up
+    (conditionally, so two requests expiring it at once do not clash) and the key starts afresh."""
+    existing = AgentExecution.objects.select_related("agent").filter(user=user, idempotency_key=key).first()
+    if existing is None:
+        return None
+    cutoff = timezone.now() - IDEMPOTENCY_WINDOW
+    if existing.created_at >= cutoff:
+        return existing
+    AgentExecution.objects.filter(pk=existing.pk, idempotency_key=key, created_at__lt=cutoff).update(
+        idempotency_key=None
+    )
+    return None
+
+
+def _replay(existing: AgentExecution, body_hash: str) -> Admission:
+    if existing.request_hash != body_hash:
+        raise ApplicationError(
+            "this Idempotency-Key was already used with a different request; use a new key for a new request",
+            code="idempotency_key_reused",
+            status=422,
+            fields={"idempotency_key": ["reused with a different request body"]},
+        )
+    logger.info("idempotent replay of execution %s", existing.pk, extra={"execution_id": str(existing.pk)})
+    return Admission(existing, created=False)
+
+
+def admit_execution(
+    *, idempotency_key: str | None = None, request_hash: str = "", **create: Any
+) -> Admission:
+    """Create the execution row (StateManager.create_execution kwargs) unless the key names an earlier one.
+
+    Raises ApplicationError 422 (key reused with another body) or ConversationBusy 409.
+    """
+    user = create.get("user")
+    key = clean_key(idempotency_key) if getattr(user, "is_authenticated", False) else None
+    if key is not None:
+        existing = _earlier(user, key)
+        if existing is not None:
+            return _replay(existing, request_hash)
+    try:
+        with transaction.atomic():
+            execution = state_manager.create_execution(
+                idempotency_key=key, request_hash=request_hash, **create
+            )
+            if execution.conversation_id is not None:
+                claim_conversation(execution.conversation_id, execution.pk)
+    except IntegrityError:
+        # Lost the race to an identical request (the unique constraint), or something else entirely.
+        existing = _earlier(user, key) if key is not None else None
+        if existing is None:
+            raise
+        return _replay(existing, request_hash)
+    return Admission(execution, created=True)
+
+
+# One thread hop for the whole admission (several queries in one transaction).
+aadmit_execution = sync_to_async(admit_execution)
+
+
+async def await_outcome(execution_id: Any, *, wait_seconds: float) -> AgentExecution | None:
+    """The row once it is terminal (or as it is after `wait_seconds`): how a duplicate of a sync request
+    that is still running gets the first request's response without a second provider call."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.05
+    while True:
+        execution = await AgentExecution.objects.select_related("agent").filter(pk=execution_id).afirst()
+        if execution is None or execution.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
+            return execution
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
