@@ -1,6 +1,7 @@
 """Settings, all from the environment (django-environ). Defaults are the embedded ones: SQLite and the
 local model, so `make run` works on a machine with no keys and no services."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -68,9 +69,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # Tests use a file, not memory, so a live uvicorn server and a real Celery worker see the same rows.
+    # Tests use a file, not memory, so a live uvicorn server and a real Celery worker see the same rows
+    # (they are handed its path). One file per test process, so two suites running at once never share one.
     DATABASES["default"]["TEST"] = {
-        "NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / ".test-db.sqlite3"))
+        "NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3"))
     }
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
