@@ -33,18 +33,22 @@ SUMMARY_TEMPERATURE = 0.2
 def history_messages(history: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
     """Context history dicts ({"role", "content"}, optionally "tool_calls", "tool_call_id", "name")."""
     messages = []
+    # Stored tool results carry only the call id; some platforms (Gemini) also want the tool's name.
+    call_names: dict[str, str] = {}
     for item in history:
         calls = tuple(
             ToolCall(id=str(c.get("id", "")), name=str(c.get("name", "")), arguments=c.get("arguments") or {})
             for c in item.get("tool_calls") or ()
         )
+        call_names.update((call.id, call.name) for call in calls)
+        call_id = item.get("tool_call_id") or None
         messages.append(
             ChatMessage(
                 role=item["role"],
                 content=str(item.get("content") or ""),
                 tool_calls=calls,
-                tool_call_id=item.get("tool_call_id") or None,
-                name=item.get("name") or None,
+                tool_call_id=call_id,
+                name=item.get("name") or call_names.get(call_id or "") or None,
             )
         )
     return messages

@@ -1,0 +1,146 @@
+"""Turning an execute request into a validated run (part of the ExecutionEngine service).
+
+Everything here happens before the execution row exists: a bad request raises ApplicationError (4xx, the
+field named in `fields`) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+
+from apps.agents.engine import AgentConfig, AgentContext
+from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
+from apps.agents.errors import ApplicationError
+from apps.agents.models import Agent, Conversation, Message
+
+
+def agent_config(agent: Agent) -> AgentConfig:
+    return AgentConfig(
+        agent_id=agent.agent_id,
+        name=agent.name,
+        agent_type=agent.agent_type,  # type: ignore[arg-type]
+        system_prompt=agent.system_prompt,
+        preferred_platform=agent.preferred_platform,
+        model=agent.model,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        output_schema=agent.output_schema or None,
+        tools=tuple(agent.tools or ()),
+        capabilities=tuple(agent.capabilities or ()),
+        timeout_seconds=float(agent.timeout_seconds),
+        max_retries=agent.max_retries,
+        history_window=agent.history_window,
+        max_tool_calls=agent.max_tool_calls,
+    )
+
+
+@dataclass(slots=True)
+class PreparedRun:
+    """A validated request: everything needed to create the row and run the agent."""
+
+    agent: Agent
+    config: AgentConfig
+    input_data: dict[str, Any]
+    context: AgentContext
+    raw_context: dict[str, Any]  # stored on the row (validated, nulls dropped)
+    user: Any
+    conversation: Conversation | None = None
+    #: Positions of the conversation's messages in `context.conversation_history`, in the same order.
+    positions: tuple[int, ...] = ()
+
+    def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
+        """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""
+        kwargs: dict[str, Any] = {
+            "agent": self.agent,
+            "input_data": self.input_data,
+            "user": self.user,
+            "context": self.raw_context,
+            "conversation": self.conversation,
+            "mode": mode,
+            "running": running,
+        }
+        if not running:
+            kwargs["pending_deadline"] = timedelta(seconds=float(settings.PENDING_DEADLINE_SECONDS))
+        return kwargs
+
+
+def _not_found() -> ApplicationError:
+    return ApplicationError(
+        "conversation not found",
+        code="not_found",
+        status=404,
+        fields={"context.conversation_id": "no such conversation of yours"},
+    )
+
+
+async def owned_conversation(conversation_id: Any, user: Any) -> Conversation:
+    """The user's conversation with this id; someone else's answers 404 like a missing one."""
+    try:
+        pk = uuid.UUID(str(conversation_id))
+    except ValueError:
+        raise _not_found() from None
+    if not getattr(user, "is_authenticated", False):
+        raise _not_found()
+    conversation = await Conversation.objects.filter(pk=pk, owner=user).afirst()
+    if conversation is None:
+        raise _not_found()
+    return conversation
+
+
+async def prepare_run(
+    agent: Agent,
+    input_data: Any,
+    user: Any = None,
+    context: Any = None,
+    *,
+    conversation: Conversation | None = None,
+) -> PreparedRun:
+    """Validate a request and load its conversation (one query for the messages the summary does not cover).
+
+    `conversation` is passed by run_execution (the row's own, checked when the row was created); otherwise
+    context["conversation_id"] must name a conversation `user` owns.
+    """
+    if not isinstance(agent, Agent):
+        raise ApplicationError("agent must be an Agent", fields={"agent": "required"})
+    if not agent.is_active:
+        raise ApplicationError(f"agent {agent.agent_id} is inactive", code="agent_inactive", status=409)
+    max_chars = int(settings.MAX_TASK_CHARS)
+    max_messages = int(settings.MAX_HISTORY_MESSAGES)
+    try:
+        data = validate_input(input_data, max_chars=max_chars)
+        ctx = validate_context(context, max_messages=max_messages, max_chars=max_chars)
+    except InvalidInput as exc:
+        raise ApplicationError(
+            str(exc), code="invalid", status=400, fields={exc.field: exc.problem}
+        ) from None
+    if conversation is None and ctx.get("conversation_id"):
+        conversation = await owned_conversation(ctx["conversation_id"], user)
+    history: list[dict[str, Any]] = list(ctx.get("conversation_history") or ())
+    summary: str = ctx.get("conversation_summary", "")
+    positions: tuple[int, ...] = ()
+    if conversation is not None:
+        unsummarised = Message.objects.filter(
+            conversation=conversation, position__gt=conversation.summary_upto
+        )
+        rows = [
+            row
+            async for row in unsummarised.order_by("-position").values(
+                "position", "role", "content", "tool_calls", "tool_call_id"
+            )[:max_messages]
+        ]
+        rows.reverse()
+        positions = tuple(row.pop("position") for row in rows)
+        history, summary = rows, conversation.summary
+    engine_context = AgentContext(
+        user_id=str(user.pk) if getattr(user, "is_authenticated", False) else None,
+        conversation_id=str(conversation.pk) if conversation is not None else None,
+        conversation_history=history,
+        conversation_summary=summary,
+        metadata=dict(ctx.get("metadata") or {}),
+    )
+    return PreparedRun(agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions)

@@ -1,0 +1,183 @@
+"""Recording a run's outcome (part of the ExecutionEngine service): the final conditional UPDATE through the
+StateManager, and for a conversation the new messages and summary in the same transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from apps.agents.engine import AgentResult, RunState
+from apps.agents.engine.context import AgentError
+from apps.agents.errors import IllegalTransition
+from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
+from apps.agents.services.execution_prepare import PreparedRun
+from apps.agents.services.state_manager import StateManager
+
+logger = logging.getLogger(__name__)
+
+
+async def record_outcome(
+    states: StateManager,
+    prepared: PreparedRun,
+    execution: AgentExecution,
+    result: AgentResult,
+    target: str,
+    run: RunState,
+) -> AgentResult:
+    """Move the row to `target` with the result; returns the result with execution_id and the recorded
+    execution_time. A row another process has already ended (the reaper, a cancel) is left as it is."""
+    result.execution_id = str(execution.pk)
+    outcome: dict[str, Any] = {
+        "output": result.output,
+        "tokens_in": result.input_tokens,
+        "tokens_out": result.output_tokens,
+        "cost": result.cost,
+        "platform": result.platform_used,
+        "model": result.model_used,
+        "attempts": result.attempts,
+        "metadata": result.metadata,
+    }
+    conversation = prepared.conversation
+    try:
+        if target == ExecutionStatus.COMPLETED and conversation is not None:
+            await sync_to_async(_complete_conversation_run)(states, prepared, execution, result, outcome, run)
+        elif target == ExecutionStatus.COMPLETED:
+            await states.acomplete_execution(execution, **outcome)
+        elif target == ExecutionStatus.FAILED:
+            error = result.error or AgentError("provider_error", "failed")
+            await states.afail_execution(execution, code=error.code, message=error.message, **outcome)
+        else:
+            message = result.error.message if result.error else "cancelled"
+            await states.acancel_execution(execution, message=message, **outcome)
+    except IllegalTransition as exc:
+        logger.warning(
+            "%s; keeping its recorded outcome", exc.message, extra={"execution_id": str(execution.pk)}
+        )
+    if conversation is not None and target != ExecutionStatus.COMPLETED:
+        # Free the conversation for the next run (a completed run does this inside its transaction).
+        await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
+            active_execution=None
+        )
+    if execution.execution_time is not None:
+        result.execution_time = execution.execution_time
+    return result
+
+
+def _complete_conversation_run(
+    states: StateManager,
+    prepared: PreparedRun,
+    execution: AgentExecution,
+    result: AgentResult,
+    outcome: dict[str, Any],
+    run: RunState,
+) -> None:
+    """One transaction: complete the row, append this run's messages, store the new summary."""
+    conversation = prepared.conversation
+    assert conversation is not None
+    with transaction.atomic():
+        states.complete_execution(execution, **outcome)
+        # Locking the conversation row serialises appends, so positions stay unique and gap-free.
+        locked = Conversation.objects.select_for_update().filter(pk=conversation.pk)
+        current = locked.values("summary_upto", "title").first()
+        if current is None:  # deleted meanwhile: the execution is recorded, there is nowhere to append
+            return
+        last = Message.objects.filter(conversation_id=conversation.pk).aggregate(m=Max("position"))["m"] or 0
+        transcript = run.transcript
+        Message.objects.bulk_create(
+            Message(
+                conversation_id=conversation.pk,
+                position=last + index,
+                role=message.role,
+                content=message.content,
+                tool_calls=[
+                    {"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in message.tool_calls
+                ],
+                tool_call_id=message.tool_call_id or "",
+                tokens=result.output_tokens if index == len(transcript) else 0,
+                execution_id=execution.pk,
+            )
+            for index, message in enumerate(transcript, start=1)
+        )
+        updates: dict[str, Any] = {"updated_at": timezone.now()}
+        summary = result.metadata.get("summary")
+        if summary and prepared.positions:
+            upto = prepared.positions[summary["upto"] - 1]
+            if upto > current["summary_upto"]:  # never move the summary back behind a newer one
+                updates.update(summary=summary["text"], summary_upto=upto)
+        if not current["title"] and transcript:
+            updates["title"] = transcript[0].content[:80]
+        locked.update(**updates)
+        locked.filter(active_execution_id=execution.pk).update(active_execution=None)
+
+
+async def shielded(write: Awaitable[AgentResult]) -> AgentResult:
+    """Finish a final write even if the task awaiting it is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+def result_from_row(execution: AgentExecution) -> AgentResult:
+    """The AgentResult a recorded execution stands for (a run that was not, or is no longer, ours to run)."""
+    error = None
+    if execution.error_code:
+        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
+    elif execution.status != ExecutionStatus.COMPLETED:
+        error = AgentError("provider_error", f"execution is {execution.status}")
+    return AgentResult(
+        success=execution.status == ExecutionStatus.COMPLETED,
+        output=execution.output,
+        input_tokens=execution.input_tokens,
+        output_tokens=execution.output_tokens,
+        cost=execution.cost,
+        execution_time=execution.execution_time or 0.0,
+        platform_used=execution.platform_used or None,
+        model_used=execution.model_used or None,
+        error=error,
+        metadata=dict(execution.metadata or {}),
+        execution_id=str(execution.pk),
+    )
+
+
+def status_body(execution: AgentExecution) -> dict[str, Any]:
+    """get_execution_status(): the row's state, outcome and attempts as JSON-ready values."""
+
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    error = (
+        {"code": execution.error_code, "message": execution.error_message} if execution.error_code else None
+    )
+    return {
+        "execution_id": str(execution.pk),
+        "agent_id": execution.agent_slug,
+        "status": execution.status,
+        "mode": execution.mode,
+        "success": execution.status == ExecutionStatus.COMPLETED,
+        "output": execution.output,
+        "error": error,
+        "tokens_used": execution.tokens_used,
+        "input_tokens": execution.input_tokens,
+        "output_tokens": execution.output_tokens,
+        "cost": float(execution.cost),
+        "execution_time": execution.execution_time,
+        "platform_used": execution.platform_used or None,
+        "model_used": execution.model_used or None,
+        "attempts": execution.attempts,
+        "conversation_id": str(execution.conversation_id) if execution.conversation_id else None,
+        "cancel_requested": execution.cancel_requested_at is not None,
+        "created_at": iso(execution.created_at),
+        "started_at": iso(execution.started_at),
+        "finished_at": iso(execution.finished_at),
+        "heartbeat_at": iso(execution.heartbeat_at),
+    }
