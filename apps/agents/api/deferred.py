@@ -1,0 +1,69 @@
+"""Async endpoints (execute, SSE) with exactly the same DRF pipeline as every other endpoint.
+
+Why this shape: DRF 3.18 views are synchronous and `adrf` is not a dependency. A run must be awaited on the
+event loop: an SSE stream may last minutes, and it must notice the client going away (Django's ASGI handler
+cancels the request task on disconnect, which is what cancels the engine's stream). Blocking a thread per run
+with `async_to_sync` would lose both. Re-implementing DRF's dispatch as async would copy DRF internals.
+
+So an action marked async (`AsyncActionsMixin.async_actions`) runs in two halves:
+1. the DRF view, unchanged and synchronous, in a worker thread (exactly what Django does for any sync view
+   under ASGI): authentication, permissions, throttling, content negotiation, parsing, validation, object
+   lookup and the exception handler. It ends by returning a `DeferredResponse` holding the async rest;
+2. the route's view function is an async wrapper that awaits that rest on the event loop. An exception from it
+   goes through the same view's `handle_exception` (same handler, same envelope), and a DRF `Response` it
+   returns is finalized (rendered) by the same view.
+The router, drf-spectacular and the CSRF middleware see the same view attributes as for a sync action.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponseBase
+from rest_framework.response import Response
+
+Produce = Callable[[], Awaitable[HttpResponseBase]]
+
+
+class DeferredResponse(Response):
+    """What a DRF action returns when the rest of its work must be awaited (see module docstring)."""
+
+    def __init__(self, produce: Produce) -> None:
+        super().__init__()
+        self.produce = produce
+
+
+async def complete_deferred(response: HttpResponseBase) -> HttpResponseBase:
+    if not isinstance(response, DeferredResponse):
+        return response
+    view = response.renderer_context["view"]
+    try:
+        final = await response.produce()
+    except Exception as exc:
+        final = view.handle_exception(exc)
+    if isinstance(final, Response):
+        final = view.finalize_response(view.request, final, *view.args, **view.kwargs)
+    return final
+
+
+class AsyncActionsMixin:
+    """For a ViewSet: routes whose actions are listed in `async_actions` get an async view function."""
+
+    async_actions: frozenset[str] = frozenset()
+
+    @classmethod
+    def as_view(cls, actions: dict[str, str] | None = None, **initkwargs: Any) -> Callable[..., Any]:
+        view = super().as_view(actions, **initkwargs)  # type: ignore[misc]
+        if not actions or not set(actions.values()) & cls.async_actions:
+            return view
+        run_drf_view = sync_to_async(view)
+
+        async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            return await complete_deferred(await run_drf_view(request, *args, **kwargs))
+
+        # cls, initkwargs, actions, csrf_exempt: what the router, spectacular and CSRF middleware look for.
+        functools.update_wrapper(async_view, view)
+        return async_view

@@ -1,0 +1,197 @@
+"""Execute and cancel, split in the two halves described in deferred.py.
+
+`build_command` runs in the DRF view (sync, in a worker thread): everything that can refuse the request
+without starting a run. `run` and `cancel` are awaited on the event loop and call the execution engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.http import HttpResponseBase
+from django.urls import reverse
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.agents.api.fields import check_text
+from apps.agents.api.serializers import (
+    AgentExecutionOutputSerializer,
+    CancelOutputSerializer,
+    ExecutionAcceptedSerializer,
+)
+from apps.agents.api.sse import open_event_stream, wants_event_stream
+from apps.agents.engine.serialize import result_body
+from apps.agents.errors import ApplicationError
+from apps.agents.models import Agent, AgentExecution
+
+Mode = Literal["sync", "stream", "background"]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+# HTTP status of a run that ended without success, with the seed's body and `success: false`
+# (ARCHITECTURE.md):
+# 504 when it timed out, 502 for everything else (provider errors after retries and fallbacks, no platform,
+# invalid output, cancelled meanwhile); `error.code` says which. Any other status carries the error envelope.
+FAILURE_STATUS = {"timeout": status.HTTP_504_GATEWAY_TIMEOUT}
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteCommand:
+    agent: Agent
+    user: Any
+    input_data: dict[str, Any]
+    context: dict[str, Any]
+    mode: Mode
+    idempotency_key: str | None
+    request_hash: str
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The header as stored: None when absent or blank; 400 when unusable (the same rules as
+    apps/agents/services/idempotency.clean_key, checked here so that a bad key is refused before any work)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None or not key.strip():
+        return None
+    key = key.strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or check_text(key):
+        raise ApplicationError(
+            f"{IDEMPOTENCY_HEADER} must be at most {MAX_IDEMPOTENCY_KEY} printable characters.",
+            code="invalid_idempotency_key",
+            fields={"idempotency_key": ["Invalid value."]},
+        )
+    return key
+
+
+def request_hash(*, agent: Agent, input_data: dict[str, Any], context: dict[str, Any], mode: Mode) -> str:
+    """What makes two requests "the same" for an Idempotency-Key: same agent, input and way of running."""
+    canonical = json.dumps(
+        {"agent": str(agent.pk), "input_data": input_data, "context": context, "mode": mode},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
+
+
+def build_command(*, request: Request, agent: Agent, validated: dict[str, Any]) -> ExecuteCommand:
+    """The run, as the engine takes it. Whether the agent is active and the conversation is the user's is
+    checked by the engine itself (apps/agents/services/execution_prepare.py), with the same 409/404."""
+    context = {key: value for key, value in (validated.get("context") or {}).items() if value is not None}
+    if "conversation_id" in context:
+        context["conversation_id"] = str(context["conversation_id"])
+    mode: Mode = "background" if validated["background"] else "stream" if validated["stream"] else "sync"
+    if mode == "sync" and wants_event_stream(request):
+        mode = "stream"
+    input_data = dict(validated["input_data"])
+    return ExecuteCommand(
+        agent=agent,
+        user=request.user,
+        input_data=input_data,
+        context=context,
+        mode=mode,
+        idempotency_key=_idempotency_key(request),
+        request_hash=request_hash(agent=agent, input_data=input_data, context=context, mode=mode),
+    )
+
+
+def _engine() -> Any:
+    # Imported at call time: the API module graph stays importable (URLconf, schema) without the SDKs loaded.
+    from apps.agents.services import execution_engine
+
+    return execution_engine
+
+
+def _engine_kwargs(command: ExecuteCommand) -> dict[str, Any]:
+    return {
+        "agent": command.agent,
+        "input_data": command.input_data,
+        "user": command.user,
+        "context": command.context,
+        "idempotency_key": command.idempotency_key,
+        "request_hash": command.request_hash,
+    }
+
+
+def _background_enqueue() -> Any:
+    try:
+        from apps.agents.services.background import enqueue_execution
+    except ImportError:
+        return None
+    return enqueue_execution
+
+
+def execution_links(request: Request, execution_id: Any) -> dict[str, str]:
+    def url(name: str) -> str:
+        return request.build_absolute_uri(reverse(name, args=[str(execution_id)]))
+
+    return {
+        "poll": url("execution-detail"),
+        "cancel": url("execution-cancel"),
+        "events": url("execution-events"),
+    }
+
+
+async def run(request: Request, command: ExecuteCommand) -> HttpResponseBase:
+    engine = _engine()
+    if command.mode == "stream":
+        return await open_event_stream(engine.execute_streaming(**_engine_kwargs(command)))
+    if command.mode == "background":
+        return await _run_in_background(request, command, engine)
+    result = await engine.execute_agent(**_engine_kwargs(command))
+    body = AgentExecutionOutputSerializer(result_body(result)).data
+    if result.success:
+        return Response(body, status=status.HTTP_200_OK)
+    code = result.error.code if result.error is not None else ""
+    return Response(body, status=FAILURE_STATUS.get(code, status.HTTP_502_BAD_GATEWAY))
+
+
+async def _run_in_background(request: Request, command: ExecuteCommand, engine: Any) -> Response:
+    enqueue = _background_enqueue()
+    if enqueue is None:
+        raise ApplicationError(
+            "Background runs are not available on this server.",
+            code="background_unavailable",
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    execution: AgentExecution = await engine.create_pending(**_engine_kwargs(command))
+    queued = enqueue(execution)
+    if inspect.isawaitable(queued):
+        await queued
+    body = {
+        "execution_id": execution.pk,
+        "status": execution.status,
+        "links": execution_links(request, execution.pk),
+    }
+    return Response(ExecutionAcceptedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
+
+
+async def cancel(execution: AgentExecution) -> Response:
+    engine = _engine()
+    requested = await engine.cancel(execution.pk)
+    current = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
+    if not requested and current not in ("pending", "running", "cancelled"):
+        raise ApplicationError(
+            f"Execution is already {current}.", code="not_cancellable", status=status.HTTP_409_CONFLICT
+        )
+    body = {"execution_id": execution.pk, "status": current, "cancel_requested": bool(requested)}
+    return Response(CancelOutputSerializer(body).data, status=status.HTTP_202_ACCEPTED)
+
+
+async def follow(execution: AgentExecution, after_seq: int) -> HttpResponseBase:
+    """SSE of an execution's published events after `after_seq` (Last-Event-ID), ending with its outcome."""
+    try:
+        from apps.agents.services.events_bus import subscribe
+    except ImportError:
+        raise ApplicationError(
+            "Execution events are not available on this server.",
+            code="events_unavailable",
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        ) from None
+    return await open_event_stream(subscribe(str(execution.pk), after_seq), wait_for_first=False)

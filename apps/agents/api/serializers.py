@@ -1,0 +1,463 @@
+"""Serializers: `*InputSerializer` validates a request, `*OutputSerializer` renders a response (STYLE.md).
+
+`AgentExecutionInputSerializer` / `AgentExecutionOutputSerializer` are the seed's names for the execute
+contract. Every input serializer is strict: unknown keys and wrong JSON types are a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxLengthValidator
+from django.db import models
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from apps.agents.api.fields import (
+    SafeJSONField,
+    SafeJSONObjectField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictFloatField,
+    StrictIntegerField,
+    json_problems,
+)
+from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionStatus, Message, MessageRole
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown keys are an error, not silently dropped: a typo ("temprature") must not pass unnoticed."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(str(key) for key in data if key not in writable)
+            if unknown:
+                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)
+
+
+# -------------------------------------------------------------------------------- errors
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text='Path of each bad field -> messages, e.g. {"input_data.task": ["This field is required."]}',
+    )
+
+
+class ErrorEnvelopeSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+# -------------------------------------------------------------------------------- auth
+class TokenInputSerializer(StrictSerializer):
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
+
+
+class TokenOutputSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+# -------------------------------------------------------------------------------- agents
+class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
+    """Create (all required fields) and PATCH (`partial=True`). Types and ranges come from the model's fields,
+    mapped to strict fields; the service runs full_clean again, so the model stays the one source of rules."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.BooleanField: StrictBooleanField,
+        models.FloatField: StrictFloatField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.PositiveSmallIntegerField: StrictIntegerField,
+        models.JSONField: SafeJSONField,
+    }
+    serializer_choice_field = StrictChoiceField
+
+    capabilities = serializers.ListField(
+        child=StrictCharField(max_length=100), max_length=100, required=False, help_text="Free-form labels."
+    )
+    tools = serializers.ListField(
+        child=StrictCharField(max_length=100),
+        max_length=50,
+        required=False,
+        help_text="Names of the tools the agent may call (allowlist), e.g. calculator, current_time.",
+    )
+    output_schema = SafeJSONObjectField(
+        required=False, allow_null=True, help_text="JSON Schema the output must match (task agents)."
+    )
+
+    class Meta:
+        model = Agent
+        fields = (
+            "name",
+            "agent_id",
+            "description",
+            "agent_type",
+            "system_prompt",
+            "capabilities",
+            "preferred_platform",
+            "model",
+            "temperature",
+            "max_tokens",
+            "output_schema",
+            "tools",
+            "is_shared",
+            "is_active",
+            "timeout_seconds",
+            "max_retries",
+            "history_window",
+            "max_tool_calls",
+        )
+        extra_kwargs = {"system_prompt": {"trim_whitespace": False}}
+
+    def get_validators(self) -> list[Any]:
+        # No UniqueTogether/UniqueValidator queries here: the service's full_clean checks uniqueness once.
+        return []
+
+    def build_standard_field(self, field_name: str, model_field: models.Field) -> tuple[Any, dict[str, Any]]:
+        field_class, kwargs = super().build_standard_field(field_name, model_field)
+        # Keep the model's validators (slug pattern) but drop DRF's UniqueValidator: full_clean checks once.
+        kwargs["validators"] = [v for v in kwargs.get("validators", []) if not hasattr(v, "queryset")]
+        return field_class, kwargs
+
+
+class AgentOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    capabilities = serializers.ListField(child=serializers.CharField())
+    tools = serializers.ListField(child=serializers.CharField())
+    output_schema = serializers.JSONField(allow_null=True)
+
+    class Meta:
+        model = Agent
+        fields = ("id", *AgentInputSerializer.Meta.fields, "owner", "created_at", "updated_at")
+        read_only_fields = fields
+
+
+# -------------------------------------------------------------------------------- execute
+def limit_length(field: serializers.Field, maximum: int) -> None:
+    """A max length read from settings when the serializer is built (per request, since DRF deep-copies
+    declared fields), so that an override applies at once and the schema shows the real limit."""
+    field.max_length = maximum  # type: ignore[attr-defined]
+    message = field.error_messages["max_length"].format(max_length=maximum)
+    field.validators.append(MaxLengthValidator(maximum, message=message))
+
+
+OUTPUT_FORMAT_HELP = "How the answer should be shaped, e.g. text, markdown, code, json."
+
+
+class ExecutionInputDataSerializer(serializers.Serializer):
+    """`task` (or `message`, for conversational agents) and an optional `output_format`. Any other key is
+    passed to the prompt as labelled context; its value may be any JSON, checked for NUL bytes, lone
+    surrogates and depth (apps/agents/engine/inputs.py applies the same rules)."""
+
+    task = StrictCharField(
+        required=False, trim_whitespace=False, help_text="What the agent should do (at most MAX_TASK_CHARS)."
+    )
+    message = StrictCharField(
+        required=False, trim_whitespace=False, help_text="Alternative to `task` for conversational agents."
+    )
+    output_format = StrictCharField(
+        required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read per request, so that the limit follows the settings (and the schema shows the real one).
+        for name in ("task", "message"):
+            limit_length(self.fields[name], settings.MAX_TASK_CHARS)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        validated = super().to_internal_value(data)
+        text_key = "task" if "task" in validated or "message" not in validated else "message"
+        text = validated.get(text_key)
+        if text is None:
+            raise serializers.ValidationError({"task": ["This field is required."]}, code="required")
+        if not text.strip():
+            raise serializers.ValidationError({text_key: ["This field may not be blank."]}, code="blank")
+        extra = {key: value for key, value in data.items() if key not in self.fields}
+        problems = json_problems(extra)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return {**extra, **validated}
+
+
+class HistoryMessageSerializer(StrictSerializer):
+    role = StrictChoiceField(choices=[MessageRole.USER, MessageRole.ASSISTANT])
+    content = StrictCharField(allow_blank=True, trim_whitespace=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit_length(self.fields["content"], settings.MAX_TASK_CHARS)
+
+
+class ExecutionContextSerializer(StrictSerializer):
+    conversation_history = serializers.ListField(
+        child=HistoryMessageSerializer(),
+        required=False,
+        help_text="Earlier turns (at most MAX_HISTORY_MESSAGES).",
+    )
+    conversation_id = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        help_text="Continue one of your stored conversations (its messages are the history).",
+    )
+    conversation_summary = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
+    metadata = SafeJSONObjectField(required=False, help_text="Free JSON object, recorded with the run.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit_length(self.fields["conversation_history"], settings.MAX_HISTORY_MESSAGES)
+        limit_length(self.fields["conversation_summary"], settings.MAX_TASK_CHARS)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("conversation_id") and attrs.get("conversation_history"):
+            raise serializers.ValidationError(
+                {
+                    "conversation_history": [
+                        "Cannot be combined with conversation_id (the conversation is the history)."
+                    ]
+                }
+            )
+        return attrs
+
+
+class AgentExecutionInputSerializer(StrictSerializer):
+    """The seed's execute request."""
+
+    input_data = ExecutionInputDataSerializer()
+    context = ExecutionContextSerializer(required=False)
+    stream = StrictBooleanField(
+        required=False, default=False, help_text="Answer text/event-stream (also: Accept: text/event-stream)."
+    )
+    background = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Queue the run; answer 202 with links to poll, cancel, stream.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("stream") and attrs.get("background"):
+            raise serializers.ValidationError(
+                {
+                    "background": [
+                        "Choose stream or background, not both "
+                        "(stream a background run from its events link)."
+                    ]
+                }
+            )
+        return attrs
+
+
+class ExecutionErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="provider_error, timeout, cancelled_by_user, invalid_output, ...")
+    message = serializers.CharField()
+
+
+class AgentExecutionOutputSerializer(serializers.Serializer):
+    """The seed's execute response (apps.agents.engine.serialize.result_body)."""
+
+    success = serializers.BooleanField()
+    output = serializers.JSONField(
+        allow_null=True, help_text="Text, or the parsed JSON for structured agents."
+    )
+    execution_id = serializers.UUIDField(allow_null=True)
+    tokens_used = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost = serializers.FloatField(help_text="US dollars.")
+    execution_time = serializers.FloatField(help_text="Seconds.")
+    platform_used = serializers.CharField(allow_null=True)
+    model_used = serializers.CharField(allow_null=True)
+    metadata = serializers.DictField()
+    error = ExecutionErrorSerializer(required=False, help_text="Only when success is false.")
+
+
+class ExecutionLinksSerializer(serializers.Serializer):
+    poll = serializers.URLField()
+    cancel = serializers.URLField()
+    events = serializers.URLField()
+
+
+class ExecutionAcceptedSerializer(serializers.Serializer):
+    """`background: true`: the run is queued."""
+
+    execution_id = serializers.UUIDField()
+    status = serializers.CharField()
+    links = ExecutionLinksSerializer()
+
+
+# -------------------------------------------------------------------------------- executions
+class AttemptSerializer(serializers.Serializer):
+    platform = serializers.CharField()
+    model = serializers.CharField()
+    status = serializers.CharField(help_text='"ok" or why the attempt ended.')
+    latency_ms = serializers.FloatField()
+    error = serializers.CharField(allow_null=True, required=False)
+    http_status = serializers.IntegerField(allow_null=True, required=False)
+    input_tokens = serializers.IntegerField(required=False)
+    output_tokens = serializers.IntegerField(required=False)
+
+
+class ExecutionFilterSerializer(StrictSerializer):
+    agent = StrictCharField(required=False, max_length=100, help_text="Agent slug or id.")
+    status = StrictChoiceField(choices=ExecutionStatus.choices, required=False)
+    conversation = serializers.UUIDField(required=False)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    # Pagination parameters are read by the paginator; listed so that they are not "unknown".
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.CharField(required=False)
+
+
+class ExecutionListOutputSerializer(serializers.ModelSerializer):
+    agent = serializers.CharField(source="agent_slug", help_text="The agent's slug (kept if it was deleted).")
+    agent_uuid = serializers.UUIDField(source="agent_id", allow_null=True)
+    conversation = serializers.UUIDField(source="conversation_id", allow_null=True)
+    error = serializers.SerializerMethodField()
+    tokens_used = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False)
+
+    class Meta:
+        model = AgentExecution
+        fields = (
+            "id",
+            "agent",
+            "agent_uuid",
+            "conversation",
+            "status",
+            "mode",
+            "error",
+            "platform_used",
+            "model_used",
+            "input_tokens",
+            "output_tokens",
+            "tokens_used",
+            "cost",
+            "execution_time",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(ExecutionErrorSerializer(allow_null=True))
+    def get_error(self, execution: AgentExecution) -> dict[str, str] | None:
+        if not execution.error_code:
+            return None
+        return {"code": execution.error_code, "message": execution.error_message}
+
+
+class ExecutionDetailOutputSerializer(ExecutionListOutputSerializer):
+    input_data = serializers.JSONField()
+    context = serializers.JSONField()
+    output = serializers.JSONField(allow_null=True)
+    attempts = AttemptSerializer(many=True)
+    metadata = serializers.JSONField()
+
+    class Meta(ExecutionListOutputSerializer.Meta):
+        fields = (
+            *ExecutionListOutputSerializer.Meta.fields,
+            "input_data",
+            "context",
+            "output",
+            "attempts",
+            "metadata",
+            "cancel_requested_at",
+            "idempotency_key",
+        )
+        read_only_fields = fields
+
+
+class CancelOutputSerializer(serializers.Serializer):
+    execution_id = serializers.UUIDField()
+    status = serializers.CharField(help_text="The status now: cancelled, or still running while it stops.")
+    cancel_requested = serializers.BooleanField()
+
+
+# -------------------------------------------------------------------------------- stats
+class AgentStatsOutputSerializer(serializers.Serializer):
+    agent = serializers.CharField(help_text="The agent's slug.")
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    success_rate = serializers.FloatField(
+        allow_null=True, help_text="completed / finished; null before any run."
+    )
+    avg_execution_time = serializers.FloatField(allow_null=True)
+    p50_execution_time = serializers.FloatField(allow_null=True)
+    p95_execution_time = serializers.FloatField(allow_null=True)
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    tokens_used = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False)
+
+
+# -------------------------------------------------------------------------------- conversations
+class ConversationInputSerializer(StrictSerializer):
+    agent = StrictCharField(required=False, allow_null=True, max_length=100, help_text="Agent slug or id.")
+    title = StrictCharField(required=False, allow_blank=True, max_length=200)
+
+
+class MessageOutputSerializer(serializers.ModelSerializer):
+    execution_id = serializers.UUIDField(allow_null=True)
+
+    class Meta:
+        model = Message
+        fields = ("position", "role", "content", "tool_calls", "tool_call_id", "execution_id", "created_at")
+        read_only_fields = fields
+
+
+class ConversationListOutputSerializer(serializers.ModelSerializer):
+    agent = serializers.SerializerMethodField()
+    message_count = serializers.IntegerField()
+
+    class Meta:
+        model = Conversation
+        fields = ("id", "agent", "title", "summary", "message_count", "created_at", "updated_at")
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_agent(self, conversation: Conversation) -> str | None:
+        return conversation.agent.agent_id if conversation.agent_id else None
+
+
+class ConversationDetailOutputSerializer(ConversationListOutputSerializer):
+    messages = MessageOutputSerializer(many=True)
+    active_execution = serializers.UUIDField(source="active_execution_id", allow_null=True)
+
+    class Meta(ConversationListOutputSerializer.Meta):
+        fields = (
+            *ConversationListOutputSerializer.Meta.fields,
+            "summary_upto",
+            "active_execution",
+            "messages",
+        )
+        read_only_fields = fields
+
+
+# -------------------------------------------------------------------------------- health
+class HealthCheckSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    detail = serializers.CharField(required=False)
+
+
+class HealthOutputSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text="ok, or degraded when a dependency is down (503).")
+    database = HealthCheckSerializer()
+    broker = HealthCheckSerializer(allow_null=True, help_text="null when no broker is configured.")
+    platforms = serializers.ListField(
+        child=serializers.CharField(), help_text="Configured platforms, in order."
+    )

@@ -1,0 +1,73 @@
+"""Per-user rate limits: REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] scopes "user" (every request), "execute"
+(runs, on top of "user") and "anon" (unauthenticated endpoints, per client address).
+
+A fixed-window counter (`cache.add` + `cache.incr`, atomic in Redis and in the local-memory cache) instead of
+DRF's sliding window: DRF keeps and re-pickles a list of every request time in the window, which at the
+default 6000/min is a 6000-element list read and written on every request. The price is that a client can
+burst up to twice its rate across a window boundary. Rates are read on every request, so a settings
+override (tests, or a reload) applies at once; DRF's own throttles freeze them at import time.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.core.cache import cache
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
+
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    number, period = rate.split("/")
+    return int(number), PERIODS[period.strip()[0]]
+
+
+class WindowRateThrottle(BaseThrottle):
+    scope = ""
+
+    def __init__(self) -> None:
+        self._wait: float | None = None
+
+    def ident(self, request: Request) -> str:
+        user = request.user
+        if user is not None and user.is_authenticated:
+            return f"user:{user.pk}"
+        return f"addr:{self.get_ident(request)}"
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        if not rate:
+            return True
+        allowed, period = parse_rate(rate)
+        now = time.time()
+        window = int(now // period)
+        key = f"throttle:{self.scope}:{self.ident(request)}:{window}"
+        cache.add(key, 0, timeout=period + 1)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between add and incr
+            cache.set(key, 1, timeout=period + 1)
+            count = 1
+        if count > allowed:
+            self._wait = (window + 1) * period - now
+            return False
+        return True
+
+    def wait(self) -> float | None:
+        return self._wait
+
+
+class UserRateThrottle(WindowRateThrottle):
+    scope = "user"
+
+
+class ExecuteRateThrottle(WindowRateThrottle):
+    scope = "execute"
+
+
+class AnonRateThrottle(WindowRateThrottle):
+    scope = "anon"

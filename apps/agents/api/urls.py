@@ -1,0 +1,17 @@
+"""/api/v1/ routes. SimpleRouter: no browsable "API root" view, whose defaults would bypass our mixins."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from apps.agents.api import views
+
+router = SimpleRouter()
+router.register("agents", views.AgentViewSet, basename="agent")
+router.register("executions", views.ExecutionViewSet, basename="execution")
+router.register("conversations", views.ConversationViewSet, basename="conversation")
+
+urlpatterns = [
+    path("auth/token/", views.AuthTokenView.as_view(), name="auth-token"),
+    path("health/", views.HealthView.as_view(), name="health"),
+    *router.urls,
+]

@@ -1,0 +1,435 @@
+"""HTTP views. Thin (STYLE.md): an input serializer validates, one selector or service does the work, an
+output serializer renders. Every error goes through apps.agents.api.exceptions. The run itself (execute) is
+in apps/agents/api/runs.py; the async plumbing in deferred.py explains why execute is shaped as it is."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import BrowsableAPIRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.agents.api import runs
+from apps.agents.api.deferred import AsyncActionsMixin, DeferredResponse
+from apps.agents.api.permissions import AgentWriteOwnerOrStaff
+from apps.agents.api.renderers import SafeJSONRenderer
+from apps.agents.api.schema import (
+    AGENT_ID_PARAMETER,
+    ERROR_ENVELOPE_EXAMPLE,
+    EXECUTE_DESCRIPTION,
+    EXECUTE_FAILURE_EXAMPLE,
+    EXECUTE_REQUEST_EXAMPLES,
+    EXECUTE_SUCCESS_EXAMPLE,
+    IDEMPOTENCY_KEY,
+    SSE_DESCRIPTION,
+    SSE_STREAM_EXAMPLE,
+    ApiAutoSchema,
+    error_response,
+)
+from apps.agents.api.serializers import (
+    AgentExecutionInputSerializer,
+    AgentExecutionOutputSerializer,
+    AgentInputSerializer,
+    AgentOutputSerializer,
+    AgentStatsOutputSerializer,
+    CancelOutputSerializer,
+    ConversationDetailOutputSerializer,
+    ConversationInputSerializer,
+    ConversationListOutputSerializer,
+    ExecutionAcceptedSerializer,
+    ExecutionDetailOutputSerializer,
+    ExecutionFilterSerializer,
+    ExecutionListOutputSerializer,
+    HealthOutputSerializer,
+    TokenInputSerializer,
+    TokenOutputSerializer,
+)
+from apps.agents.api.sse import EVENT_STREAM, wants_event_stream
+from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle, UserRateThrottle
+from apps.agents.errors import ApplicationError
+from apps.agents.models import Agent, AgentExecution, Conversation
+from apps.agents.selectors import (
+    ExecutionFilters,
+    agent_get_visible,
+    agents_visible_to,
+    conversation_get_visible,
+    conversations_visible_to,
+    execution_get_visible,
+    execution_list,
+)
+from apps.agents.services import agents as agent_services
+from apps.agents.services import conversations as conversation_services
+from apps.agents.services.auth import token_obtain
+from apps.agents.services.stats import agent_stats
+from apps.platforms.registry import get_registry
+
+logger = logging.getLogger(__name__)
+
+
+class ApiMixin:
+    """What every endpoint shares: token + session auth (settings), login required, the per-user rate limit,
+    the schema that documents the error envelope."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [UserRateThrottle]
+    # JSON only: the bodies are nested objects, which form encodings cannot express (anything else: 415).
+    parser_classes = [JSONParser]
+    renderer_classes = [SafeJSONRenderer, BrowsableAPIRenderer]
+    schema = ApiAutoSchema()
+    #: Actions that may answer text/event-stream.
+    event_stream_actions: frozenset[str] = frozenset()
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # A client asking for an event stream gets one from these actions, which build the stream themselves;
+        # anything else it is sent (an error before the stream starts) is JSON, which an SSE client can read.
+        if getattr(self, "action", None) in self.event_stream_actions and wants_event_stream(request):
+            renderer = self.get_renderers()[0]
+            return renderer, renderer.media_type
+        return super().perform_content_negotiation(request, force)  # type: ignore[misc]
+
+
+class Pagination(CursorPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+    ordering = "-created_at"
+
+
+class AgentPagination(Pagination):
+    ordering = ("name", "id")
+
+
+# -------------------------------------------------------------------------------- auth, health
+class AuthTokenView(ApiMixin, APIView):
+    public = True
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonRateThrottle]
+
+    @extend_schema(
+        tags=["auth"],
+        request=TokenInputSerializer,
+        responses={200: TokenOutputSerializer},
+        summary="Trade a username and password for an API token",
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        data = TokenInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token = token_obtain(request=request._request, **data.validated_data)
+        return Response(TokenOutputSerializer({"token": token}).data)
+
+
+class HealthView(ApiMixin, APIView):
+    public = True
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonRateThrottle]
+
+    @extend_schema(
+        tags=["health"],
+        responses={200: HealthOutputSerializer, 503: HealthOutputSerializer},
+        summary="Database, broker (when configured) and configured platforms; 503 when something is down",
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        database = _check_database()
+        broker = _check_broker() if settings.CELERY_BROKER_URL else None
+        healthy = database["ok"] and (broker is None or broker["ok"])
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "database": database,
+            "broker": broker,
+            # Names only: the registry knows keys and URLs, none of which belongs in a public answer.
+            "platforms": get_registry().names(),
+        }
+        return Response(HealthOutputSerializer(body).data, status=200 if healthy else 503)
+
+
+def _check_database() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"ok": True}
+    except Exception as exc:
+        logger.warning("health: database check failed: %s", type(exc).__name__)
+        return {"ok": False, "detail": "database unreachable"}
+
+
+def _check_broker() -> dict[str, Any]:
+    from kombu import Connection
+
+    try:
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as broker:
+            broker.ensure_connection(max_retries=1, timeout=2)
+        return {"ok": True}
+    except Exception as exc:
+        logger.warning("health: broker check failed: %s", type(exc).__name__)
+        return {"ok": False, "detail": "broker unreachable"}
+
+
+# -------------------------------------------------------------------------------- agents
+@extend_schema(tags=["agents"])
+@extend_schema_view(
+    list=extend_schema(summary="Agents you can see: yours and shared ones"),
+    create=extend_schema(
+        request=AgentInputSerializer,
+        responses={201: AgentOutputSerializer, 409: error_response("agent_id taken")},
+    ),
+    retrieve=extend_schema(parameters=[AGENT_ID_PARAMETER]),
+    partial_update=extend_schema(
+        parameters=[AGENT_ID_PARAMETER],
+        request=AgentInputSerializer,
+        responses={200: AgentOutputSerializer, 409: error_response("agent_id taken")},
+    ),
+    destroy=extend_schema(parameters=[AGENT_ID_PARAMETER], responses={204: None}),
+)
+class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
+    """`{id}` is the slug (agent_id) or the UUID. Write access: owner or staff."""
+
+    serializer_class = AgentOutputSerializer
+    pagination_class = AgentPagination
+    permission_classes = [IsAuthenticated, AgentWriteOwnerOrStaff]
+    lookup_value_regex = "[^/]+"
+    async_actions = frozenset({"execute"})
+    event_stream_actions = frozenset({"execute"})
+
+    def get_queryset(self) -> Any:
+        return agents_visible_to(self.request.user)
+
+    def get_object(self) -> Agent:
+        agent = agent_get_visible(user=self.request.user, key=self.kwargs["pk"])
+        if agent is None:
+            raise NotFound()
+        self.check_object_permissions(self.request, agent)
+        return agent
+
+    def get_throttles(self) -> list[Any]:
+        throttles = super().get_throttles()
+        if self.action == "execute":
+            throttles.append(ExecuteRateThrottle())
+        return throttles
+
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(AgentOutputSerializer(page, many=True).data)
+
+    def create(self, request: Request) -> Response:
+        data = AgentInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = agent_services.agent_create(owner=request.user, data=data.validated_data)
+        return Response(AgentOutputSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(AgentOutputSerializer(self.get_object()).data)
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        agent = self.get_object()
+        data = AgentInputSerializer(instance=agent, data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        agent = agent_services.agent_update(agent=agent, data=data.validated_data)
+        return Response(AgentOutputSerializer(agent).data)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        agent_services.agent_delete(agent=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(parameters=[AGENT_ID_PARAMETER], responses={200: AgentStatsOutputSerializer})
+    @action(detail=True, methods=["get"])
+    def stats(self, request: Request, pk: str) -> Response:
+        agent = self.get_object()
+        body = {"agent": agent.agent_id, **agent_stats(agent).to_dict()}
+        return Response(AgentStatsOutputSerializer(body).data)
+
+    @extend_schema(
+        summary="Run the agent (sync, SSE stream, or background)",
+        description=EXECUTE_DESCRIPTION,
+        parameters=[AGENT_ID_PARAMETER, IDEMPOTENCY_KEY],
+        request=AgentExecutionInputSerializer,
+        examples=[
+            *EXECUTE_REQUEST_EXAMPLES,
+            EXECUTE_SUCCESS_EXAMPLE,
+            EXECUTE_FAILURE_EXAMPLE,
+            ERROR_ENVELOPE_EXAMPLE,
+        ],
+        responses={
+            (200, "application/json"): AgentExecutionOutputSerializer,
+            (200, EVENT_STREAM): OpenApiResponse(
+                response={"type": "string"},
+                description="Server-sent events (see the table above).",
+                examples=[SSE_STREAM_EXAMPLE],
+            ),
+            202: ExecutionAcceptedSerializer,
+            409: error_response(
+                "The agent is inactive, or the Idempotency-Key was used for another request."
+            ),
+            502: AgentExecutionOutputSerializer,
+            503: error_response("Background runs are not available on this server."),
+            504: AgentExecutionOutputSerializer,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def execute(self, request: Request, pk: str) -> DeferredResponse:
+        agent = self.get_object()
+        data = AgentExecutionInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        command = runs.build_command(request=request, agent=agent, validated=data.validated_data)
+        return DeferredResponse(lambda: runs.run(request, command))
+
+
+# -------------------------------------------------------------------------------- executions
+EXECUTION_FILTERS = [
+    OpenApiParameter("agent", str, description="Agent slug or UUID."),
+    OpenApiParameter("status", str, enum=["pending", "running", "completed", "failed", "cancelled"]),
+    OpenApiParameter("conversation", str, description="Conversation UUID."),
+    OpenApiParameter("created_after", str, description="ISO 8601 date-time (inclusive)."),
+    OpenApiParameter("created_before", str, description="ISO 8601 date-time (exclusive)."),
+]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=EXECUTION_FILTERS, responses={200: ExecutionListOutputSerializer(many=True)}
+    ),
+    retrieve=extend_schema(responses={200: ExecutionDetailOutputSerializer}),
+)
+class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
+    serializer_class = ExecutionDetailOutputSerializer
+    pagination_class = Pagination
+    lookup_value_regex = "[^/]+"
+    async_actions = frozenset({"cancel", "events"})
+    event_stream_actions = frozenset({"events"})
+
+    def get_queryset(self) -> Any:
+        return AgentExecution.objects.none()  # lookups go through the selectors; this only feeds the schema
+
+    def get_object(self) -> AgentExecution:
+        execution = execution_get_visible(user=self.request.user, execution_id=self.kwargs["pk"])
+        if execution is None:
+            raise NotFound()
+        return execution
+
+    def list(self, request: Request) -> Response:
+        data = ExecutionFilterSerializer(data=request.query_params.dict())
+        data.is_valid(raise_exception=True)
+        filters = {k: v for k, v in data.validated_data.items() if k not in ("cursor", "page_size")}
+        page = self.paginate_queryset(execution_list(user=request.user, filters=ExecutionFilters(**filters)))
+        return self.get_paginated_response(ExecutionListOutputSerializer(page, many=True).data)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(ExecutionDetailOutputSerializer(self.get_object()).data)
+
+    @extend_schema(
+        request=None, responses={202: CancelOutputSerializer, 409: error_response("Already finished.")}
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> DeferredResponse:
+        execution = self.get_object()
+        if execution.is_terminal:
+            raise ApplicationError(
+                f"Execution is already {execution.status}.",
+                code="not_cancellable",
+                status=status.HTTP_409_CONFLICT,
+            )
+        return DeferredResponse(lambda: runs.cancel(execution))
+
+    @extend_schema(
+        summary="Server-sent events of an execution (resumable with Last-Event-ID)",
+        description="Replays what the run published after `Last-Event-ID` (header) or `after` (query), then "
+        "follows it live until its terminal event. A finished run answers its outcome at once. Leaving does "
+        "not "
+        "cancel the run (POST cancel does).\n\n" + SSE_DESCRIPTION,
+        parameters=[
+            OpenApiParameter(
+                "Last-Event-ID", int, OpenApiParameter.HEADER, description="Last event id received."
+            ),
+            OpenApiParameter(
+                "after", int, description="Same as Last-Event-ID, for clients that cannot set headers."
+            ),
+        ],
+        responses={
+            (200, EVENT_STREAM): OpenApiResponse(response={"type": "string"}, description="Event stream.")
+        },
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str) -> DeferredResponse:
+        execution = self.get_object()
+        after = _last_event_id(request)
+        return DeferredResponse(lambda: runs.follow(execution, after))
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
+    if not raw.isdigit() or len(raw) > 12:
+        raise ApplicationError(
+            "Last-Event-ID must be a non-negative integer.", fields={"Last-Event-ID": ["Not an integer."]}
+        )
+    return int(raw)
+
+
+# -------------------------------------------------------------------------------- conversations
+@extend_schema(tags=["conversations"])
+@extend_schema_view(
+    list=extend_schema(responses={200: ConversationListOutputSerializer(many=True)}),
+    create=extend_schema(
+        request=ConversationInputSerializer, responses={201: ConversationDetailOutputSerializer}
+    ),
+    retrieve=extend_schema(responses={200: ConversationDetailOutputSerializer}),
+    destroy=extend_schema(responses={204: None, 409: error_response("A run is in progress.")}),
+)
+class ConversationViewSet(ApiMixin, viewsets.GenericViewSet):
+    serializer_class = ConversationDetailOutputSerializer
+    pagination_class = Pagination
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> Any:
+        return conversations_visible_to(self.request.user)
+
+    def get_object(self, *, with_messages: bool = False) -> Conversation:
+        conversation = conversation_get_visible(
+            user=self.request.user, conversation_id=self.kwargs["pk"], with_messages=with_messages
+        )
+        if conversation is None:
+            raise NotFound()
+        return conversation
+
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(ConversationListOutputSerializer(page, many=True).data)
+
+    def create(self, request: Request) -> Response:
+        data = ConversationInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = None
+        if data.validated_data.get("agent"):
+            agent = agent_get_visible(user=request.user, key=data.validated_data["agent"])
+            if agent is None:
+                raise ApplicationError(
+                    "Agent not found.", code="not_found", status=404, fields={"agent": ["Not found."]}
+                )
+        conversation = conversation_services.conversation_create(
+            owner=request.user, agent=agent, title=data.validated_data.get("title", "")
+        )
+        conversation = conversation_get_visible(
+            user=request.user, conversation_id=conversation.pk, with_messages=True
+        )
+        return Response(ConversationDetailOutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(ConversationDetailOutputSerializer(self.get_object(with_messages=True)).data)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        conversation_services.conversation_delete(conversation=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,93 @@
+"""Writes to agents (HackSoft services). Every write runs the model's full_clean, so the rules live in one
+place (models.py: slug, temperature 0..2, JSON Schema, limits) and the API answers 400 naming the field
+instead of letting a CHECK constraint turn into a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from apps.agents.errors import ApplicationError
+from apps.agents.models import Agent
+
+# What a client may set; everything else (id, owner, timestamps) is decided here.
+EDITABLE_FIELDS = (
+    "name",
+    "agent_id",
+    "description",
+    "agent_type",
+    "system_prompt",
+    "capabilities",
+    "preferred_platform",
+    "model",
+    "temperature",
+    "max_tokens",
+    "output_schema",
+    "tools",
+    "is_shared",
+    "is_active",
+    "timeout_seconds",
+    "max_retries",
+    "history_window",
+    "max_tool_calls",
+)
+
+
+def _invalid(exc: ValidationError) -> ApplicationError:
+    fields = {
+        ("non_field_errors" if k == "__all__" else k): [str(m) for m in v]
+        for k, v in exc.message_dict.items()
+    }
+    names = ", ".join(sorted(fields))
+    return ApplicationError(f"Invalid agent: {names}.", code="invalid", status=400, fields=fields)
+
+
+def _save(agent: Agent, *, creating: bool) -> Agent:
+    try:
+        agent.full_clean()
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    try:
+        # The savepoint keeps a failed INSERT (two clients racing for one slug) from breaking an outer
+        # transaction.
+        with transaction.atomic():
+            agent.save(force_insert=creating)
+    except IntegrityError as exc:
+        # full_clean checked uniqueness, but another request may have taken the slug since.
+        raise ApplicationError(
+            "An agent with this agent_id already exists.",
+            code="conflict",
+            status=409,
+            fields={"agent_id": ["An agent with this agent_id already exists."]},
+        ) from exc
+    return agent
+
+
+def _apply(agent: Agent, data: Mapping[str, Any]) -> None:
+    unknown = set(data) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ApplicationError(
+            f"Unknown agent fields: {', '.join(sorted(unknown))}.",
+            fields={name: ["Unknown field."] for name in sorted(unknown)},
+        )
+    for name, value in data.items():
+        setattr(agent, name, value)
+
+
+def agent_create(*, owner: Any, data: Mapping[str, Any]) -> Agent:
+    agent = Agent(owner=owner)
+    _apply(agent, data)
+    return _save(agent, creating=True)
+
+
+def agent_update(*, agent: Agent, data: Mapping[str, Any]) -> Agent:
+    _apply(agent, data)
+    return _save(agent, creating=False)
+
+
+def agent_delete(*, agent: Agent) -> None:
+    # Executions keep their record (agent -> NULL, agent_slug stays): cost and history outlive the agent.
+    agent.delete()
