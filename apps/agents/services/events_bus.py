@@ -421,7 +421,7 @@ async def subscribe(
             if events:
                 wait = 0.0 if len(events) >= 500 else poll_seconds
                 continue
-            fallback = await terminal_event_from_row(execution_id, next_seq=last + 1)
+            fallback = await terminal_event_from_row(execution_id, next_seq=max(last, 0) + 1)
             if fallback is not None:
                 # The row ended a while ago and its terminal event never came; re-read once to close the
                 # race with a publish that landed just now.
@@ -433,7 +433,8 @@ async def subscribe(
                         return
                 if fallback.name == "missing":
                     return
-                yield fallback._replace(seq=last + 1)
+                # Runs number their events from 1; a reader without Last-Event-ID asks for those after 0.
+                yield fallback._replace(seq=max(last, 0) + 1)
                 return
             wait = poll_seconds
     finally:

@@ -39,8 +39,10 @@ from apps.agents.engine.retry import RetryPolicy
 from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
+from apps.agents.services.background import anotify_cancel
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import record_outcome, result_from_row, shielded, status_body
+from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
 from apps.agents.services.state_manager import StateManager, state_manager
 from apps.platforms import registry as platform_registry
 
@@ -110,12 +112,16 @@ class ExecutionEngine:
         idempotency_key: str | None = None,
         request_hash: str = "",
     ) -> AgentExecution:
-        """The one place a row is created: the seam for idempotent admission and conversation claims."""
-        return await self.state.acreate_execution(
+        """The one place a row is created: idempotent admission and the conversation claim (409), see
+        apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
+        back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
+        admission = await aadmit_execution(
             **prepared.create_kwargs(mode=mode, running=running),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
+        admission.execution.replayed = not admission.created
+        return admission.execution
 
     # ------------------------------------------------------------------ the contract (TEAM.md)
     async def execute_agent(
@@ -138,6 +144,8 @@ class ExecutionEngine:
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
+        if execution.replayed:
+            return await replayed_result(execution)
         terminal: Any = None
         async for terminal in self._events(prepared, execution, stream=False):  # noqa: B007 - the last one
             pass
@@ -167,6 +175,10 @@ class ExecutionEngine:
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
+        if execution.replayed:
+            async for event in replayed_events(execution):
+                yield event
+            return
         async for event in self._events(prepared, execution, stream=True):
             yield event
 
@@ -261,12 +273,19 @@ class ExecutionEngine:
                     await Conversation.objects.filter(
                         pk=execution.conversation_id, active_execution_id=execution.pk
                     ).aupdate(active_execution=None)
+                await anotify_cancel(execution.pk)  # readers of its events learn it ended
                 return True
         flagged = await sync_to_async(self.state.request_cancel)(execution)
-        stop_now = self._local.get(str(execution.pk))
-        if flagged and stop_now is not None:
-            stop_now()
+        if flagged and not self.stop_local(execution.pk):
+            await anotify_cancel(execution.pk)  # the worker holding it stops at once, not at its next poll
         return flagged
+
+    def stop_local(self, execution_id: Any) -> bool:
+        """Stop a run of this process now (thread-safe); False if this process does not hold it."""
+        stop_now = self._local.get(str(execution_id))
+        if stop_now is not None:
+            stop_now()
+        return stop_now is not None
 
     # ------------------------------------------------------------------ one run
     async def _events(

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,10 +27,18 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.agents.engine.context import AgentError, AgentResult
+from apps.agents.engine.events import (
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionCreated,
+    ExecutionFailed,
+    StreamEvent,
+)
 from apps.agents.errors import ApplicationError
-from apps.agents.models import TERMINAL_STATUSES, AgentExecution
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionStatus
 from apps.agents.services.conversation_lock import claim_conversation
-from apps.agents.services.state_manager import state_manager
+from apps.agents.services.state_manager import DEADLINE_GRACE, state_manager
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +145,27 @@ async def await_outcome(execution_id: Any, *, wait_seconds: float) -> AgentExecu
             return execution
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+
+
+async def replayed_result(execution: AgentExecution) -> AgentResult:
+    """The first request's outcome, for a replay of it. While the first run is still going, wait for it
+    (bounded by its own deadline: past that the reaper ends it)."""
+    from apps.agents.services.execution_records import result_from_row
+
+    timeout = execution.agent.timeout_seconds if execution.agent_id and execution.agent else 3600
+    wait = timeout + DEADLINE_GRACE.total_seconds() + 5
+    row = await await_outcome(execution.pk, wait_seconds=wait)
+    return result_from_row(row or execution)
+
+
+async def replayed_events(execution: AgentExecution) -> AsyncIterator[StreamEvent]:
+    """A replayed stream: ExecutionCreated, then the first run's terminal event (no deltas: it is over)."""
+    yield ExecutionCreated(str(execution.pk), execution.agent_slug)
+    result = await replayed_result(execution)
+    status = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
+    if status == ExecutionStatus.COMPLETED:
+        yield ExecutionCompleted(result)
+    elif status == ExecutionStatus.CANCELLED:
+        yield ExecutionCancelled(result)
+    else:
+        yield ExecutionFailed(result.error or AgentError("provider_error", f"execution is {status}"), result)

@@ -110,7 +110,8 @@ def _announce(execution: AgentExecution) -> None:
         release_conversation(execution.conversation_id, execution.pk)
     if execution.mode == ExecutionMode.BACKGROUND:
         bus = get_bus()
-        event = terminal_event_for(execution, bus.last_seq_sync(str(execution.pk)) + 1)
+        # Runs number their events from 1; a reader without Last-Event-ID asks for everything after 0.
+        event = terminal_event_for(execution, max(bus.last_seq_sync(str(execution.pk)), 0) + 1)
         bus.publish_sync(str(execution.pk), event)
 
 
