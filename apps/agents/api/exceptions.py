@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
 from apps.agents.errors import ApplicationError
@@ -54,7 +55,12 @@ def flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     if isinstance(detail, Mapping):
         for key, value in detail.items():
             # ListField reports items by int index: capabilities[0], like the engine's own messages.
-            path = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            elif key == api_settings.NON_FIELD_ERRORS_KEY and prefix:
+                path = prefix  # a nested object as a whole is wrong: name the object
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             flat.update(flatten_fields(value, path))
     elif isinstance(detail, list | tuple) and any(
         isinstance(item, Mapping | list | tuple) for item in detail

@@ -172,9 +172,18 @@ async def _run_in_background(request: Request, command: ExecuteCommand, engine: 
     return Response(ExecutionAcceptedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
 
 
+async def _request_cancel(execution_id: Any) -> bool:
+    # The background service also tells the worker holding the run (Redis notice) and the event readers;
+    # without it the engine's own cancel flags the row, which its runner notices within a second.
+    try:
+        from apps.agents.services.background import request_cancel
+    except ImportError:
+        return bool(await _engine().cancel(execution_id))
+    return bool(await request_cancel(execution_id))
+
+
 async def cancel(execution: AgentExecution) -> Response:
-    engine = _engine()
-    requested = await engine.cancel(execution.pk)
+    requested = await _request_cancel(execution.pk)
     current = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
     if not requested and current not in ("pending", "running", "cancelled"):
         raise ApplicationError(
