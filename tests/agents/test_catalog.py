@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,18 @@ EXAMPLE_A = "{input: {task: x}, output: {a: y}}"
             "output_schema",
             "additionalProperties: false",
         ),
+        (
+            "output_schema: {type: object, properties: {a: {$ref: '#/$defs/b'}}, additionalProperties: false,"
+            " $defs: {c: {type: string}}}\nexample: {input: {task: x}}\n",
+            "output_schema.properties.a",
+            "name one of the root's $defs",
+        ),
+        (
+            "output_schema: {type: object, properties: {a: {$ref: '#/$defs/c', type: string}},"
+            " additionalProperties: false, $defs: {c: {type: string}}}\nexample: {input: {task: x}}\n",
+            "output_schema.properties.a",
+            "a $ref must stand alone",
+        ),
         (SCHEMA, "example", "is required for an agent with an output schema"),
         (
             SCHEMA + "example: {input: {task: x}, output: {a: 1}}\n",
@@ -424,3 +437,23 @@ def test_a_dry_run_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     call_command("seed_agents", "--dry-run")
     assert "Dry run, nothing written: 15 catalog agents: 15 created" in capsys.readouterr().out
     assert not Agent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_make_run_shows_the_fifteen_agents_to_the_demo_user(settings: Any) -> None:
+    """What `make seed` does, then the API call it prints: the catalog is visible to the demo user."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    call_command("seed_agents", stdout=io.StringIO())
+    call_command("create_demo_user", stdout=io.StringIO())
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user__username=settings.DEMO_USER).key}")
+
+    response = client.get("/api/v1/agents/", {"page_size": 50})
+
+    assert response.status_code == 200, response.content
+    listed = {agent["agent_id"]: agent for agent in response.json()["results"]}
+    assert set(listed) == EXPECTED_SLUGS
+    assert listed["code-reviewer"]["output_schema"]["properties"]["criteria"]["additionalProperties"] is False

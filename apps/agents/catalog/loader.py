@@ -62,8 +62,10 @@ BUILTIN_TOOL_NAMES = frozenset(tool.name for tool in BUILTIN_TOOLS)
 
 # JSON Schema keywords that OpenAI, Anthropic and Gemini structured output all accept and that llama.cpp's
 # grammar converter understands (or, for minimum/maximum/description, safely ignores: the engine validates
-# the parsed output against the full schema anyway). $ref, oneOf, pattern, format or string lengths would
-# either fail on some platform or blow up the local grammar, so shipped agents do not use them.
+# the parsed output against the full schema anyway). oneOf, pattern, format or string lengths would either
+# fail on some platform or blow up the local grammar, so shipped agents do not use them. `$ref` is allowed
+# only as a whole node pointing at the root's `$defs` ("#/$defs/name"): it keeps a repeated shape (the Code
+# Reviewer's ten criteria) from being spelled out, and sent in every prompt, ten times.
 PORTABLE_SCHEMA_KEYWORDS = frozenset(
     {
         "type",
@@ -264,12 +266,24 @@ def _check_catalog_rules(path: Path, values: Mapping[str, Any]) -> None:
     if values["output_schema"] is not None:
         if values["output_schema"].get("type") != "object":
             raise CatalogError(path, "output_schema", "the root must be an object schema")
-        _check_portable_schema(path, values["output_schema"], "output_schema")
+        root = dict(values["output_schema"])
+        definitions = root.pop("$defs", {})
+        if not isinstance(definitions, dict):
+            raise CatalogError(path, "output_schema.$defs", "must be a mapping of named schemas")
+        _check_portable_schema(path, root, "output_schema", definitions)
+        for name, definition in definitions.items():
+            _check_portable_schema(path, definition, f"output_schema.$defs.{name}", definitions)
 
 
-def _check_portable_schema(path: Path, schema: Any, where: str) -> None:
+def _check_portable_schema(path: Path, schema: Any, where: str, definitions: Mapping[str, Any]) -> None:
     if not isinstance(schema, dict):
         raise CatalogError(path, where, "must be a schema object")
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        target = ref.removeprefix("#/$defs/") if isinstance(ref, str) else None
+        if len(schema) != 1 or target is None or target == ref or target not in definitions:
+            raise CatalogError(path, where, "a $ref must stand alone and name one of the root's $defs")
+        return
     unsupported = sorted(set(schema) - PORTABLE_SCHEMA_KEYWORDS)
     if unsupported:
         raise CatalogError(path, where, f"keyword {unsupported[0]!r} is not portable to every platform")
@@ -287,9 +301,9 @@ def _check_portable_schema(path: Path, schema: Any, where: str) -> None:
         if missing:
             raise CatalogError(path, where, f"requires undeclared property {missing[0]!r}")
         for name, subschema in properties.items():
-            _check_portable_schema(path, subschema, f"{where}.properties.{name}")
+            _check_portable_schema(path, subschema, f"{where}.properties.{name}", definitions)
     elif kind == "array":
-        _check_portable_schema(path, schema.get("items"), f"{where}.items")
+        _check_portable_schema(path, schema.get("items"), f"{where}.items", definitions)
 
 
 def _check_model_rules(path: Path, values: Mapping[str, Any]) -> None:
