@@ -109,3 +109,29 @@ async def test_a_nine_point_review_from_the_model_is_not_accepted(
     assert result.error.code == "invalid_output"
     assert "'testing' is a required property" in result.error.message
     assert len(fake_openai.requests) == 3
+
+
+@pytest.mark.django_db
+def test_the_readme_code_review_call_returns_the_ten_point_review(
+    catalog: dict[str, CatalogEntry], fake_registry: Any, fake_openai: Any, alice: Any
+) -> None:
+    """The README's example: POST /api/v1/agents/code-reviewer/execute/ answers the structured review."""
+    from rest_framework.test import APIClient
+
+    from tests.agents.api.conftest import token_for
+
+    seed_catalog()
+    entry = catalog["code-reviewer"]
+    fake_openai.reply(text=json.dumps(entry.example.output), input_tokens=1052, output_tokens=612)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(alice)}")
+
+    response = client.post(
+        "/api/v1/agents/code-reviewer/execute/", {"input_data": entry.example.input}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["success"], body["platform_used"], body["tokens_used"]) == (True, "openai", 1664)
+    assert body["output"] == entry.example.output and len(body["output"]["criteria"]) == 10
+    jsonschema.validate(body["output"], entry.output_schema)
