@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -38,6 +40,7 @@ from apps.agents.services.state_manager import state_manager
 logger = logging.getLogger(__name__)
 
 S = ExecutionStatus
+T = TypeVar("T")
 
 
 def broker_configured() -> bool:
@@ -106,7 +109,7 @@ class InProcessRunner:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="background-runs", daemon=True)
                 thread.start()
-                asyncio.run_coroutine_threadsafe(self._reap_periodically(), loop)
+                self._start(self._reap_periodically(), loop)
                 self._loop = loop
             return self._loop
 
@@ -116,10 +119,16 @@ class InProcessRunner:
         with self._lock:
             if execution_id in self._runs:
                 return False
-            future = asyncio.run_coroutine_threadsafe(self._run(execution_id), loop)
+            future = self._start(self._run(execution_id), loop)
             self._runs[execution_id] = future
         future.add_done_callback(lambda done: self._finished(execution_id, done))
         return True
+
+    @staticmethod
+    def _start(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[T]:
+        # In an empty context: the task would otherwise inherit the caller's context variables, among them
+        # asgiref's "inside sync_to_async" marker (then every ORM call of the run refuses to run).
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
 
     def holds(self, execution_id: str) -> bool:
         return execution_id in self._runs
