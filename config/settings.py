@@ -179,6 +179,9 @@ REAPER_INTERVAL_SECONDS = env.float("REAPER_INTERVAL_SECONDS", default=30.0)
 DEMO_USER = env("DEMO_USER", default="demo")
 DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo-password")
 
+# Bearer token a Prometheus server may scrape GET /metrics with (empty: staff users only).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from apps.agents import metrics
 from apps.agents.engine import AgentResult, RunState
 from apps.agents.engine.context import AgentError
 from apps.agents.errors import IllegalTransition
@@ -65,6 +66,7 @@ async def record_outcome(
         await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
             active_execution=None
         )
+    metrics.record_execution(execution)  # counts only if this write made the row terminal
     if execution.execution_time is not None:
         result.execution_time = execution.execution_time
     return result
