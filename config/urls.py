@@ -9,6 +9,7 @@ urlpatterns = [
     path("api/v1/", include("apps.agents.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("v1/", include("apps.agents.openai_compat.urls")),
     path("metrics", metrics_view, name="metrics"),
 ]
 
