@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "apps.platforms",
     "apps.agents",
+    "apps.console",
 ]
 
 MIDDLEWARE = [

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("apps.agents.openai_compat.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("", include("apps.console.urls")),
 ]
 
 # Under /api/ even Django's own error pages (no route matched, a crash outside a view) are the JSON envelope.
