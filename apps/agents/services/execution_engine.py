@@ -369,9 +369,13 @@ class ExecutionEngine:
         poll = min(1.0, beat)
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + beat
-        live = AgentExecution.objects.filter(pk=execution.pk, status=Status.RUNNING, cancel_requested_at=None)
+        live = None
         while not run_task.done():
             await asyncio.sleep(poll)
+            if live is None:  # built on first use: most runs end before the first poll, and a filter() costs
+                live = AgentExecution.objects.filter(
+                    pk=execution.pk, status=Status.RUNNING, cancel_requested_at=None
+                )
             try:
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + beat

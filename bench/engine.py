@@ -1,0 +1,262 @@
+"""The engine's own overhead per run: `execution_engine.execute_agent` (and `execute_streaming`) against a fake
+OpenAI server that answers instantly, minus a direct `openai` SDK call to the same server.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_engine .venv/bin/python bench/engine.py [--runs 400]
+    .venv/bin/python bench/engine.py --profile      # cProfile of the engine path, top functions by own time
+
+The database is created and migrated if missing (PostgreSQL by default; DATABASE_URL overrides it). The fake
+server (bench/compare/fake.py: the tests' FakeOpenAIServer on uvloop + httptools) runs in its own process so
+that it does not share this process's GIL. Direct and engine calls
+alternate, so drift on a noisy machine hits both alike. Each engine run is a real run: a row inserted
+`running`, the provider call, one final UPDATE with attempts, tokens and cost. "(2 writes alone)" times
+just those two writes (StateManager create + complete) for scale. On PostgreSQL everything is measured twice:
+as configured, then with synchronous_commit=off (a commit no longer waits for the disk's fsync; at most the
+last few hundred ms of commits can be lost if PostgreSQL itself crashes, never corrupted). Prints a table
+and writes bench/results/engine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._django import RESULTS, ROOT, setup
+
+URL = setup("bench_engine")
+
+import openai  # noqa: E402
+
+from apps.agents.models import Agent, AgentExecution  # noqa: E402
+from apps.agents.services.execution_engine import execution_engine  # noqa: E402
+from apps.agents.services.state_manager import state_manager  # noqa: E402
+from apps.platforms.openai import OpenAIPlatform  # noqa: E402
+from apps.platforms.pricing import Pricing  # noqa: E402
+from apps.platforms.registry import PlatformRegistry, set_registry  # noqa: E402
+
+KEY = "sk-bench-not-a-secret"
+
+
+def start_fake_server() -> tuple[subprocess.Popen[str], str]:
+    """The tests' FakeOpenAIServer on uvloop + httptools in its own process (bench/compare/fake.py)."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "compare" / "fake.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    port = json.loads(process.stdout.readline())["port"]
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 0.95), "mean_ms": statistics.fmean(ms)}
+
+
+def prepare_agent() -> tuple[Agent, object]:
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-engine")
+    agent, _ = Agent.objects.update_or_create(
+        agent_id="bench-engine",
+        defaults={
+            "owner": user,
+            "name": "Bench engine",
+            "preferred_platform": "openai",
+            "model": "gpt-4o-mini",
+            "system_prompt": "You are a helpful assistant.",
+        },
+    )
+    return agent, user
+
+
+async def set_synchronous_commit(value: str) -> None:
+    """Set synchronous_commit on the connection the async ORM uses (its one thread-sensitive thread)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+
+    def apply() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET synchronous_commit TO {value}")
+
+    await sync_to_async(apply)()
+
+
+async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: int) -> dict[str, object]:
+    client = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0, timeout=30)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Say hello"},
+    ]
+
+    async def direct_sync() -> None:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.3)
+
+    async def direct_stream() -> None:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=messages,
+            temperature=0.3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for _ in stream:
+            pass
+
+    async def engine_sync() -> None:
+        result = await execution_engine.execute_agent(agent, {"task": "Say hello"}, user)
+        assert result.success, result.error
+
+    async def engine_stream() -> None:
+        last = None
+        async for last in execution_engine.execute_streaming(agent, {"task": "Say hello"}, user):  # noqa: B007
+            pass
+        assert last is not None and last.name == "execution.completed", last
+
+    async def db_writes() -> None:
+        # The two writes every sync run makes, alone: the INSERT (already running) and the final UPDATE.
+        execution = await state_manager.acreate_execution(
+            agent=agent, input_data={"task": "Say hello"}, user=user, running=True
+        )
+        await state_manager.acomplete_execution(execution, output="hi", tokens_in=11, tokens_out=7)
+
+    async def nothing() -> None:
+        return None
+
+    results: dict[str, object] = {}
+    for mode, direct, engine in (
+        ("sync", direct_sync, engine_sync),
+        ("stream", direct_stream, engine_stream),
+        ("db_writes", nothing, db_writes),
+    ):
+        for _ in range(warmup):
+            await direct()
+            await engine()
+        direct_times: list[float] = []
+        engine_times: list[float] = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await direct()
+            direct_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await engine()
+            engine_times.append(time.perf_counter() - started)
+        direct_stats, engine_stats = summary(direct_times), summary(engine_times)
+        paired = [e - d for e, d in zip(engine_times, direct_times, strict=True)]
+        results[mode] = {
+            "direct_sdk": direct_stats,
+            "engine": engine_stats,
+            "overhead_p50_ms": engine_stats["p50_ms"] - direct_stats["p50_ms"],
+            "overhead_p95_ms": engine_stats["p95_ms"] - direct_stats["p95_ms"],
+            "paired_difference": summary(paired),
+        }
+    await client.close()
+    return results
+
+
+async def measure_all(
+    base_url: str, agent: Agent, user: object, runs: int, warmup: int, postgres: bool
+) -> dict[str, object]:
+    """As configured; on PostgreSQL also with synchronous_commit=off, where a commit does not wait for the
+    WAL flush (the disk's fsync), which is most of a write's cost on these machines."""
+    results = {"as_configured": await measure(base_url, agent, user, runs, warmup)}
+    if postgres:
+        await set_synchronous_commit("off")
+        results["synchronous_commit_off"] = await measure(base_url, agent, user, runs, warmup)
+    return results
+
+
+async def profile(agent: Agent, user: object, runs: int) -> None:
+    for _ in range(20):
+        await execution_engine.execute_agent(agent, {"task": "Say hello"}, user)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        await execution_engine.execute_agent(agent, {"task": "Say hello"}, user)
+    profiler.disable()
+    stats = pstats.Stats(profiler).sort_stats("tottime")
+    stats.print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of engine runs instead")
+    args = parser.parse_args()
+
+    server, base_url = start_fake_server()
+    try:
+        registry = PlatformRegistry(
+            {
+                "openai": OpenAIPlatform(
+                    api_key=KEY, base_url=base_url, default_model="gpt-4o-mini", timeout=30
+                )
+            },
+            fallback_order=("openai",),
+            pricing=Pricing(),
+        )
+        set_registry(registry)
+        agent, user = prepare_agent()
+        if args.profile:
+            asyncio.run(profile(agent, user, args.runs))
+            return
+        database = "postgresql" if URL.startswith("postgres") else "sqlite"
+        results = asyncio.run(
+            measure_all(base_url, agent, user, args.runs, args.warmup, database == "postgresql")
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    AgentExecution.objects.filter(agent=agent).delete()
+
+    print(f"\nEngine overhead per run ({args.runs} runs each, {database}, fake OpenAI answering instantly)\n")
+    header = f"{'commits':<24}{'mode':<18}{'direct p50':>12}{'engine p50':>12}{'overhead p50':>14}"
+    header += f"{'direct p95':>12}{'engine p95':>12}{'overhead p95':>14}"
+    print(header)
+    print("-" * len(header))
+    for commits, table in results.items():
+        assert isinstance(table, dict)
+        for mode in ("sync", "stream", "db_writes"):
+            row = table[mode]
+            direct, engine = row["direct_sdk"], row["engine"]
+            label = "(2 writes alone)" if mode == "db_writes" else mode
+            print(
+                f"{commits:<24}{label:<18}{direct['p50_ms']:>9.2f} ms{engine['p50_ms']:>9.2f} ms"
+                f"{row['overhead_p50_ms']:>11.2f} ms{direct['p95_ms']:>9.2f} ms{engine['p95_ms']:>9.2f} ms"
+                f"{row['overhead_p95_ms']:>11.2f} ms"
+            )
+    payload = {
+        "benchmark": "engine_overhead",
+        "database": database,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()),
+        "target_overhead_p50_ms": 5.0,
+        "results": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {RESULTS / 'engine.json'}")
+
+
+if __name__ == "__main__":
+    main()
