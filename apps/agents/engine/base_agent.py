@@ -19,12 +19,11 @@ Pure Python: the registry is passed in; nothing here imports Django.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from apps.agents.engine.context import (
@@ -32,19 +31,18 @@ from apps.agents.engine.context import (
     AgentContext,
     AgentError,
     AgentResult,
-    Attempt,
     current_execution_id,
 )
 from apps.agents.engine.cooldown import Cooldowns
 from apps.agents.engine.events import (
     ExecutionCompleted,
     ExecutionFailed,
-    OutputDelta,
     PlatformFallback,
     StreamEvent,
 )
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
+from apps.agents.engine.streaming import stream_completion
 from apps.agents.engine.tools import ToolRegistry, tool_registry
 from apps.platforms.base import (
     ChatMessage,
@@ -52,7 +50,6 @@ from apps.platforms.base import (
     CompletionRequest,
     Platform,
     ToolDefinition,
-    Usage,
 )
 from apps.platforms.errors import PlatformError
 
@@ -282,14 +279,14 @@ class BaseAgent:
             left = self.cooldowns.remaining(name)
             if left:
                 why = f"cooling down for {left:.0f} s after repeated failures"
-                self._record(scope, name, "", "cooldown", None, error=why)
+                scope.record_attempt(name, "", "cooldown", None, error=why)
                 skipped.append(f"{name}: {why}")
                 previous = (name, "cooldown")
                 continue
             try:
                 platform: Platform = self.registry.get(name)
             except PlatformError as exc:
-                self._record(scope, name, "", "unavailable", None, error=exc.message)
+                scope.record_attempt(name, "", "unavailable", None, error=exc.message)
                 skipped.append(f"{name}: {exc.message}")
                 previous = (name, "unavailable")
                 continue
@@ -330,7 +327,7 @@ class BaseAgent:
             try:
                 try:
                     if stream:
-                        completion = await self._stream_once(scope, platform, request)
+                        completion = await stream_completion(scope, platform, request)
                     else:
                         completion = await platform.generate(request)
                 except PlatformError:
@@ -343,8 +340,7 @@ class BaseAgent:
                         f"{type(exc).__name__}: {exc}", provider=name, kind="server_error", retryable=False
                     ) from exc
             except PlatformError as error:
-                self._record(
-                    scope,
+                scope.record_attempt(
                     name,
                     request.model,
                     error.kind,
@@ -387,10 +383,10 @@ class BaseAgent:
                 status, why = (
                     ("timeout", "the run's deadline passed") if expired else ("cancelled", "cancelled")
                 )
-                self._record(scope, name, request.model, status, started, error=why)
+                scope.record_attempt(name, request.model, status, started, error=why)
                 raise
             model = completion.model or request.model
-            self._record(scope, name, model, "ok", started, completion=completion)
+            scope.record_attempt(name, model, "ok", started, completion=completion)
             self.cooldowns.record_success(name)
             state = scope.state
             state.add_usage(completion.usage, self.registry.cost(name, model, completion.usage))
@@ -399,72 +395,7 @@ class BaseAgent:
             return completion, None
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
-    async def _stream_once(
-        self, scope: RunScope, platform: Platform, request: CompletionRequest
-    ) -> Completion:
-        parts: list[str] = []
-        final = None
-        chunks: AsyncIterator[Any] = platform.stream(request)
-        closer = getattr(chunks, "aclose", None)
-        try:
-            async for chunk in chunks:
-                if chunk.text:
-                    parts.append(chunk.text)
-                    scope.sent_output = True
-                    scope.state.streamed.append(chunk.text)
-                    await scope.send(OutputDelta(chunk.text))
-                if chunk.finish_reason is not None:
-                    final = chunk
-        finally:
-            # On cancellation or an error the generator may be suspended at a yield: close it now, which
-            # closes the HTTP response, rather than whenever the garbage collector gets to it.
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
-        if final is None:
-            raise PlatformError(
-                "the stream ended without a finish reason",
-                provider=platform.name,
-                kind="incomplete_stream",
-                retryable=True,
-            )
-        return Completion(
-            text="".join(parts),
-            finish_reason=final.finish_reason,
-            usage=final.usage or Usage(),
-            model=final.model or request.model,
-            tool_calls=final.tool_calls,
-            provider_id=final.provider_id,
-        )
-
-    # ------------------------------------------------------------------ records and logs
-    def _record(
-        self,
-        scope: RunScope,
-        platform: str,
-        model: str,
-        status: str,
-        started: float | None,
-        *,
-        error: str | None = None,
-        http_status: int | None = None,
-        completion: Completion | None = None,
-    ) -> None:
-        latency = 0.0 if started is None else round((self._clock() - started) * 1000, 2)
-        usage = completion.usage if completion is not None else None
-        scope.state.attempts.append(
-            Attempt(
-                platform=platform,
-                model=model,
-                status=status,
-                latency_ms=latency,
-                error=error,
-                http_status=http_status,
-                input_tokens=usage.input_tokens if usage else 0,
-                output_tokens=usage.output_tokens if usage else 0,
-            )
-        )
-
+    # ------------------------------------------------------------------ logs
     def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:
         execution_id = scope.context.execution_id or current_execution_id.get() or "-"
         logger.log(level, message, *args, extra={"execution_id": execution_id, "agent": self.config.agent_id})

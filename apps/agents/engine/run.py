@@ -16,7 +16,7 @@ from typing import Any
 
 from apps.agents.engine.context import AgentContext, AgentError, AgentResult, Attempt, ErrorCode
 from apps.agents.engine.events import StreamEvent
-from apps.platforms.base import ChatMessage, Usage
+from apps.platforms.base import ChatMessage, Completion, Usage
 
 #: Where a streaming run sends its events (output deltas, tool calls and results, fallbacks).
 Emit = Callable[[StreamEvent], Awaitable[None]]
@@ -127,3 +127,29 @@ class RunScope:
     async def send(self, event: StreamEvent) -> None:
         if self.emit is not None:
             await self.emit(event)
+
+    def record_attempt(
+        self,
+        platform: str,
+        model: str,
+        status: str,
+        started: float | None,
+        *,
+        error: str | None = None,
+        http_status: int | None = None,
+        completion: Completion | None = None,
+    ) -> None:
+        """One attempt on the run's record; `started` is the clock reading when it began (None: no call)."""
+        usage = completion.usage if completion is not None else None
+        self.state.attempts.append(
+            Attempt(
+                platform=platform,
+                model=model,
+                status=status,
+                latency_ms=0.0 if started is None else round((self.clock() - started) * 1000, 2),
+                error=error,
+                http_status=http_status,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+            )
+        )
