@@ -137,7 +137,8 @@ GEMINI_DEFAULT_MODEL = env("GEMINI_DEFAULT_MODEL", default="gemini-2.0-flash")
 LOCAL_ENABLED = env.bool("LOCAL_ENABLED", default=True)
 LOCAL_MODEL_PATH = env("LOCAL_MODEL_PATH", default="")
 LOCAL_DEFAULT_MODEL = env("LOCAL_DEFAULT_MODEL", default="smollm2-135m-instruct")
-LOCAL_CONTEXT_TOKENS = env.int("LOCAL_CONTEXT_TOKENS", default=2048)
+# SmolLM2 supports 8192; 4096 leaves room for a structured agent's schema plus one re-ask.
+LOCAL_CONTEXT_TOKENS = env.int("LOCAL_CONTEXT_TOKENS", default=4096)
 # 1 thread: as fast as 2 for a 135M model on 2 cores, and far steadier when the other core is busy (bench/local.py).
 LOCAL_THREADS = env.int("LOCAL_THREADS", default=1)
 # Order in which platforms are tried after the agent's preferred one. Unconfigured ones are skipped.
