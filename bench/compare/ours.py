@@ -1,0 +1,118 @@
+"""Our side of the comparison (project venv): the bench database, its agent and user, and
+`execution_engine.execute_agent` / `execute_streaming` in-process against the fake.
+
+    .venv/bin/python bench/compare/ours.py setup                 # migrate, create agent + user, print token
+    .venv/bin/python bench/compare/ours.py inprocess --base-url URL [--calls N] [--contender ours|openai]
+
+The orchestrator (bench/run.py) sets DATABASE_URL (PostgreSQL), OPENAI_API_KEY / OPENAI_BASE_URL (the fake)
+and LOCAL_ENABLED=false. Every run of ours writes its real execution row (INSERT running, then the final
+UPDATE with attempts, tokens and Decimal cost): that is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench._django import setup  # noqa: E402
+from bench.compare.common import MODEL, SYSTEM_PROMPT, TASK, emit, openai_calls, run_contender  # noqa: E402
+
+AGENT_ID = "bench-agent"
+USERNAME = "bench-user"
+
+
+def ensure_fixtures() -> tuple[Any, Any, str]:
+    """The bench agent (task agent, openai, no schema, no retries needed) and a user with an API token."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from apps.agents.models import Agent
+
+    user, _ = get_user_model().objects.get_or_create(username=USERNAME)
+    token, _ = Token.objects.get_or_create(user=user)
+    agent, _ = Agent.objects.update_or_create(
+        agent_id=AGENT_ID,
+        defaults={
+            "name": "Bench agent",
+            "owner": user,
+            "agent_type": "task",
+            "system_prompt": SYSTEM_PROMPT,
+            "preferred_platform": "openai",
+            "model": MODEL,
+            "output_schema": None,
+            "tools": [],
+            "is_active": True,
+        },
+    )
+    return agent, user, token.key
+
+
+async def run_inprocess(base_url: str, calls: int, stream_calls: int, contender: str) -> dict[str, Any]:
+    from asgiref.sync import sync_to_async
+
+    from apps.agents.engine.events import OutputDelta
+    from apps.agents.models import AgentExecution
+    from apps.agents.services import execution_engine
+
+    if contender == "openai":
+        call, first = openai_calls(base_url)
+        return await run_contender(call, first, calls=calls, stream_calls=stream_calls)
+
+    agent, user, _ = await sync_to_async(ensure_fixtures)()
+
+    async def ours() -> None:
+        result = await execution_engine.execute_agent(agent, {"task": TASK}, user)
+        if not result.success:
+            raise RuntimeError(f"our run failed: {result.error}")
+
+    async def ours_first() -> float:
+        start = time.perf_counter()
+        first = None
+        async for event in execution_engine.execute_streaming(agent, {"task": TASK}, user):
+            if first is None and isinstance(event, OutputDelta) and event.text:
+                first = time.perf_counter() - start
+        assert first is not None
+        return first
+
+    before = await AgentExecution.objects.acount()
+    result = await run_contender(ours, ours_first, calls=calls, stream_calls=stream_calls)
+    last = await AgentExecution.objects.order_by("-created_at").afirst()
+    assert last is not None
+    # Proof, in the output, that the rows are real: how many, and the status, attempts and cost of the last.
+    result["rows_written"] = await AgentExecution.objects.acount() - before
+    result["last_row"] = {
+        "status": last.status,
+        "mode": last.mode,
+        "attempts": len(last.attempts),
+        "cost": str(last.cost),
+        "tokens": last.input_tokens + last.output_tokens,
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["setup", "inprocess"])
+    parser.add_argument("--base-url", default="")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--stream-calls", type=int, default=100)
+    parser.add_argument("--contender", choices=["ours", "openai"], default="ours")
+    args = parser.parse_args()
+    setup("bench_compare")
+    if args.command == "setup":
+        _, _, token = ensure_fixtures()
+        emit({"token": token, "agent_id": AGENT_ID})
+        return
+    payload = asyncio.run(run_inprocess(args.base_url, args.calls, args.stream_calls, args.contender))
+    emit(payload)
+
+
+if __name__ == "__main__":
+    main()

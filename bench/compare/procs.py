@@ -1,0 +1,262 @@
+"""Processes for the bench (project venv, standard library only): the separate bench venv, starting and
+stopping servers, reading a process tree's CPU time and peak RSS from /proc, and what machine this is."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv-bench"))
+REQUIREMENTS = ROOT / "bench" / "requirements-compare.txt"
+LOGS = ROOT / "bench" / "results" / "logs"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------- bench venv
+def bench_python() -> Path:
+    return BENCH_VENV / "bin" / "python"
+
+
+def ensure_bench_venv() -> float:
+    """Create .venv-bench and install the contenders once; never re-created when present. A stamp holding
+    the requirements' text makes a changed requirements file install again (into the same venv).
+    Returns the seconds spent (0.0 when it was ready)."""
+    stamp = BENCH_VENV / ".bench-requirements"
+    wanted = REQUIREMENTS.read_text()
+    if bench_python().exists() and stamp.exists() and stamp.read_text() == wanted:
+        return 0.0
+    start = time.perf_counter()
+    if not bench_python().exists():
+        log(f"creating the bench venv {BENCH_VENV} (contenders stay out of the project venv)")
+        # The interpreter the project venv was made from (not the venv's own python: no venv-in-venv).
+        base = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
+        subprocess.run([base, "-m", "venv", str(BENCH_VENV)], check=True)
+    log("installing bench/requirements-compare.txt into the bench venv (first time: 1-3 minutes)")
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / "pip-install.log", "w") as out:
+        done = subprocess.run(
+            [
+                str(bench_python()),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-r",
+                str(REQUIREMENTS),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"bench venv install failed; see {LOGS / 'pip-install.log'}")
+    stamp.write_text(wanted)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- processes
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def start(
+    name: str, argv: list[str], env: dict[str, str], *, port: int, health: str, timeout: float
+) -> Server:
+    """Start a server (its own process group, output to bench/results/logs/<name>.log) and wait until
+    `health` answers anything below 500."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    out = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
+    server = Server(name, process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; see {LOGS / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(server.url + health, timeout=2) as response:
+                if response.status < 500:
+                    return server
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    stop(server)
+    raise RuntimeError(f"{name} did not answer {health} within {timeout:.0f}s; see {LOGS / (name + '.log')}")
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the server's process group (only what we started), SIGKILL after 10 s."""
+    if server.process.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.process.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_json(argv: list[str], env: dict[str, str], *, name: str, timeout: float = 300) -> dict[str, Any]:
+    """Run a contender script; return the JSON of its `BENCH-RESULT` line (its other output goes to a log)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=timeout, check=False)
+    (LOGS / f"{name}.log").write_bytes(done.stdout + b"\n--- stderr ---\n" + done.stderr)
+    for line in done.stdout.decode(errors="replace").splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line.removeprefix("BENCH-RESULT "))
+    raise RuntimeError(f"{name} printed no result (exit {done.returncode}); see {LOGS / (name + '.log')}")
+
+
+# ---------------------------------------------------------------------------------------------- /proc
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree (all threads), in seconds, including children that have exited
+    (cutime/cstime): a PostgreSQL backend that served one connection and quit still counts."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])
+    return total / TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) summed over a process tree, in MiB."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    pg = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SHOW server_version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": pg or "unknown",
+        # Others may share the machine: a load average well above 0 at the start or end means noisy numbers.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def start_fake() -> Server:
+    """bench/compare/fake.py in the project venv; it prints {"port": N} once it accepts connections."""
+    import select
+
+    LOGS.mkdir(parents=True, exist_ok=True)
+    errors = open(LOGS / "fake.log", "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "bench/compare/fake.py"],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    if not ready:
+        raise RuntimeError("the fake server did not start within 30 s")
+    port = json.loads(process.stdout.readline())["port"]
+    return Server("fake", process, f"http://127.0.0.1:{port}")
+
+
+def postmaster_pid() -> int | None:
+    """The local PostgreSQL server's main process (its children are the backends doing our queries)."""
+    for pidfile in Path("/var/lib/postgresql").glob("*/main/postmaster.pid"):
+        try:
+            return int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    if Path(f"/proc/{ppid}/comm").read_text().strip() != "postgres":
+                        return int(entry.name)
+            except OSError:
+                continue
+    return None

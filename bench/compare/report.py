@@ -1,0 +1,247 @@
+"""Turning the raw measurements into the summary rows, the Markdown table and latest.json (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+QS = ("p50", "p95", "p99")
+
+LABELS = {
+    "floor_project": "openai SDK, direct (floor)",
+    "ours": "**ours** `execute_agent`",
+    "floor_bench": "openai SDK, direct (floor, bench venv)",
+    "litellm": "LiteLLM `acompletion`",
+    "pydantic_ai": "pydantic-ai `Agent.run`",
+    "fake": "fake server, direct (floor)",
+    "ours_http": "**ours** `POST /api/v1/agents/{id}/execute/`",
+    "litellm_proxy": "LiteLLM proxy `/v1/chat/completions`",
+}
+RECORDS = {
+    "ours": "execution row (INSERT running + 1 UPDATE), attempts, tokens, Decimal cost",
+    "ours_http": "same + token auth (DB), agent lookup, idempotency check",
+    "litellm": "nothing",
+    "pydantic_ai": "nothing",
+    "litellm_proxy": "nothing (no DB); master-key auth",
+}
+
+
+def proxy_config(
+    fake_url: str, variants: dict[str, str], models: dict[str, str], api_key: str, master: str
+) -> str:
+    """LiteLLM proxy config: one model name per fake variant, no retries, no telemetry, no database."""
+    lines = ["model_list:"]
+    for variant, path in variants.items():
+        lines += [
+            f"  - model_name: {models[variant]}",
+            "    litellm_params:",
+            "      model: openai/gpt-4o-mini",
+            f'      api_base: "{fake_url}{path}"',
+            f"      api_key: {api_key}",
+        ]
+    lines += [
+        "litellm_settings:",
+        "  telemetry: false",
+        "  num_retries: 0",
+        "general_settings:",
+        f"  master_key: {master}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _diff(contender: dict[str, Any] | None, floor: dict[str, Any] | None) -> dict[str, float] | None:
+    if not contender or not floor:
+        return None
+    return {q: round(contender[q] - floor[q], 2) for q in QS}
+
+
+def _load(result: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    return next(row for row in result["loads"] if row["concurrency"] == concurrency)
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """Per fake variant: one row per contender, overheads against the floor measured in the same run."""
+    out: dict[str, Any] = {}
+    for variant, inproc in data["in_process"].items():
+        rows = []
+        for name in ("floor_project", "ours", "floor_bench", "litellm", "pydantic_ai"):
+            raw = inproc[name]
+            floor = inproc[
+                "floor_bench" if name in ("litellm", "pydantic_ai", "floor_bench") else "floor_project"
+            ]
+            is_floor = name.startswith("floor")
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "in-process",
+                    "latency_ms": {q: raw["calls"][q] for q in QS},
+                    "overhead_ms": None if is_floor else _diff(raw["calls"], floor["calls"]),
+                    "ttft_ms": raw.get("ttft", {}).get("p50"),
+                    "ttft_overhead_ms": None
+                    if is_floor
+                    else round(raw["ttft"]["p50"] - floor["ttft"]["p50"], 2)
+                    if raw.get("ttft")
+                    else None,
+                    "rps": None,
+                    "peak_rss_mb": raw["peak_rss_mb"],
+                    "cpu_ms_per_call": raw["calls"]["cpu_ms_per_call"],
+                    "db_cpu_ms_per_call": None,
+                    "rows_written": raw.get("rows_written"),
+                    "last_row": raw.get("last_row"),
+                    "versions": raw.get("versions"),
+                }
+            )
+        http = data["http"][variant]
+        fake = http["fake"]
+        for name in ("fake", "ours", "litellm_proxy"):
+            raw = http[name]
+            c1 = _load(raw, 1)
+            c16 = _load(raw, 16)
+            is_floor = name == "fake"
+            rows.append(
+                {
+                    "name": "ours_http" if name == "ours" else name,
+                    "kind": "HTTP",
+                    "latency_ms": {q: c1["latency_ms"][q] for q in QS} if c1["latency_ms"] else None,
+                    "overhead_ms": None
+                    if is_floor
+                    else _diff(c1["latency_ms"], _load(fake, 1)["latency_ms"]),
+                    "ttft_ms": raw["ttft"]["p50"],
+                    "ttft_overhead_ms": None
+                    if is_floor
+                    else round(raw["ttft"]["p50"] - fake["ttft"]["p50"], 2),
+                    "rps": {str(row["concurrency"]): row["rps"] for row in raw["loads"]},
+                    "errors": sum(row["errors"] for row in raw["loads"]),
+                    "first_error": next(
+                        (row["first_error"] for row in raw["loads"] if row["first_error"]), ""
+                    ),
+                    "peak_rss_mb": raw.get("peak_rss_mb"),
+                    "cpu_ms_per_call": c16.get("server_cpu_ms_per_request"),
+                    "db_cpu_ms_per_call": c16.get("db_cpu_ms_per_request"),
+                }
+            )
+        out[variant] = rows
+    out["ratios"] = ratios(out.get("instant", []))
+    return out
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {row["name"]: row for row in rows}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    def p50(name: str) -> float | None:
+        overhead = by.get(name, {}).get("overhead_ms")
+        return overhead["p50"] if overhead else None
+
+    def rps16(name: str) -> float | None:
+        rps = by.get(name, {}).get("rps")
+        return rps["16"] if rps else None
+
+    return {
+        "ours_vs_litellm_inprocess_overhead_p50": ratio(p50("ours"), p50("litellm")),
+        "ours_vs_pydantic_ai_inprocess_overhead_p50": ratio(p50("ours"), p50("pydantic_ai")),
+        "ours_vs_litellm_proxy_rps_c16": ratio(rps16("ours_http"), rps16("litellm_proxy")),
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _row(row: dict[str, Any]) -> str:
+    overhead = row["overhead_ms"]
+    if overhead is None:
+        latency = row["latency_ms"]
+        over = "floor: " + " / ".join(_fmt(latency[q], 2) for q in QS) if latency else "—"
+    else:
+        over = " / ".join(_fmt(overhead[q], 2) for q in QS)
+    ttft = (
+        _fmt(row["ttft_overhead_ms"], 2)
+        if row["ttft_overhead_ms"] is not None
+        else (f"floor: {_fmt(row['ttft_ms'], 2)}" if row["ttft_ms"] is not None else "—")
+    )
+    rps = " / ".join(_fmt(row["rps"][c], 0) for c in ("1", "16", "64")) if row["rps"] else "—"
+    if row.get("errors"):
+        rps += f" ({row['errors']} errors)"
+    cpu = _fmt(row["cpu_ms_per_call"], 2)
+    if row["name"] == "ours_http" and row.get("db_cpu_ms_per_call") is not None:
+        cpu += f" + {_fmt(row['db_cpu_ms_per_call'], 2)} DB"
+    records = RECORDS.get(row["name"], "—")
+    return (
+        f"| {LABELS[row['name']]} | {row['kind']} | {over} | {ttft} | {rps} | {_fmt(row['peak_rss_mb'])} | {cpu} "
+        f"| {records} |"
+    )
+
+
+def markdown(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    summary = data["summary"]
+    r = summary["ratios"]
+    versions = {}
+    for name in ("ours", "litellm", "pydantic_ai"):
+        versions.update(data["in_process"]["instant"][name].get("versions", {}))
+    lines = [
+        "# Agent engine vs direct SDK, LiteLLM, pydantic-ai",
+        "",
+        f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, PostgreSQL {m['postgresql']}; load average {m['loadavg_1m_at_start']} at the "
+        f"start, {m['loadavg_1m']} at the end. `make bench` took {data['total_s']:.0f} s"
+        + (
+            f" (of which {data['bench_venv_install_s']:.0f} s installing the bench venv)."
+            if data["bench_venv_install_s"]
+            else " (bench venv already installed)."
+        )
+        + (" **BENCH_QUICK run: too few samples to compare.**" if data.get("quick") else ""),
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
+        "",
+        f"**Ratios (instant fake):** our in-process overhead p50 is {_fmt(r['ours_vs_litellm_inprocess_overhead_p50'], 2)}x "
+        f"LiteLLM's and {_fmt(r['ours_vs_pydantic_ai_inprocess_overhead_p50'], 2)}x pydantic-ai's; "
+        f"our HTTP endpoint serves {_fmt(r['ours_vs_litellm_proxy_rps_c16'], 2)}x the LiteLLM proxy's requests/s at "
+        "concurrency 16.",
+        "",
+    ]
+    header = (
+        "| Contender | How | Overhead p50 / p95 / p99 (ms) | First token overhead p50 (ms) | req/s c=1 / 16 / 64 "
+        "| Peak RSS (MiB) | CPU ms per call | Records per run |\n|---|---|---|---|---|---|---|---|"
+    )
+    titles = {"instant": "Fake answering at once", "50ms": "Fake answering after 50 ms"}
+    for variant in ("instant", "50ms"):
+        lines += [f"## {titles[variant]}", "", header, *(_row(row) for row in summary[variant]), ""]
+    lines += [
+        "How to read it:",
+        "- Overhead = the contender's latency percentile minus the floor's, same fake, same run. In-process: the "
+        "floor is the raw `openai` SDK (same version) in its own process of the same venv; every contender "
+        "runs alone in its own process, sequential calls. HTTP: the floor is the fake server called directly "
+        "by the same httpx client; latency from the concurrency-1 run.",
+        "- **Our rows do work the others skip**: each call inserts its execution row (status running), runs "
+        "the agent (retry/fallback machinery, cost in Decimal from genai-prices) and writes the final "
+        "UPDATE with attempts, tokens and cost. Over HTTP add token authentication and the agent lookup "
+        "(both PostgreSQL queries) and the idempotency check. LiteLLM and pydantic-ai record nothing; the "
+        "proxy runs without a database.",
+        "- CPU ms per call: in-process, the whole process's CPU (all threads) over the timed calls / calls. "
+        "HTTP: the server process's CPU per request at concurrency 16; `+ N DB` is PostgreSQL's CPU "
+        "per request on top (ours only; the others use no database).",
+        "- Peak RSS: of the process that made the calls (in-process) or of the server process (HTTP).",
+        "- req/s: async httpx workers (one connection each) posting back to back for "
+        f"{data['settings']['load_seconds']} s (at most {data['settings']['load_max_requests']} requests); "
+        "the fake's own row is the load generator's ceiling on this machine (it shares the 2 cores).",
+        "- First token: streamed request (SSE) until the first text delta arrives.",
+        "",
+        "Raw numbers: `bench/results/latest.json`; chart: `bench/results/latest.png`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(data))
