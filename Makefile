@@ -49,3 +49,7 @@ worker: migrate
 
 beat: migrate
 	$(BIN)/celery -A config beat --loglevel=INFO
+
+# Side by side with the raw SDK, LiteLLM and pydantic-ai (bench/run.py; contenders live in .venv-bench).
+bench: install
+	$(BIN)/python bench/run.py
