@@ -93,12 +93,19 @@ cancel_listener = CancelListener()
 
 
 @worker_init.connect
-def _require_broker(**kwargs: object) -> None:
-    """A worker without CELERY_BROKER_URL would silently try amqp://localhost forever: say what is missing."""
+def _prepare_worker(**kwargs: object) -> None:
+    """Before the first task: refuse to start without a broker (a worker would otherwise try
+    amqp://localhost forever), and build the platform registry now. Importing the provider SDKs takes
+    seconds on a small machine; paid by the first run, it would block that run's event loop (no heartbeat)
+    and add to its latency. Prefork children are forked afterwards and inherit the imported modules."""
     from django.conf import settings
+
+    from apps.platforms.registry import get_registry
 
     if not settings.CELERY_BROKER_URL:
         raise RuntimeError(
-            "CELERY_BROKER_URL is not set: a worker needs a broker, e.g. CELERY_BROKER_URL=redis://127.0.0.1:6379/0 "
-            "(without one, the API server runs background executions itself)"
+            "CELERY_BROKER_URL is not set: a worker needs a broker, e.g. "
+            "CELERY_BROKER_URL=redis://127.0.0.1:6379/0 (without one, the API server runs background "
+            "executions itself)"
         )
+    get_registry()

@@ -203,13 +203,11 @@ def _enqueue_now(execution_id: str) -> None:
 def enqueue_execution(execution: AgentExecution) -> Any:
     """Queue a pending execution. From async code this returns an awaitable (await it): the row was written
     through the async ORM in autocommit, so it is committed, and the broker publish runs off the loop."""
-    if getattr(execution, "replayed", False):
-        return None  # an Idempotency-Key replay: queued once already, by the first request
-    execution_id = str(execution.pk)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        _enqueue_now(execution_id)
+        if not getattr(execution, "replayed", False):  # an Idempotency-Key replay was queued by the first
+            _enqueue_now(str(execution.pk))
         return None
     return aenqueue_execution(execution)
 

@@ -17,6 +17,8 @@ import redis
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
+from tests.agents.background.workers import WorkerFactory, WorkerProcess
+
 REDIS_TEST_DB = int(os.environ.get("BACKGROUND_TEST_REDIS_DB", "7"))
 REDIS_TEST_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 SESSION_PREFIX = f"bgtest-{uuid.uuid4().hex[:10]}:"
@@ -63,3 +65,84 @@ def _close_executor_connections() -> Iterator[None]:
     closes here; left open they keep PostgreSQL from dropping the test database at the end."""
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+# ---------------------------------------------------------------- real workers
+
+# What the workers (and the test process, for the decisions it makes itself) use: quick heartbeats so a
+# killed worker's run is stale within seconds, and a short visibility timeout so its message is handed to
+# the next worker within seconds instead of two hours.
+WORKER_TIMING = {
+    "EXECUTION_HEARTBEAT_SECONDS": 0.5,
+    "EXECUTION_STALE_SECONDS": 3,
+    "CELERY_VISIBILITY_TIMEOUT": 10,
+    "REAPER_INTERVAL_SECONDS": 3600,  # the tests run the reaper themselves when they mean to
+}
+BROKER_PREFIX = f"{SESSION_PREFIX}w:"
+
+
+@pytest.fixture(scope="session")
+def worker_factory(
+    redis_client,
+    django_db_setup,
+    fake_openai_server,
+    fake_anthropic_server,
+    fake_gemini_server,
+    tmp_path_factory,
+) -> Iterator[WorkerFactory]:
+    """Starts real `celery -A config worker` processes pointed at the test database, the test Redis and
+    the fake providers. The test process publishes to the same broker (see `broker` below)."""
+    from config.celery import app as celery_app
+    from tests.fakes.registry import ANTHROPIC_TEST_KEY, GEMINI_TEST_KEY, OPENAI_TEST_KEY
+
+    provider_env = {
+        "OPENAI_BASE_URL": fake_openai_server.url + "/v1",
+        "OPENAI_API_KEY": OPENAI_TEST_KEY,
+        "ANTHROPIC_BASE_URL": fake_anthropic_server.url,
+        "ANTHROPIC_API_KEY": ANTHROPIC_TEST_KEY,
+        "GEMINI_BASE_URL": fake_gemini_server.url,
+        "GEMINI_API_KEY": GEMINI_TEST_KEY,
+        "PLATFORM_FALLBACK_ORDER": "openai,anthropic,gemini",
+        "PLATFORM_REQUEST_TIMEOUT": "60",
+        "RETRY_BASE_DELAY": "0.01",
+        "RETRY_MAX_DELAY": "0.05",
+    }
+    env = {**provider_env, **{key: str(value) for key, value in WORKER_TIMING.items()}}
+    celery_app.conf.update(
+        broker_url=REDIS_TEST_URL,
+        broker_transport_options={
+            **celery_app.conf.broker_transport_options,
+            "global_keyprefix": BROKER_PREFIX,
+        },
+    )
+    factory = WorkerFactory(
+        redis_url=REDIS_TEST_URL, prefix=BROKER_PREFIX, log_dir=tmp_path_factory.mktemp("workers"), env=env
+    )
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def broker(worker_factory: WorkerFactory, settings) -> WorkerFactory:
+    """This test publishes background runs to the workers' broker, and reads their events."""
+    settings.CELERY_BROKER_URL = REDIS_TEST_URL
+    settings.REDIS_URL = REDIS_TEST_URL
+    settings.REDIS_KEY_PREFIX = BROKER_PREFIX
+    for key, value in WORKER_TIMING.items():
+        setattr(settings, key, value)
+    return worker_factory
+
+
+@pytest.fixture
+def worker(broker: WorkerFactory) -> WorkerProcess:
+    """The session's worker (started once: a worker takes seconds to start on a small machine)."""
+    return broker.shared()
+
+
+@pytest.fixture
+def own_workers(broker: WorkerFactory) -> WorkerFactory:
+    """For a test that starts (and kills) its own workers: nobody else may consume its messages."""
+    broker.stop_shared()
+    return broker

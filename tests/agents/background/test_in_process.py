@@ -188,7 +188,7 @@ async def test_a_retried_background_request_is_not_queued_twice(
     await enqueue_execution(first)
     again = await engine.create_pending(**_same_request(agent, "bg"), user=alice)
     assert again.pk == first.pk and again.replayed
-    assert enqueue_execution(again) is None
+    await enqueue_execution(again)
     await _terminal(first.pk)
     assert len(fake_openai.requests) == 1
 
