@@ -200,9 +200,9 @@ def _caller(request: HttpRequest) -> Any:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD"):
+    if request.method != "GET":
         response = _error(405, "method_not_allowed", "Use GET.")
-        response["Allow"] = "GET, HEAD"
+        response["Allow"] = "GET"
         return response
     if not _metrics_token_matches(request):
         try:

@@ -74,6 +74,7 @@ class ChunkFactory:
     as OpenAI does."""
 
     def __init__(self, *, execution_id: str, model: str, include_usage: bool) -> None:
+        self.execution_id = execution_id
         self.id = completion_id(execution_id)
         self.model = model
         self.include_usage = include_usage

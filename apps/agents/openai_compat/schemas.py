@@ -3,8 +3,9 @@
 How an OpenAI conversation maps onto an agent run:
 - `model` is an agent slug; the agent's system prompt, platform, model and settings apply.
 - The last message must be the user's: it is the run's task. The user and assistant messages before it are
-  `context.conversation_history` (conversational agents answer from it; see the report/README note on task
-  agents).
+  `context.conversation_history`, recorded on the execution. Conversational agents answer from it; the
+  engine's TaskAgent currently answers the task alone (see the xfail test in
+  tests/agents/openai_compat/test_chat_completions.py).
 - `system` (and `developer`) messages are *appended* to the agent's own system prompt, in order, wherever they
   appear: the agent's instructions stay first and the client can add to them, not replace them.
 - `temperature` (0..2) and `max_tokens` / `max_completion_tokens` (1..200000) override the agent's own for

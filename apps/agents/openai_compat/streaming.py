@@ -39,7 +39,7 @@ from apps.agents.engine.events import (
     OutputDelta,
 )
 from apps.agents.openai_compat.errors import OpenAIError, run_failure
-from apps.agents.openai_compat.responses import ChunkFactory
+from apps.agents.openai_compat.responses import ChunkFactory, output_text
 from apps.agents.openai_compat.schemas import ChatRequest
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
 # How long a cancelled run may take to record itself before the response stops waiting for it.
 CANCEL_GRACE_SECONDS = 10.0
+# How long the engine's stream may take to end after its terminal event (it has nothing left to do).
+END_GRACE_SECONDS = 1.0
 TERMINAL = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled)
 SERVER_ERROR = OpenAIError("The stream failed on the server.", status=500, code="server_error")
 
@@ -106,6 +108,13 @@ class EventReader:
             with contextlib.suppress(RuntimeError):  # already closed by the cancellation above
                 await aclose()
 
+    async def finish(self) -> None:
+        """After the terminal event: let the engine's stream end by itself (it has recorded the run), then
+        close. Closing it at its last `yield` instead would leave the engine's inner generator to the GC."""
+        if not self.closed:
+            await self.next(END_GRACE_SECONDS)
+        await self.aclose()
+
     def close_when_done(self, task: asyncio.Task[Any] | None) -> None:
         """Safety net: when `task` (the request) ends, close the run even if the response body was never
         iterated (the client left between the headers and the body)."""
@@ -141,7 +150,7 @@ async def stream_chat(events: AsyncIterator[Any], chat: ChatRequest) -> HttpResp
             if event is _END:
                 raise RuntimeError("the engine's stream ended without a terminal event")
             if isinstance(event, ExecutionFailed | ExecutionCancelled):
-                await reader.aclose()
+                await reader.finish()
                 return run_failure(event.result, created.execution_id).response()
             if isinstance(event, OutputDelta | ExecutionCompleted):
                 held.append(event)
@@ -163,6 +172,7 @@ async def stream_chat(events: AsyncIterator[Any], chat: ChatRequest) -> HttpResp
 async def _body(reader: EventReader, factory: ChunkFactory, held: list[Any]) -> AsyncIterator[bytes]:
     queued = deque(held)
     interval = ping_seconds()
+    sent_text = False
     try:
         yield sse(factory.role())
         while True:
@@ -173,15 +183,22 @@ async def _body(reader: EventReader, factory: ChunkFactory, held: list[Any]) -> 
                 raise RuntimeError("the engine's stream ended without a terminal event")
             elif isinstance(event, OutputDelta):
                 if event.text:
+                    sent_text = True
                     yield sse(factory.content(event.text))
             elif isinstance(event, ExecutionCompleted):
+                # An answer that arrived without deltas is still the answer: send it whole.
+                text = "" if sent_text else output_text(event.result.output)
+                if text:
+                    yield sse(factory.content(text))
                 yield sse(factory.finish(event.result))
                 if factory.include_usage:
                     yield sse(factory.usage(event.result))
                 yield DONE
+                await reader.finish()
                 return
             elif isinstance(event, ExecutionFailed | ExecutionCancelled):
-                yield sse(run_failure(event.result, factory.id.removeprefix("chatcmpl-")).body())
+                yield sse(run_failure(event.result, factory.execution_id).body())
+                await reader.finish()
                 return
             # Tool calls and platform fallbacks are the agent's own business: not part of OpenAI's stream.
     except Exception:
