@@ -151,13 +151,18 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
             await engine()
         direct_times: list[float] = []
         engine_times: list[float] = []
+        # CPU time of this process (all threads, so the ORM's thread too): steadier than wall time when the
+        # machine is busy, and what the engine really costs a server.
+        direct_cpu = engine_cpu = 0.0
         for _ in range(runs):
-            started = time.perf_counter()
+            cpu, started = time.process_time(), time.perf_counter()
             await direct()
             direct_times.append(time.perf_counter() - started)
-            started = time.perf_counter()
+            direct_cpu += time.process_time() - cpu
+            cpu, started = time.process_time(), time.perf_counter()
             await engine()
             engine_times.append(time.perf_counter() - started)
+            engine_cpu += time.process_time() - cpu
         direct_stats, engine_stats = summary(direct_times), summary(engine_times)
         paired = [e - d for e, d in zip(engine_times, direct_times, strict=True)]
         results[mode] = {
@@ -166,6 +171,7 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
             "overhead_p50_ms": engine_stats["p50_ms"] - direct_stats["p50_ms"],
             "overhead_p95_ms": engine_stats["p95_ms"] - direct_stats["p95_ms"],
             "paired_difference": summary(paired),
+            "cpu_ms_per_run": {"direct_sdk": direct_cpu / runs * 1000, "engine": engine_cpu / runs * 1000},
         }
     await client.close()
     return results
@@ -229,7 +235,7 @@ def main() -> None:
 
     print(f"\nEngine overhead per run ({args.runs} runs each, {database}, fake OpenAI answering instantly)\n")
     header = f"{'commits':<24}{'mode':<18}{'direct p50':>12}{'engine p50':>12}{'overhead p50':>14}"
-    header += f"{'direct p95':>12}{'engine p95':>12}{'overhead p95':>14}"
+    header += f"{'direct p95':>12}{'engine p95':>12}{'overhead p95':>14}{'CPU +/run':>11}"
     print(header)
     print("-" * len(header))
     for commits, table in results.items():
@@ -242,6 +248,7 @@ def main() -> None:
                 f"{commits:<24}{label:<18}{direct['p50_ms']:>9.2f} ms{engine['p50_ms']:>9.2f} ms"
                 f"{row['overhead_p50_ms']:>11.2f} ms{direct['p95_ms']:>9.2f} ms{engine['p95_ms']:>9.2f} ms"
                 f"{row['overhead_p95_ms']:>11.2f} ms"
+                f"{row['cpu_ms_per_run']['engine'] - row['cpu_ms_per_run']['direct_sdk']:>8.2f} ms"
             )
     payload = {
         "benchmark": "engine_overhead",

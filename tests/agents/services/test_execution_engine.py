@@ -25,6 +25,16 @@ from tests.fakes.server import Fault
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+async def _close_orm_thread_connections():
+    """The async ORM's worker thread keeps its own connection; close it after each test, or PostgreSQL
+    refuses to drop the test database at the end ("being accessed by other users")."""
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
 class RecordedSleep:
     def __init__(self) -> None:
         self.delays: list[float] = []
