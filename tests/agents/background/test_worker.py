@@ -193,6 +193,22 @@ async def test_the_reaper_task_fails_an_artificially_stale_run(worker, agent, al
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
 
 
+async def test_celery_beat_schedules_the_reaper(worker, broker, agent, alice):
+    """`make beat`: the periodic reaper pass reaches a worker and ends a run whose worker is gone."""
+    execution = await engine.create_pending(agent, {"task": "lost"}, alice)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    await AgentExecution.objects.filter(pk=execution.pk).aupdate(
+        status=S.RUNNING, started_at=long_ago, heartbeat_at=long_ago
+    )
+    beat = await asyncio.to_thread(broker.start_beat, REAPER_INTERVAL_SECONDS=1)
+    try:
+        row = await _terminal(execution.pk)
+    finally:
+        await asyncio.to_thread(beat.stop)
+    assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
+    assert "reap-executions" in beat.log()
+
+
 # ---------------------------------------------------------------- tests with workers of their own (last:
 # they stop the shared worker, which the next test would have to start again)
 

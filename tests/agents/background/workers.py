@@ -49,10 +49,10 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_ready(self, limit: float = 60.0) -> None:
+    def wait_ready(self, marker: str, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            if "ready." in self.log():
+            if marker in self.log():
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
@@ -101,7 +101,6 @@ class WorkerFactory:
 
     def start(self, *, pool: str = "threads", concurrency: int = 4, **env: Any) -> WorkerProcess:
         name = f"bg-{uuid.uuid4().hex[:8]}"
-        log_path = self.log_dir / f"{name}.log"
         command = [
             CELERY,
             "-A",
@@ -115,6 +114,17 @@ class WorkerFactory:
             "-n",
             f"{name}@%h",
         ]
+        return self._spawn(name, command, "ready.", env)
+
+    def start_beat(self, **env: Any) -> WorkerProcess:
+        """`celery -A config beat` (what `make beat` runs), its schedule file in the log directory."""
+        name = f"beat-{uuid.uuid4().hex[:8]}"
+        schedule = self.log_dir / f"{name}-schedule"
+        command = [CELERY, "-A", "config", "beat", "--loglevel=INFO", f"--schedule={schedule}"]
+        return self._spawn(name, command, "beat: Starting", env)
+
+    def _spawn(self, name: str, command: list[str], ready: str, env: dict[str, Any]) -> WorkerProcess:
+        log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
@@ -126,7 +136,7 @@ class WorkerFactory:
             )
         worker = WorkerProcess(name, process, log_path)
         self.workers.append(worker)
-        worker.wait_ready()
+        worker.wait_ready(ready)
         return worker
 
     def shared(self) -> WorkerProcess:
