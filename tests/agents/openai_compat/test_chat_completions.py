@@ -8,6 +8,8 @@ import json
 import openai
 import pytest
 
+from apps.agents.catalog.loader import load_catalog
+from apps.agents.catalog.seed import seed_catalog
 from apps.agents.models import Agent, AgentExecution, ExecutionStatus
 from tests.factories import AgentFactory
 from tests.fakes.live_server import wait_until
@@ -62,24 +64,24 @@ def test_readme_sync_example_business_analyst(
     assert sent["temperature"] == 0.5
 
 
-def test_readme_streaming_curl(live_server_url, fake_registry, fake_openai, greeter, alice):
-    """The README's curl, run as written (plus the test server's address and token)."""
+def test_readme_streaming_curl(live_server_url, fake_registry, fake_openai, alice):
+    """The README's curl, run as written (plus the test server's address and alice's token)."""
     import subprocess
 
     from tests.agents.openai_compat.conftest import token_for
 
-    fake_openai.reply(text="Hello there, how can I help?", input_tokens=9, output_tokens=8)
-    body = {
-        "model": "greeter",
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": "Say hello"}],
-    }
+    writer = next(entry for entry in load_catalog() if entry.agent_id == "technical-writer")
+    seed_catalog(entries=[writer])
+    answer = "An API token is a secret string that identifies you to the service."
+    fake_openai.reply(text=answer, input_tokens=9, output_tokens=14)
+    body = (
+        '{"model": "technical-writer", "stream": true, "stream_options": {"include_usage": true},\n'
+        '       "messages": [{"role": "user", "content": "Explain what an API token is in one sentence."}]}'
+    )
     command = [
         "curl", "-sN", f"{live_server_url}/v1/chat/completions",
-        "-H", f"Authorization: Bearer {token_for(alice)}",
-        "-H", "Content-Type: application/json",
-        "-d", json.dumps(body),
+        "-H", f"Authorization: Bearer {token_for(alice)}", "-H", "Content-Type: application/json",
+        "-d", body,
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
 
@@ -91,11 +93,16 @@ def test_readme_streaming_curl(live_server_url, fake_registry, fake_openai, gree
     assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "Hello there, how can I help?"
+    assert text == answer
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}
-    assert (execution.mode, execution.status) == ("stream", ExecutionStatus.COMPLETED)
+    assert chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 14, "total_tokens": 23}
+    assert (execution.agent_slug, execution.mode, execution.status) == (
+        "technical-writer",
+        "stream",
+        ExecutionStatus.COMPLETED,
+    )
+    assert fake_openai.requests[0].body["messages"][-1]["content"].startswith("Explain what an API token is")
 
 
 def test_stream_through_the_sdk_assembles_the_fake_reply(
