@@ -7,6 +7,8 @@ the worker (another process) runs them against the fake providers, which record 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from contextlib import aclosing
 from datetime import timedelta
 
@@ -20,6 +22,7 @@ from apps.agents.services.conversation_lock import ConversationBusy
 from apps.agents.services.events_bus import subscribe
 from apps.agents.services.execution_engine import execution_engine as engine
 from apps.agents.services.idempotency import request_hash
+from apps.agents.services.reaper import reap
 from apps.agents.tasks import reap_executions_task, run_execution_task
 from tests.factories import AgentFactory, ConversationFactory
 from tests.fakes.server import Fault, Reply
@@ -251,3 +254,38 @@ async def test_sigkill_mid_run_ends_terminal_and_is_never_billed_twice(
     assert (row.cost, row.output_tokens) == (0, 0)
     events = await _events(execution.pk, 0)
     assert events[0].name == "execution.created" and events[-1].name == "execution.failed"
+
+
+async def test_a_killed_pool_process_is_redelivered_at_once_and_never_run_twice(
+    own_workers, fake_openai, agent, alice
+):
+    """`make worker` runs a prefork pool. When a pool process dies mid-run, the main process rejects the
+    message at once (reject_on_worker_lost) and another pool process receives it while the row is still
+    `running` with a recent heartbeat: it must not start the run again. The row then stops heartbeating and
+    the reaper (beat, here run by the test) ends it `worker_lost`."""
+    fake_openai.fail(Fault("slow_first_byte", delay=120))
+    worker = await asyncio.to_thread(own_workers.start, pool="prefork", concurrency=2)
+    try:
+        execution = await _queue(agent, alice)
+        await _until(lambda: _requests(fake_openai))
+        await _until(lambda: _status_is(execution.pk, S.RUNNING))
+        for pid in worker.pool_processes():
+            os.kill(pid, signal.SIGKILL)
+
+        async def redelivered() -> bool:
+            log = worker.log()
+            return "not starting it twice" in log or "not re-running it" in log
+
+        await _until(redelivered)
+
+        async def reaped():
+            await sync_to_async(reap)()  # what beat does every REAPER_INTERVAL_SECONDS
+            row = await _row(execution.pk)
+            return row if row.is_terminal else None
+
+        row = await _until(reaped, every=0.5)
+    finally:
+        await asyncio.to_thread(worker.stop)
+    assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
+    assert "WorkerLostError" in worker.log()
+    assert len(fake_openai.requests) == 1

@@ -59,6 +59,11 @@ class WorkerProcess:
             time.sleep(0.05)
         raise RuntimeError(f"worker {self.name} not ready after {limit} s:\n{self.log()}")
 
+    def pool_processes(self) -> list[int]:
+        """Pids of a prefork worker's pool processes (the children of its main process)."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
     def kill(self) -> None:
         """SIGKILL the whole worker (its process group): no shutdown, no ack, no final write."""
         if self.process.poll() is None:
@@ -99,7 +104,7 @@ class WorkerFactory:
         env.update({key: str(value) for key, value in overrides.items()})
         return env
 
-    def start(self, *, pool: str = "threads", concurrency: int = 4, **env: Any) -> WorkerProcess:
+    def start(self, *, pool: str = "prefork", concurrency: int = 2, **env: Any) -> WorkerProcess:
         name = f"bg-{uuid.uuid4().hex[:8]}"
         command = [
             CELERY,
