@@ -18,6 +18,7 @@ import jsonschema
 
 from apps.agents.engine.base_agent import BaseAgent
 from apps.agents.engine.context import AgentContext
+from apps.agents.engine.conversational_agent import history_messages
 from apps.agents.engine.events import OutputDelta
 from apps.agents.engine.run import RunFailure, RunScope
 from apps.agents.engine.tool_loop import complete_with_tools
@@ -99,7 +100,9 @@ class TaskAgent(BaseAgent):
         prompt = await self.prepare_prompt(scope.input_data, scope.context)
         user = ChatMessage(role="user", content=prompt)
         scope.state.transcript.append(user)
-        messages = [user]
+        # Earlier turns given in the context (the seed's conversation_history, or an OpenAI-style chat) come
+        # first: a task agent keeps no window or summary, but it must not lose what the caller sent.
+        messages = [*history_messages(scope.context.conversation_history), user]
         for reask in range(MAX_REASKS + 1):
             # Structured answers are not streamed token by token: an answer that fails validation is
             # re-asked, and a client must never receive text that is later taken back. The validated

@@ -356,11 +356,6 @@ def test_rate_limit_is_429_with_retry_after(client_for, fake_registry, fake_open
     assert AgentExecution.objects.count() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap, reported to the engine engineer: TaskAgent.respond sends only the task and ignores "
-    "context.conversation_history, so a multi-turn OpenAI chat with a task agent loses its earlier turns",
-)
 def test_earlier_messages_reach_a_task_agent(client_for, fake_registry, fake_openai, greeter, alice):
     fake_openai.reply(text="Hello again, Ada.")
     client_for(alice).chat.completions.create(
