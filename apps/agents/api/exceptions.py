@@ -97,7 +97,9 @@ def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
     """Render any exception as the error envelope. Never None: nothing escapes as Django's HTML page."""
     set_rollback()
     if isinstance(exc, ApplicationError):
-        return _response(exc.status, error_body(exc.code, exc.message, exc.fields))
+        # A 401 names the scheme to use (RFC 9110), as DRF's own 401s do.
+        headers = {"WWW-Authenticate": "Token"} if exc.status == 401 else None
+        return _response(exc.status, error_body(exc.code, exc.message, exc.fields), headers)
     if isinstance(exc, drf.ValidationError):
         fields = flatten_fields(exc.detail)
         return _response(400, error_body("invalid", _validation_message(fields), fields))

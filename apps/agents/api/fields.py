@@ -19,7 +19,13 @@ MAX_JSON_DEPTH = 32
 
 
 class StrictCharField(serializers.CharField):
-    """Only a JSON string. (DRF's CharField already refuses NUL bytes and lone surrogates.)"""
+    """Only a JSON string, taken as sent. (DRF's CharField already refuses NUL bytes and lone surrogates.)
+
+    No whitespace trimming: trimming would turn "  " into a blank that the schema (minLength 1) allows."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):

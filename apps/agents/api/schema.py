@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from rest_framework.fields import CharField
 
 from apps.agents.api.serializers import ErrorEnvelopeSerializer
 
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input: `error.fields` names each bad field by its dotted path.",
-    "401": "Not authenticated (send `Authorization: Token <token>`).",
+    "401": "Not authenticated (send `Authorization: Token <token>`), or wrong credentials.",
     "403": "Authenticated, but not allowed (e.g. changing a shared agent you do not own).",
     "404": "No such object, or not yours (someone else's objects are never revealed).",
     "409": "Conflict with the object's current state.",
@@ -23,6 +25,12 @@ ERROR_DESCRIPTIONS = {
 RETRY_AFTER = {
     "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}
 }
+
+
+# Text without NUL (which DRF refuses, and PostgreSQL cannot store). Lone surrogates are refused too but not
+# written here: a surrogate range in a pattern breaks regex engines that work on code points (Rust's).
+TEXT_PATTERN = r"^[^\u0000]+$"  # "+": the empty string is allow_blank's business (its own oneOf branch)
+NON_BLANK_TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
 
 
 def error_response(description: str) -> OpenApiResponse:
@@ -38,9 +46,34 @@ class ApiAutoSchema(AutoSchema):
         codes = ["400", "404", "429"]
         if not getattr(self.view, "public", False):
             codes += ["401", "403"]
+        codes += getattr(self.view, "extra_error_codes", [])
         if self.method in ("POST", "PUT", "PATCH"):
             codes.append("415")
         return codes
+
+    def _map_serializer_field(
+        self, field: Any, direction: str, bypass_extensions: bool = False
+    ) -> dict[str, Any]:
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # What DRF's CharField refuses (NUL, lone surrogates, and whitespace-only where NOT_BLANK applies) is
+        # stated in the schema too, so that a client or a fuzzer can tell valid text from invalid text.
+        if direction == "request" and isinstance(field, CharField) and "pattern" not in schema:
+            regexes = [v for v in field.validators if isinstance(v, RegexValidator)]
+            if not regexes:
+                schema["pattern"] = TEXT_PATTERN
+            elif all(v.code == "blank" for v in regexes):
+                schema["pattern"] = NON_BLANK_TEXT_PATTERN
+            # Otherwise (a slug...) spectacular documents the field's own pattern, which is stricter.
+        return schema
+
+    def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
+        schema = super()._map_basic_serializer(serializer, direction)
+        # Strict input serializers refuse unknown keys: say so, so that clients (and fuzzers) know.
+        if direction == "request" and getattr(serializer, "rejects_unknown_fields", False):
+            schema["additionalProperties"] = False
+        if direction == "request":
+            schema.update(getattr(serializer, "schema_overrides", {}))
+        return schema
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)

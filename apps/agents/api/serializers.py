@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.validators import MaxLengthValidator
+from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -26,11 +25,21 @@ from apps.agents.api.fields import (
     StrictIntegerField,
     json_problems,
 )
-from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionStatus, Message, MessageRole
+from apps.agents.models import (
+    SLUG_VALIDATOR,
+    Agent,
+    AgentExecution,
+    Conversation,
+    ExecutionStatus,
+    Message,
+    MessageRole,
+)
 
 
 class StrictSerializer(serializers.Serializer):
     """Unknown keys are an error, not silently dropped: a typo ("temprature") must not pass unnoticed."""
+
+    rejects_unknown_fields = True
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
@@ -152,6 +161,9 @@ def limit_length(field: serializers.Field, maximum: int) -> None:
     field.validators.append(MaxLengthValidator(maximum, message=message))
 
 
+# Whitespace-only text is blank; as a pattern it is also in the schema (minLength alone would allow "  ").
+NOT_BLANK = RegexValidator(r"\S", message="This field may not be blank.", code="blank")
+
 OUTPUT_FORMAT_HELP = "How the answer should be shaped, e.g. text, markdown, code, json."
 
 
@@ -161,11 +173,15 @@ class ExecutionInputDataSerializer(serializers.Serializer):
     surrogates and depth (apps/agents/engine/inputs.py applies the same rules)."""
 
     task = StrictCharField(
-        required=False, trim_whitespace=False, help_text="What the agent should do (at most MAX_TASK_CHARS)."
+        required=False,
+        validators=[NOT_BLANK],
+        help_text="What the agent should do (at most MAX_TASK_CHARS). Required unless `message` is given.",
     )
     message = StrictCharField(
-        required=False, trim_whitespace=False, help_text="Alternative to `task` for conversational agents."
+        required=False, validators=[NOT_BLANK], help_text="Alternative to `task` for conversational agents."
     )
+    # The schema's way of saying "task or message" (apps/agents/api/schema.py merges this in).
+    schema_overrides = {"anyOf": [{"required": ["task"]}, {"required": ["message"]}]}
     output_format = StrictCharField(
         required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
     )
@@ -219,6 +235,13 @@ class ExecutionContextSerializer(StrictSerializer):
         limit_length(self.fields["conversation_history"], settings.MAX_HISTORY_MESSAGES)
         limit_length(self.fields["conversation_summary"], settings.MAX_TASK_CHARS)
 
+    schema_overrides = {
+        "not": {
+            "required": ["conversation_id", "conversation_history"],
+            "properties": {"conversation_id": {"type": "string"}, "conversation_history": {"minItems": 1}},
+        }
+    }
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("conversation_id") and attrs.get("conversation_history"):
             raise serializers.ValidationError(
@@ -244,6 +267,13 @@ class AgentExecutionInputSerializer(StrictSerializer):
         default=False,
         help_text="Queue the run; answer 202 with links to poll, cancel, stream.",
     )
+
+    schema_overrides = {
+        "not": {
+            "required": ["stream", "background"],
+            "properties": {"stream": {"enum": [True]}, "background": {"enum": [True]}},
+        }
+    }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("stream") and attrs.get("background"):
@@ -309,13 +339,15 @@ class AttemptSerializer(serializers.Serializer):
 
 
 class ExecutionFilterSerializer(StrictSerializer):
-    agent = StrictCharField(required=False, max_length=100, help_text="Agent slug or id.")
+    agent = StrictCharField(
+        required=False, max_length=100, validators=[SLUG_VALIDATOR], help_text="Agent slug or id."
+    )
     status = StrictChoiceField(choices=ExecutionStatus.choices, required=False)
     conversation = serializers.UUIDField(required=False)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
     # Pagination parameters are read by the paginator; listed so that they are not "unknown".
-    cursor = serializers.CharField(required=False)
+    cursor = serializers.CharField(required=False, allow_blank=True)
     page_size = serializers.CharField(required=False)
 
 
@@ -407,7 +439,13 @@ class AgentStatsOutputSerializer(serializers.Serializer):
 
 # -------------------------------------------------------------------------------- conversations
 class ConversationInputSerializer(StrictSerializer):
-    agent = StrictCharField(required=False, allow_null=True, max_length=100, help_text="Agent slug or id.")
+    agent = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=100,
+        validators=[SLUG_VALIDATOR],
+        help_text="Agent slug or id.",
+    )
     title = StrictCharField(required=False, allow_blank=True, max_length=200)
 
 
@@ -429,7 +467,7 @@ class ConversationListOutputSerializer(serializers.ModelSerializer):
         fields = ("id", "agent", "title", "summary", "message_count", "created_at", "updated_at")
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field({"type": "string", "nullable": True, "description": "The agent's slug."})
     def get_agent(self, conversation: Conversation) -> str | None:
         return conversation.agent.agent_id if conversation.agent_id else None
 

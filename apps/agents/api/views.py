@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -59,7 +60,7 @@ from apps.agents.api.serializers import (
 from apps.agents.api.sse import EVENT_STREAM, wants_event_stream
 from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle, UserRateThrottle
 from apps.agents.errors import ApplicationError
-from apps.agents.models import Agent, AgentExecution, Conversation
+from apps.agents.models import SLUG_VALIDATOR, Agent, AgentExecution, Conversation
 from apps.agents.selectors import (
     ExecutionFilters,
     agent_get_visible,
@@ -106,6 +107,25 @@ class Pagination(CursorPagination):
     max_page_size = 200
     ordering = "-created_at"
 
+    def get_page_size(self, request: Request) -> int:
+        # DRF silently falls back to the default for page_size=abc; a client should learn it asked wrongly.
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise ApplicationError(
+                f"page_size must be an integer from 1 to {self.max_page_size}.",
+                fields={"page_size": ["Invalid page size."]},
+            )
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+        return parameters
+
 
 class AgentPagination(Pagination):
     ordering = ("name", "id")
@@ -114,6 +134,7 @@ class AgentPagination(Pagination):
 # -------------------------------------------------------------------------------- auth, health
 class AuthTokenView(ApiMixin, APIView):
     public = True
+    extra_error_codes = ["401"]
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
     throttle_classes = [AnonRateThrottle]
@@ -290,15 +311,24 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
 
 # -------------------------------------------------------------------------------- executions
+SLUG_PATTERN = SLUG_VALIDATOR.regex.pattern
+MAX_EVENT_ID = 10**12
+EVENT_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID}
+
 EXECUTION_FILTERS = [
-    OpenApiParameter("agent", str, description="Agent slug or UUID."),
+    OpenApiParameter(
+        "agent",
+        {"type": "string", "maxLength": 100, "pattern": SLUG_PATTERN},
+        description="Agent slug or UUID.",
+    ),
     OpenApiParameter("status", str, enum=["pending", "running", "completed", "failed", "cancelled"]),
-    OpenApiParameter("conversation", str, description="Conversation UUID."),
-    OpenApiParameter("created_after", str, description="ISO 8601 date-time (inclusive)."),
-    OpenApiParameter("created_before", str, description="ISO 8601 date-time (exclusive)."),
+    OpenApiParameter("conversation", OpenApiTypes.UUID, description="Conversation UUID."),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601 date-time (inclusive)."),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="ISO 8601 date-time (exclusive)."),
 ]
 
 
+@extend_schema(tags=["executions"])
 @extend_schema_view(
     list=extend_schema(
         parameters=EXECUTION_FILTERS, responses={200: ExecutionListOutputSerializer(many=True)}
@@ -349,14 +379,18 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         summary="Server-sent events of an execution (resumable with Last-Event-ID)",
         description="Replays what the run published after `Last-Event-ID` (header) or `after` (query), then "
         "follows it live until its terminal event. A finished run answers its outcome at once. Leaving does "
-        "not "
-        "cancel the run (POST cancel does).\n\n" + SSE_DESCRIPTION,
+        "not cancel the run (POST cancel does).\n\n" + SSE_DESCRIPTION,
         parameters=[
             OpenApiParameter(
-                "Last-Event-ID", int, OpenApiParameter.HEADER, description="Last event id received."
+                "Last-Event-ID",
+                EVENT_ID_SCHEMA,
+                OpenApiParameter.HEADER,
+                description="Last event id received.",
             ),
             OpenApiParameter(
-                "after", int, description="Same as Last-Event-ID, for clients that cannot set headers."
+                "after",
+                EVENT_ID_SCHEMA,
+                description="Same as Last-Event-ID, for clients that cannot set headers.",
             ),
         ],
         responses={
@@ -371,8 +405,8 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
 
 def _last_event_id(request: Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
-    if not raw.isdigit() or len(raw) > 12:
+    raw = (request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0").strip()
+    if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
         raise ApplicationError(
             "Last-Event-ID must be a non-negative integer.", fields={"Last-Event-ID": ["Not an integer."]}
         )

@@ -36,11 +36,18 @@ EDITABLE_FIELDS = (
 )
 
 
+_TAKEN = "An agent with this agent_id already exists."
+
+
 def _invalid(exc: ValidationError) -> ApplicationError:
     fields = {
         ("non_field_errors" if k == "__all__" else k): [str(m) for m in v]
         for k, v in exc.message_dict.items()
     }
+    taken = any(error.code == "unique" for error in exc.error_dict.get("agent_id", []))
+    if taken and set(fields) == {"agent_id"}:
+        # Well-formed but already used: a conflict with existing state, not a malformed request.
+        return ApplicationError(_TAKEN, code="conflict", status=409, fields={"agent_id": [_TAKEN]})
     names = ", ".join(sorted(fields))
     return ApplicationError(f"Invalid agent: {names}.", code="invalid", status=400, fields=fields)
 
@@ -57,12 +64,7 @@ def _save(agent: Agent, *, creating: bool) -> Agent:
             agent.save(force_insert=creating)
     except IntegrityError as exc:
         # full_clean checked uniqueness, but another request may have taken the slug since.
-        raise ApplicationError(
-            "An agent with this agent_id already exists.",
-            code="conflict",
-            status=409,
-            fields={"agent_id": ["An agent with this agent_id already exists."]},
-        ) from exc
+        raise ApplicationError(_TAKEN, code="conflict", status=409, fields={"agent_id": [_TAKEN]}) from exc
     return agent
 
 

@@ -13,6 +13,8 @@ def token_obtain(*, username: str, password: str, request: HttpRequest | None = 
     user = authenticate(request=request, username=username, password=password)
     if user is None or not user.is_active:
         # One message for "no such user", "wrong password" and "inactive": which one is nobody's business.
-        raise ApplicationError("Unable to log in with the provided credentials.", code="invalid_credentials")
+        raise ApplicationError(
+            "Unable to log in with the provided credentials.", code="invalid_credentials", status=401
+        )
     token, _ = Token.objects.get_or_create(user=user)
     return token.key

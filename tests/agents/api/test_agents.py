@@ -77,9 +77,9 @@ def test_missing_required_fields_are_named(alice_client):
     assert {"name", "agent_id"} <= set(error["fields"])
 
 
-def test_a_taken_slug_is_400_on_agent_id(alice_client, bob):
+def test_a_taken_slug_is_409_on_agent_id(alice_client, bob):
     AgentFactory(owner=bob, agent_id="code-helper")
-    error = assert_envelope(alice_client.post("/api/v1/agents/", NEW_AGENT, format="json"), 400, "invalid")
+    error = assert_envelope(alice_client.post("/api/v1/agents/", NEW_AGENT, format="json"), 409, "conflict")
     assert "agent_id" in error["fields"]
 
 

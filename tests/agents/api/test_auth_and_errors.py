@@ -45,13 +45,13 @@ def test_a_token_is_issued_for_a_valid_password_and_authenticates_requests(anon_
     "body",
     [{"username": "carol", "password": "wrong"}, {"username": "nobody", "password": "a-long-password-1"}],
 )
-def test_wrong_credentials_get_one_indistinguishable_400(anon_client, body):
+def test_wrong_credentials_get_one_indistinguishable_401(anon_client, body):
     UserFactory(username="carol", password="a-long-password-1")
 
-    error = assert_envelope(
-        anon_client.post("/api/v1/auth/token/", body, format="json"), 400, "invalid_credentials"
-    )
+    response = anon_client.post("/api/v1/auth/token/", body, format="json")
 
+    error = assert_envelope(response, 401, "invalid_credentials")
+    assert response["WWW-Authenticate"] == "Token"
     assert error["message"] == "Unable to log in with the provided credentials."
 
 
