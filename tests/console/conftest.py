@@ -60,12 +60,18 @@ def chromium_path() -> Path:
     return CHROMIUM_PATH
 
 
+# Ceilings, not speed assertions: a waiting action or `expect` gives up only after this long. Playwright's
+# own default for `expect` is 5 s, which a streamed run on a busy CI machine can exceed.
+WAIT_CEILING_MS = 30_000
+
+
 @pytest.fixture
 async def browser(chromium_path: Path) -> AsyncIterator[Any]:
     try:
-        from playwright.async_api import async_playwright
+        from playwright.async_api import async_playwright, expect
     except ImportError:
         pytest.fail("The `playwright` package is missing: pip install 'playwright>=1.40,<2'.", pytrace=False)
+    expect.set_options(timeout=WAIT_CEILING_MS)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(chromium_path), args=CHROMIUM_ARGS, headless=True
@@ -109,7 +115,7 @@ class PageProblems:
 async def page(browser: Any, live_server_url: str) -> AsyncIterator[Any]:
     context = await browser.new_context(base_url=live_server_url, viewport={"width": 1280, "height": 1000})
     page = await context.new_page()
-    page.set_default_timeout(30_000)  # a generous ceiling for a busy CI machine, not a speed assertion
+    page.set_default_timeout(WAIT_CEILING_MS)
     problems = PageProblems(live_server_url)
     problems.attach(page)
     page.problems = problems

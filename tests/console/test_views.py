@@ -102,7 +102,18 @@ def test_the_page_loads_only_local_assets_under_a_strict_policy(alice_session) -
 @pytest.mark.django_db
 def test_every_asset_is_served_with_its_type_and_revalidated_by_etag(client) -> None:
     served = {path.name for path in ASSETS_DIR.iterdir()}
-    assert {"console.js", "api.js", "sse.js", "chart.js", "format.js", "console.css", "icon.svg"} <= served
+    assert {
+        "console.js",
+        "api.js",
+        "sse.js",
+        "chart.js",
+        "dom.js",
+        "executions.js",
+        "format.js",
+        "stats.js",
+        "console.css",
+        "icon.svg",
+    } <= served
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
     for name in served:
         response = client.get(reverse("console:asset", args=[name]))

@@ -1,27 +1,16 @@
-// The console page: pick an agent, run it with live output (SSE over fetch), list executions, open one with
-// its attempts, cancel a running one, and show the selected agent's stats with a chart of runs per day.
-// Everything goes through the REST API with the session cookie; the only other endpoint is the per-day counts.
+// The console page: pick an agent and run it with live output (SSE read from a fetch() body, since the
+// execute endpoint is a POST), then the execution list, one execution's details, and the agent's stats.
+// Everything goes through the REST API with the session cookie and the CSRF token.
 
 import { apiFetch, apiJSON, errorFrom } from "./api.js";
-import { renderDailyChart } from "./chart.js";
-import {
-  LIVE_STATUSES,
-  formatCost,
-  formatDateTime,
-  formatInt,
-  formatOutput,
-  formatPercent,
-  formatSeconds,
-} from "./format.js";
+import { fillList, h, platformText, setText, shortId, tokensText } from "./dom.js";
+import { ExecutionDialog, ExecutionList, cancelExecution } from "./executions.js";
+import { formatCost, formatOutput, formatSeconds } from "./format.js";
 import { readEventStream } from "./sse.js";
+import { StatsPanel } from "./stats.js";
 
 const root = document.getElementById("console");
 const API = root.dataset.apiRoot;
-const DAILY_URL = root.dataset.dailyUrl;
-const CHART_DAYS = Number(root.dataset.chartDays) || 14;
-const PAGE_SIZE = 20;
-const LIST_POLL_MS = 2000;
-const DIALOG_POLL_MS = 1000;
 const STORED_AGENT = "console.agent";
 
 const $ = (id) => document.getElementById(id);
@@ -37,99 +26,40 @@ const ui = {
   notes: $("run-notes"),
   output: $("run-output"),
   summary: $("run-summary"),
-  statsAgent: $("stats-agent"),
-  statsNumbers: $("stats-numbers"),
-  statsError: $("stats-error"),
-  chart: $("daily-chart"),
   onlyAgent: $("only-agent"),
   refresh: $("refresh-button"),
-  rows: document.querySelector("#executions-table tbody"),
-  empty: $("executions-empty"),
-  listError: $("executions-error"),
-  more: $("more-button"),
-  dialog: $("execution-dialog"),
-  dialogTitle: $("execution-title"),
-  dialogClose: $("dialog-close"),
-  dialogError: $("dialog-error"),
-  dialogFields: $("execution-fields"),
-  dialogCancel: $("dialog-cancel"),
-  dialogInput: $("execution-input"),
-  dialogOutput: $("execution-output"),
-  attempts: document.querySelector("#attempts-table tbody"),
-  attemptsEmpty: $("attempts-empty"),
 };
 
-const state = {
-  agents: new Map(), // agent_id -> agent
-  run: null, // {executionId, controller, terminal}
-  nextPage: null,
-  pagesLoaded: 0,
-  listTimer: null,
-  statsToken: 0,
-  dialogId: null,
-  dialogTimer: null,
-  dialogOpener: null,
-};
+let agents = new Map(); // agent_id -> agent, as the API lists them
+let currentRun = null; // {executionId, controller, terminal} while a run streams
 
-// ------------------------------------------------------------------------------------------ small helpers
-function h(tag, attributes = {}, ...children) {
-  const element = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") element.className = value;
-    else if (key.startsWith("data-")) element.setAttribute(key, value);
-    else if (key in element) element[key] = value;
-    else element.setAttribute(key, value);
-  }
-  element.append(...children.filter((child) => child !== null && child !== undefined));
-  return element;
-}
-
-function setText(element, text) {
-  element.textContent = text ?? "";
-  element.hidden = !text;
-}
-
-const shortId = (id) => String(id).slice(0, 8);
-
-function statusBadge(status) {
-  return h("span", { class: `badge status-${status}` }, status);
-}
-
-function fillList(dl, pairs) {
-  dl.replaceChildren(
-    ...pairs
-      .filter(([, value]) => value !== null && value !== undefined && value !== "")
-      .map(([term, value]) => h("div", {}, h("dt", {}, term), h("dd", {}, value))),
-  );
-}
-
-function tokensText(input, output) {
-  return `${formatInt(input)} / ${formatInt(output)}`;
-}
-
-function platformText(platform, model) {
-  return [platform, model].filter(Boolean).join(" / ") || "–";
-}
+const selectedAgent = () => agents.get(ui.agent.value) ?? null;
+const dialog = new ExecutionDialog(API, () => list.load());
+const list = new ExecutionList(
+  API,
+  () => (ui.onlyAgent.checked ? (selectedAgent()?.agent_id ?? null) : null),
+  (id, opener) => dialog.open(id, opener),
+);
+const stats = new StatsPanel(API, root.dataset.dailyUrl, Number(root.dataset.chartDays) || 14);
 
 // ------------------------------------------------------------------------------------------ agents
 async function loadAgents() {
-  const agents = [];
+  const found = [];
   let url = `${API}agents/?page_size=200`;
   while (url) {
     const page = await apiJSON(url);
-    agents.push(...page.results);
+    found.push(...page.results);
     url = page.next;
   }
-  state.agents = new Map(agents.map((agent) => [agent.agent_id, agent]));
-  if (agents.length === 0) {
+  agents = new Map(found.map((agent) => [agent.agent_id, agent]));
+  if (found.length === 0) {
     ui.agent.replaceChildren(h("option", { value: "" }, "No agents yet"));
-    setText(ui.agentDescription, "Create one with the API (POST /api/v1/agents/) or run manage.py seed_agents.");
+    setText(ui.agentDescription, "Create one with POST /api/v1/agents/ or run manage.py seed_agents.");
     ui.run.disabled = true;
     return;
   }
   ui.agent.replaceChildren(
-    ...agents.map((agent) =>
+    ...found.map((agent) =>
       h(
         "option",
         { value: agent.agent_id, disabled: !agent.is_active },
@@ -138,24 +68,20 @@ async function loadAgents() {
     ),
   );
   const wanted = new URLSearchParams(location.search).get("agent") ?? localStorage.getItem(STORED_AGENT);
-  const initial = state.agents.get(wanted)?.is_active ? wanted : agents.find((a) => a.is_active)?.agent_id;
+  const initial = agents.get(wanted)?.is_active ? wanted : found.find((agent) => agent.is_active)?.agent_id;
   if (initial) ui.agent.value = initial;
   onAgentChange({ remember: false });
-}
-
-function selectedAgent() {
-  return state.agents.get(ui.agent.value) ?? null;
 }
 
 function onAgentChange({ remember = true } = {}) {
   const agent = selectedAgent();
   setText(ui.agentDescription, agent?.description || "");
   if (agent && remember) localStorage.setItem(STORED_AGENT, agent.agent_id);
-  loadStats();
-  if (ui.onlyAgent.checked) loadExecutions();
+  stats.load(agent);
+  if (ui.onlyAgent.checked) list.load();
 }
 
-// ------------------------------------------------------------------------------------------ running
+// ------------------------------------------------------------------------------------------ the run panel
 function resetRunView() {
   ui.output.replaceChildren();
   ui.output.dataset.deltas = "0";
@@ -182,6 +108,7 @@ function addNote(text) {
 }
 
 function appendOutput(text) {
+  // Follow the text as it grows, unless the reader has scrolled up to read something.
   const atBottom = ui.output.scrollHeight - ui.output.scrollTop - ui.output.clientHeight < 24;
   ui.output.append(text);
   ui.output.dataset.deltas = String(Number(ui.output.dataset.deltas) + 1);
@@ -191,7 +118,7 @@ function appendOutput(text) {
 function showSummary(body) {
   const id = body.execution_id ?? body.id;
   const open = h("button", { type: "button", class: "link-button" }, shortId(id));
-  open.addEventListener("click", () => openExecution(id, open));
+  open.addEventListener("click", () => dialog.open(id, open));
   fillList(ui.summary, [
     ["Tokens in / out", tokensText(body.input_tokens, body.output_tokens)],
     ["Cost", formatCost(body.cost)],
@@ -207,26 +134,22 @@ async function summariseFromRecord(executionId) {
   try {
     showSummary(await apiJSON(`${API}executions/${executionId}/`));
   } catch {
-    // the error is already on screen; the summary is a bonus
+    // the reason is already on screen; the summary is a bonus
   }
 }
 
-function parseData(message) {
+function handleEvent(run, message) {
+  let data = {};
   try {
-    return JSON.parse(message.data);
+    data = JSON.parse(message.data);
   } catch {
-    return {};
+    // keep going: one unreadable event must not end the run's display
   }
-}
-
-function handleEvent(message) {
-  const run = state.run;
-  const data = parseData(message);
   switch (message.event) {
     case "execution.created":
       run.executionId = data.execution_id;
       setStatus(`Running… (execution ${shortId(data.execution_id)})`);
-      loadExecutions();
+      list.load();
       break;
     case "output.delta":
       appendOutput(data.text ?? "");
@@ -242,6 +165,7 @@ function handleEvent(message) {
       break;
     case "execution.completed":
       run.terminal = true;
+      // A structured agent's output is parsed JSON: show it indented rather than as streamed.
       if (typeof data.output !== "string") ui.output.textContent = formatOutput(data.output);
       showSummary(data);
       setStatus(`Completed in ${formatSeconds(data.execution_time)}.`);
@@ -264,7 +188,7 @@ function handleEvent(message) {
 
 async function runAgent(event) {
   event.preventDefault();
-  if (state.run) return;
+  if (currentRun) return;
   const agent = selectedAgent();
   const task = ui.task.value;
   setText(ui.error, "");
@@ -279,7 +203,7 @@ async function runAgent(event) {
     return;
   }
   const run = { executionId: null, controller: new AbortController(), terminal: false };
-  state.run = run;
+  currentRun = run;
   resetRunView();
   setRunning(true);
   setStatus(`Starting ${agent.name}…`);
@@ -290,8 +214,9 @@ async function runAgent(event) {
       headers: { Accept: "text/event-stream" },
       signal: run.controller.signal,
     });
+    // A refusal (invalid input, inactive agent, rate limit) is a JSON error before any stream starts.
     if (!response.ok) throw await errorFrom(response);
-    await readEventStream(response.body, handleEvent);
+    await readEventStream(response.body, (message) => handleEvent(run, message));
     if (!run.terminal) {
       setStatus("Disconnected.");
       setText(ui.error, "The stream ended before the run finished; its outcome is in the list below.");
@@ -304,15 +229,15 @@ async function runAgent(event) {
       setText(ui.error, error.message);
     }
   } finally {
-    state.run = null;
+    currentRun = null;
     setRunning(false);
-    loadExecutions();
-    loadStats();
+    list.load();
+    stats.load(selectedAgent());
   }
 }
 
 async function stopRun() {
-  const run = state.run;
+  const run = currentRun;
   if (!run) return;
   ui.stop.disabled = true;
   setStatus("Cancelling…");
@@ -322,188 +247,11 @@ async function stopRun() {
     return;
   }
   try {
-    await cancelExecution(run.executionId);
-    // The stream ends with execution.cancelled once the engine has stopped the provider call.
+    // The stream then ends with execution.cancelled, once the engine has closed the provider request.
+    await cancelExecution(API, run.executionId);
   } catch (error) {
     ui.stop.disabled = false;
     setText(ui.error, error.message);
-  }
-}
-
-function cancelExecution(executionId) {
-  return apiJSON(`${API}executions/${executionId}/cancel/`, { method: "POST" });
-}
-
-// ------------------------------------------------------------------------------------------ executions
-function executionRow(execution) {
-  const open = h(
-    "button",
-    { type: "button", class: "link-button", "aria-label": `Open execution ${shortId(execution.id)}` },
-    "Open",
-  );
-  open.addEventListener("click", () => openExecution(execution.id, open));
-  const created = h("time", { dateTime: execution.created_at }, formatDateTime(execution.created_at));
-  return h(
-    "tr",
-    { "data-execution-id": execution.id, "data-status": execution.status },
-    h("td", {}, created),
-    h("td", {}, execution.agent || "–"),
-    h("td", {}, statusBadge(execution.status)),
-    h("td", { class: "num" }, tokensText(execution.input_tokens, execution.output_tokens)),
-    h("td", { class: "num" }, formatCost(execution.cost)),
-    h("td", { class: "num" }, formatSeconds(execution.execution_time)),
-    h("td", {}, platformText(execution.platform_used, execution.model_used)),
-    h("td", {}, open),
-  );
-}
-
-async function loadExecutions({ more = false } = {}) {
-  clearTimeout(state.listTimer);
-  let url = state.nextPage;
-  if (!more) {
-    const params = new URLSearchParams({ page_size: String(PAGE_SIZE) });
-    const agent = selectedAgent();
-    if (ui.onlyAgent.checked && agent) params.set("agent", agent.agent_id);
-    url = `${API}executions/?${params}`;
-  }
-  try {
-    const page = await apiJSON(url);
-    const rows = page.results.map(executionRow);
-    if (more) ui.rows.append(...rows);
-    else ui.rows.replaceChildren(...rows);
-    state.pagesLoaded = more ? state.pagesLoaded + 1 : 1;
-    state.nextPage = page.next;
-    ui.more.hidden = !page.next;
-    ui.empty.hidden = ui.rows.children.length > 0;
-    setText(ui.listError, "");
-  } catch (error) {
-    setText(ui.listError, `Could not load executions: ${error.message}`);
-  }
-  // While something is still running, keep the first page fresh (not once more pages are open: the user is
-  // reading them).
-  const live = [...ui.rows.children].some((row) => LIVE_STATUSES.has(row.dataset.status));
-  if (live && state.pagesLoaded === 1) state.listTimer = setTimeout(loadExecutions, LIST_POLL_MS);
-}
-
-// ------------------------------------------------------------------------------------------ one execution
-async function openExecution(executionId, opener) {
-  state.dialogId = executionId;
-  state.dialogOpener = opener ?? document.activeElement;
-  ui.dialogTitle.textContent = `Execution ${shortId(executionId)}`;
-  ui.dialogFields.replaceChildren();
-  ui.attempts.replaceChildren();
-  ui.dialogInput.textContent = "";
-  ui.dialogOutput.textContent = "";
-  setText(ui.dialogError, "");
-  ui.dialogCancel.hidden = true;
-  if (!ui.dialog.open) ui.dialog.showModal();
-  await refreshDialog();
-}
-
-function attemptRow(attempt, index) {
-  return h(
-    "tr",
-    {},
-    h("td", {}, String(index + 1)),
-    h("td", {}, attempt.platform),
-    h("td", {}, attempt.model || "–"),
-    h("td", {}, attempt.status === "ok" ? statusBadge("ok") : h("span", { class: "badge status-failed" }, attempt.status)),
-    h("td", { class: "num" }, formatSeconds(attempt.latency_ms / 1000)),
-    h("td", { class: "num" }, tokensText(attempt.input_tokens ?? 0, attempt.output_tokens ?? 0)),
-    h("td", {}, [attempt.http_status, attempt.error].filter(Boolean).join(" ") || "–"),
-  );
-}
-
-async function refreshDialog() {
-  clearTimeout(state.dialogTimer);
-  const executionId = state.dialogId;
-  if (!executionId || !ui.dialog.open) return;
-  let execution;
-  try {
-    execution = await apiJSON(`${API}executions/${executionId}/`);
-  } catch (error) {
-    setText(ui.dialogError, error.message);
-    return;
-  }
-  if (state.dialogId !== executionId) return; // another one was opened meanwhile
-  const live = LIVE_STATUSES.has(execution.status);
-  fillList(ui.dialogFields, [
-    ["Status", statusBadge(execution.status)],
-    ["Agent", execution.agent],
-    ["Mode", execution.mode],
-    ["Platform", platformText(execution.platform_used, execution.model_used)],
-    ["Tokens in / out", tokensText(execution.input_tokens, execution.output_tokens)],
-    ["Cost", formatCost(execution.cost)],
-    ["Time", formatSeconds(execution.execution_time)],
-    ["Created", formatDateTime(execution.created_at)],
-    ["Started", execution.started_at ? formatDateTime(execution.started_at) : null],
-    ["Finished", execution.finished_at ? formatDateTime(execution.finished_at) : null],
-    ["Error", execution.error ? `${execution.error.code}: ${execution.error.message}` : null],
-    ["Conversation", execution.conversation],
-    ["Execution id", h("code", {}, execution.id)],
-  ]);
-  const input = execution.input_data ?? {};
-  ui.dialogInput.textContent = input.task ?? input.message ?? JSON.stringify(input, null, 2);
-  ui.dialogOutput.textContent = formatOutput(execution.output) || (live ? "(still running)" : "(no output)");
-  ui.attempts.replaceChildren(...(execution.attempts ?? []).map(attemptRow));
-  ui.attemptsEmpty.hidden = (execution.attempts ?? []).length > 0;
-  ui.dialogCancel.hidden = !live;
-  ui.dialogCancel.disabled = Boolean(execution.cancel_requested_at);
-  if (live) state.dialogTimer = setTimeout(refreshDialog, DIALOG_POLL_MS);
-}
-
-async function cancelFromDialog() {
-  const executionId = state.dialogId;
-  ui.dialogCancel.disabled = true;
-  try {
-    await cancelExecution(executionId);
-  } catch (error) {
-    setText(ui.dialogError, error.message);
-  }
-  await refreshDialog();
-  loadExecutions();
-}
-
-function closeDialog() {
-  ui.dialog.close();
-}
-
-function onDialogClosed() {
-  clearTimeout(state.dialogTimer);
-  state.dialogId = null;
-  const opener = state.dialogOpener;
-  state.dialogOpener = null;
-  if (opener?.isConnected) opener.focus();
-}
-
-// ------------------------------------------------------------------------------------------ stats
-function setStat(name, text) {
-  const cell = ui.statsNumbers.querySelector(`[data-stat="${name}"]`);
-  if (cell) cell.textContent = text;
-}
-
-async function loadStats() {
-  const agent = selectedAgent();
-  const token = ++state.statsToken;
-  if (!agent) return;
-  ui.statsAgent.textContent = `· ${agent.name}`;
-  const key = encodeURIComponent(agent.agent_id);
-  try {
-    const [stats, daily] = await Promise.all([
-      apiJSON(`${API}agents/${key}/stats/`),
-      apiJSON(`${DAILY_URL.replace("__agent__", key)}?days=${CHART_DAYS}`),
-    ]);
-    if (token !== state.statsToken) return; // the selection changed while this was loading
-    setStat("total", formatInt(stats.total));
-    setStat("success_rate", formatPercent(stats.success_rate));
-    setStat("p50_execution_time", formatSeconds(stats.p50_execution_time));
-    setStat("p95_execution_time", formatSeconds(stats.p95_execution_time));
-    setStat("tokens_used", formatInt(stats.tokens_used));
-    setStat("cost", formatCost(stats.cost));
-    renderDailyChart(ui.chart, daily.days);
-    setText(ui.statsError, "");
-  } catch (error) {
-    if (token === state.statsToken) setText(ui.statsError, `Could not load stats: ${error.message}`);
   }
 }
 
@@ -514,15 +262,11 @@ ui.task.addEventListener("keydown", (event) => {
 });
 ui.stop.addEventListener("click", stopRun);
 ui.agent.addEventListener("change", () => onAgentChange());
-ui.onlyAgent.addEventListener("change", () => loadExecutions());
+ui.onlyAgent.addEventListener("change", () => list.load());
 ui.refresh.addEventListener("click", () => {
-  loadExecutions();
-  loadStats();
+  list.load();
+  stats.load(selectedAgent());
 });
-ui.more.addEventListener("click", () => loadExecutions({ more: true }));
-ui.dialogClose.addEventListener("click", closeDialog);
-ui.dialogCancel.addEventListener("click", cancelFromDialog);
-ui.dialog.addEventListener("close", onDialogClosed);
 
 root.dataset.ready = "loading";
 try {
@@ -530,5 +274,5 @@ try {
 } catch (error) {
   setText(ui.error, `Could not load agents: ${error.message}`);
 }
-await loadExecutions();
+await list.load();
 root.dataset.ready = "true";
