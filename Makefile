@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+export HOST PORT
 # The stamp changes whenever pyproject.toml does, so `make` reinstalls only when dependencies change;
 # the venv itself is never re-created (llama-cpp-python compiles from source).
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)

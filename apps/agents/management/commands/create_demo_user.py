@@ -1,5 +1,7 @@
 """Create the demo user when none exists, and print how to log in and call the API (`make run` runs it)."""
 
+import os
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -18,7 +20,7 @@ class Command(BaseCommand):
             user.is_superuser = True
             user.save()
         token, _ = Token.objects.get_or_create(user=user)
-        base = "http://127.0.0.1:8000"
+        base = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
         shown_password = password if created or user.check_password(password) else "(changed; not shown)"
         self.stdout.write(
             "\n".join(
@@ -29,9 +31,9 @@ class Command(BaseCommand):
                     f"Admin:     {base}/admin/   API docs: {base}/api/docs/",
                     "Try it:",
                     f'  curl -s {base}/api/v1/agents/ -H "Authorization: Token {token.key}"',
-                    f"  curl -s {base}/api/v1/agents/business-analyst/execute/ \\",
+                    f"  curl -s {base}/api/v1/agents/technical-writer/execute/ \\",
                     f'    -H "Authorization: Token {token.key}" -H "Content-Type: application/json" \\',
-                    '    -d \'{"input_data": {"task": "Write one user story for a password reset"}}\'',
+                    '    -d \'{"input_data": {"task": "Explain what an API token is in one sentence."}}\'',
                     "",
                 ]
             )
