@@ -9,6 +9,7 @@ export HOST PORT
 # the venv itself is never re-created (llama-cpp-python compiles from source).
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
+# `make test` stays the one test command CI calls.
 .PHONY: run test install migrate seed lint format worker beat bench clean-stamps
 
 $(BIN)/python:
@@ -33,7 +34,14 @@ run: seed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: install
+# The web console is tested in a real headless Chromium: Debian's package, since browsers cannot be
+# downloaded here. Installed once; later runs find it.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install chromium (or set CHROMIUM_PATH) for the console tests"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: install $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
