@@ -21,8 +21,10 @@ from rest_framework.response import Response
 from apps.agents.api.fields import check_text
 from apps.agents.api.serializers import (
     AgentExecutionOutputSerializer,
-    CancelOutputSerializer,
     ExecutionAcceptedSerializer,
+)
+from apps.agents.api.serializers_records import (
+    CancelOutputSerializer,
 )
 from apps.agents.api.sse import open_event_stream, wants_event_stream
 from apps.agents.engine.serialize import result_body

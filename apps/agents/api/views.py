@@ -44,18 +44,20 @@ from apps.agents.api.serializers import (
     AgentExecutionOutputSerializer,
     AgentInputSerializer,
     AgentOutputSerializer,
+    ExecutionAcceptedSerializer,
+    TokenInputSerializer,
+    TokenOutputSerializer,
+)
+from apps.agents.api.serializers_records import (
     AgentStatsOutputSerializer,
     CancelOutputSerializer,
     ConversationDetailOutputSerializer,
     ConversationInputSerializer,
     ConversationListOutputSerializer,
-    ExecutionAcceptedSerializer,
     ExecutionDetailOutputSerializer,
     ExecutionFilterSerializer,
     ExecutionListOutputSerializer,
     HealthOutputSerializer,
-    TokenInputSerializer,
-    TokenOutputSerializer,
 )
 from apps.agents.api.sse import EVENT_STREAM, wants_event_stream
 from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle, UserRateThrottle

@@ -170,3 +170,18 @@ def test_django_level_500_for_api_paths_is_json(rf):
     response = json_server_error(rf.get("/api/v1/agents/"))
     assert response.status_code == 500
     assert b'"server_error"' in response.content
+
+
+def test_schema_and_docs_are_served_with_the_execute_examples(anon_client):
+    schema = anon_client.get("/api/schema/?format=json")
+    docs = anon_client.get("/api/docs/")
+
+    assert schema.status_code == 200 and docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+    execute = schema.json()["paths"]["/api/v1/agents/{id}/execute/"]["post"]
+    assert {"200", "202", "400", "401", "404", "429", "502", "504"} <= set(execute["responses"])
+    assert "text/event-stream" in execute["responses"]["200"]["content"]
+    for event in ("execution.created", "output.delta", "platform.fallback", "execution.completed"):
+        assert event in execute["description"]
+    assert execute["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorEnvelope")
+    assert "SynchronousRun" in execute["requestBody"]["content"]["application/json"]["examples"]
