@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 
-from asgiref.sync import async_to_sync
 from celery import shared_task
 from celery.signals import worker_init
 
@@ -27,12 +26,12 @@ logger = logging.getLogger(__name__)
     max_retries=0,
 )
 def run_execution_task(execution_id: str) -> str:
-    from apps.agents.services.background import run_background
+    from apps.agents.services.background import runner
 
     cancel_listener.ensure_started()
-    # async_to_sync: a fresh event loop for the run, while the ORM calls inside run on this very thread,
-    # whose database connections Celery's Django fixup checks and closes around every task.
-    return async_to_sync(run_background)(execution_id)
+    # On the process's long-lived run loop (see InProcessRunner), not a fresh loop per task: provider
+    # clients and their connections stay warm between runs.
+    return runner.run(execution_id)
 
 
 @shared_task(name="apps.agents.tasks.reap_executions_task", ignore_result=True)

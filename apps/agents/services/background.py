@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import logging
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -91,38 +92,54 @@ async def run_background(execution_id: str) -> str:
 
 
 class InProcessRunner:
-    """Runs background executions in this process, on one event loop in a daemon thread.
+    """Runs background executions in this process, on one long-lived event loop in a daemon thread.
 
-    A thread of its own rather than the caller's loop: the caller may be a sync DRF view, a management
-    command, or a request whose loop ends before the run does. References to the futures are kept until
-    they finish (a bare task could be garbage-collected mid-run).
+    Used by the API server when there is no broker (`submit`), and by Celery tasks (`run`): a loop that
+    outlives each run keeps the provider SDK clients, their connection pools and the event publishers' Redis
+    connections warm, where a fresh loop per task would rebuild them every time. A thread of its own rather
+    than the caller's loop: the caller may be a sync DRF view, a Celery pool thread, a management command,
+    or a request whose loop ends before the run does. Futures are kept until they finish (a bare task could
+    be garbage-collected mid-run). After a fork (Celery prefork) the child starts its own loop.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+        self._reaping = False
         self._runs: dict[str, concurrent.futures.Future[str]] = {}
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
+            if self._loop is None or self._pid != os.getpid() or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="background-runs", daemon=True)
-                thread.start()
-                self._start(self._reap_periodically(), loop)
-                self._loop = loop
+                threading.Thread(target=loop.run_forever, name="background-runs", daemon=True).start()
+                self._loop, self._pid, self._reaping = loop, os.getpid(), False
+                self._runs = {}
             return self._loop
 
     def submit(self, execution_id: str) -> bool:
-        """Start running `execution_id`; False if this process already runs it."""
+        """Start running `execution_id` (no broker: the server runs it); False if already running here."""
         loop = self._ensure_loop()
         with self._lock:
+            if not self._reaping:  # without a broker there is no celery beat: this process reaps
+                self._start(self._reap_periodically(), loop)
+                self._reaping = True
             if execution_id in self._runs:
                 return False
             future = self._start(self._run(execution_id), loop)
             self._runs[execution_id] = future
         future.add_done_callback(lambda done: self._finished(execution_id, done))
         return True
+
+    def run(self, execution_id: str) -> str:
+        """Run `execution_id` and wait for it (a Celery task: the message is acked when this returns)."""
+        loop = self._ensure_loop()
+        future = self._start(self._run(execution_id), loop)
+        with self._lock:
+            self._runs.setdefault(execution_id, future)
+        future.add_done_callback(lambda done: self._finished(execution_id, done, log=False))
+        return future.result()
 
     @staticmethod
     def _start(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[T]:
@@ -140,16 +157,19 @@ class InProcessRunner:
             with contextlib.suppress(concurrent.futures.CancelledError):
                 future.exception(timeout)
 
-    def _finished(self, execution_id: str, future: concurrent.futures.Future[str]) -> None:
+    def _finished(
+        self, execution_id: str, future: concurrent.futures.Future[str], *, log: bool = True
+    ) -> None:
         with self._lock:
-            self._runs.pop(execution_id, None)
-        if not future.cancelled() and future.exception() is not None:
+            if self._runs.get(execution_id) is future:
+                del self._runs[execution_id]
+        if log and not future.cancelled() and future.exception() is not None:
             logger.error("background run %s crashed", execution_id, exc_info=future.exception())
 
     @staticmethod
     async def _run(execution_id: str) -> str:
-        # This loop's ORM calls share one executor thread that no request cycle tidies: drop dead or expired
-        # database connections around each run, as a request would.
+        # This loop's ORM calls share one executor thread that no request cycle (nor Celery's Django fixup)
+        # tidies: drop dead or expired database connections around each run, as a request would.
         await sync_to_async(close_old_connections)()
         try:
             return await run_background(execution_id)
@@ -158,7 +178,6 @@ class InProcessRunner:
 
     @staticmethod
     async def _reap_periodically() -> None:
-        """Without a broker there is no celery beat: the process that runs the executions reaps them."""
         while True:
             await asyncio.sleep(float(settings.REAPER_INTERVAL_SECONDS))
             try:
