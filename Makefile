@@ -5,9 +5,16 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
-# The stamp changes whenever pyproject.toml does, so `make` reinstalls only when dependencies change;
-# the venv itself is never re-created (llama-cpp-python compiles from source).
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# llama-cpp-python compiles from source (about five minutes). Built for a portable x86-64 baseline, not
+# -march=native: a native build on these VMs emits AMX/AVX-512 code that dies with SIGILL ("Illegal
+# instruction") on the first token, and a wheel built on one machine must run on the next. The wheel is
+# kept outside the work tree, keyed by these flags, so a fresh clone (CI) installs it in seconds.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+LLAMA_SPEC := $(shell sed -n 's/^ *"\(llama-cpp-python[^"]*\)",*$$/\1/p' pyproject.toml)
+WHEELS ?= $(HOME)/.cache/agentplatform/wheels/$(shell echo '$(LLAMA_SPEC) $(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+# The stamp changes whenever pyproject.toml or the llama build does, so `make` reinstalls only then;
+# the venv itself is never re-created.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(notdir $(WHEELS))
 
 # `make test` stays the one test command CI calls.
 .PHONY: run test install migrate seed lint format worker beat bench clean-stamps
@@ -18,6 +25,12 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
+	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python (about five minutes, once per machine)"; \
+	  rm -rf $(WHEELS) $(WHEELS).tmp; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-cache-dir --no-deps "$(LLAMA_SPEC)" -w $(WHEELS).tmp \
+	  && mv $(WHEELS).tmp $(WHEELS); }
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

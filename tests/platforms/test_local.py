@@ -44,12 +44,37 @@ def local() -> LocalPlatform:
 
 
 async def raw_chat(platform: LocalPlatform, text: str, max_tokens: int, system: str = "") -> dict[str, Any]:
-    """What llama-cpp-python itself answers and counts, run on the model's thread."""
+    """What llama-cpp-python itself answers and counts, run on the model's thread, from a cold cache."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
-    return await platform.run_on_model(
-        lambda llama: llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
-    )
+
+    def chat(llama: Any) -> dict[str, Any]:
+        llama.reset()
+        return llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+
+    return await platform.run_on_model(chat)
+
+
+def assert_same_text(ours: str, raw: dict[str, Any], max_tokens: int) -> None:
+    """Ours is llama-cpp-python's text, except at a character split across the token limit.
+
+    There llama-cpp-python generates past max_tokens to finish the character (an emoji is three tokens
+    here) and reports the extra tokens; we stop at the limit and drop the incomplete character."""
+    text = raw["choices"][0]["message"]["content"]
+    if raw["usage"]["completion_tokens"] <= max_tokens:
+        assert ours == text
+    else:
+        assert text.startswith(ours) and len(text) == len(ours) + 1
+
+
+async def cold(platform: LocalPlatform) -> LocalPlatform:
+    """Forget the evaluated prompt, so the next generation evaluates its whole prompt in one batch.
+
+    Both sides of a comparison must start cold: llama.cpp reuses a cached prompt prefix, and a batched
+    prompt evaluation and a token-by-token one differ in the last float bits, which can flip a greedy pick
+    of this small model (seen on an AVX2 build: "🌟🌟🌟" cold, "I'm glad you're here!" warm)."""
+    await platform.run_on_model(lambda llama: llama.reset())
+    return platform
 
 
 async def barrier(platform: LocalPlatform) -> None:
@@ -59,14 +84,14 @@ async def barrier(platform: LocalPlatform) -> None:
 
 @local_model
 async def test_generate_matches_llama_cpp_text_and_usage(local: LocalPlatform) -> None:
-    completion = await local.generate(request("Say hello", max_tokens=16))
+    completion = await (await cold(local)).generate(request("Say hello", max_tokens=16))
     raw = await raw_chat(local, "Say hello", 16)
 
-    assert completion.text == raw["choices"][0]["message"]["content"]
+    assert_same_text(completion.text, raw, 16)
     assert completion.text.strip()
     assert completion.finish_reason == raw["choices"][0]["finish_reason"] == "length"
     assert completion.usage.input_tokens == raw["usage"]["prompt_tokens"]
-    assert completion.usage.output_tokens == raw["usage"]["completion_tokens"] == 16
+    assert completion.usage.output_tokens == 16 <= raw["usage"]["completion_tokens"]
     assert completion.model == "smollm2-135m-instruct"
     assert completion.provider_id and completion.provider_id.startswith("local-")
 
@@ -76,7 +101,7 @@ async def test_generate_that_ends_by_itself_reports_stop_and_does_not_count_the_
     local: LocalPlatform,
 ) -> None:
     prompt = "What is the capital of France? Answer with one word."
-    completion = await local.generate(request(prompt, max_tokens=32, system_prompt="Be brief."))
+    completion = await (await cold(local)).generate(request(prompt, max_tokens=32, system_prompt="Be brief."))
     raw = await raw_chat(local, prompt, 32, system="Be brief.")
 
     assert completion.finish_reason == raw["choices"][0]["finish_reason"] == "stop"
@@ -87,7 +112,7 @@ async def test_generate_that_ends_by_itself_reports_stop_and_does_not_count_the_
 
 @local_model
 async def test_stream_yields_text_chunks_then_one_final_chunk_with_exact_usage(local: LocalPlatform) -> None:
-    async with aclosing(local.stream(request("Tell me about cats.", max_tokens=24))) as stream:
+    async with aclosing((await cold(local)).stream(request("Tell me about cats.", max_tokens=24))) as stream:
         chunks = [chunk async for chunk in stream]
     raw = await raw_chat(local, "Tell me about cats.", 24)
 
@@ -95,10 +120,10 @@ async def test_stream_yields_text_chunks_then_one_final_chunk_with_exact_usage(l
     assert len(texts) > 5  # tokens arrive one by one, not in one block at the end
     assert all(c.text and c.finish_reason is None and c.usage is None for c in texts)
     assert final.text == "" and final.finish_reason == "length"
-    assert "".join(c.text for c in texts) == raw["choices"][0]["message"]["content"]
+    assert_same_text("".join(c.text for c in texts), raw, 24)
     assert final.usage is not None
     assert final.usage.input_tokens == raw["usage"]["prompt_tokens"]
-    assert final.usage.output_tokens == raw["usage"]["completion_tokens"] == 24
+    assert final.usage.output_tokens == 24 <= raw["usage"]["completion_tokens"]
 
 
 @local_model
