@@ -83,7 +83,10 @@ async def run_background(execution_id: str) -> str:
             await publisher.publish(BusEvent(seq, event.name, event.data()))
 
         # A second delivery racing this one loses the engine's conditional start and changes nothing.
-        await execution_engine.run_execution(execution_id, publish=publish)
+        result = await execution_engine.run_execution(execution_id, publish=publish)
+    if result.success:
+        return S.COMPLETED
+    # Failed, cancelled, or not ours after all (another delivery started it): the row says which.
     final = await AgentExecution.objects.filter(pk=execution_id).values_list("status", flat=True).afirst()
     return final or "missing"
 
@@ -169,12 +172,9 @@ class InProcessRunner:
     @staticmethod
     async def _run(execution_id: str) -> str:
         # This loop's ORM calls share one executor thread that no request cycle (nor Celery's Django fixup)
-        # tidies: drop dead or expired database connections around each run, as a request would.
+        # tidies: drop a dead or expired database connection before each run, as a request would.
         await sync_to_async(close_old_connections)()
-        try:
-            return await run_background(execution_id)
-        finally:
-            await sync_to_async(close_old_connections)()
+        return await run_background(execution_id)
 
     @staticmethod
     async def _reap_periodically() -> None:
