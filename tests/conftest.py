@@ -33,6 +33,16 @@ def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
 
 
+@pytest.fixture(autouse=True)
+def _embedded_background_by_default(settings) -> None:
+    """Background runs execute in-process and events stay in memory unless a test asks for the broker or
+    Redis (the `broker`, `worker` and `redis_prefix` fixtures). Otherwise a CELERY_BROKER_URL in the
+    environment (CI's PostgreSQL + Redis run) would queue a test's run to a broker no worker reads, and
+    build the Celery producer pool before the worker fixtures point it at the test broker."""
+    settings.CELERY_BROKER_URL = ""
+    settings.REDIS_URL = ""
+
+
 @pytest.fixture
 def alice(db):
     return UserFactory(username="alice")

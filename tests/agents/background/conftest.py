@@ -1,6 +1,6 @@
 """Real Redis, real Celery worker processes, the test database shared with them.
 
-Redis: db REDIS_TEST_DB on 127.0.0.1:6379, and every key (broker and events) under a prefix unique to this
+Redis: REDIS_URL from the environment or db 7 on 127.0.0.1:6379, and every key (broker and events) under a prefix unique to this
 test session, so parallel sessions never consume each other's messages; only those keys are deleted.
 Workers: `celery -A config worker` subprocesses with the same DATABASE_URL as the test database and the
 fake provider servers' URLs, started by `start_worker` (tests/agents/background/workers.py).
@@ -19,8 +19,16 @@ from django.db import connections
 
 from tests.agents.background.workers import WorkerFactory, WorkerProcess
 
-REDIS_TEST_DB = int(os.environ.get("BACKGROUND_TEST_REDIS_DB", "7"))
-REDIS_TEST_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+
+def _test_redis_url() -> str:
+    """The environment's Redis when it names one (CI's PostgreSQL + Redis run), else db 7 of the local one."""
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    return (
+        broker if broker.startswith("redis://") else os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/7"
+    )
+
+
+REDIS_TEST_URL = _test_redis_url()
 SESSION_PREFIX = f"bgtest-{uuid.uuid4().hex[:10]}:"
 
 
@@ -108,6 +116,10 @@ def worker_factory(
         "RETRY_MAX_DELAY": "0.05",
     }
     env = {**provider_env, **{key: str(value) for key, value in WORKER_TIMING.items()}}
+    # Celery reads the CELERY_BROKER_URL environment variable before its own configuration: point both at
+    # the test broker, or this process would publish where no test worker listens.
+    saved_broker = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = REDIS_TEST_URL
     celery_app.conf.update(
         broker_url=REDIS_TEST_URL,
         broker_transport_options={
@@ -122,6 +134,10 @@ def worker_factory(
         yield factory
     finally:
         factory.stop_all()
+        if saved_broker is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved_broker
 
 
 @pytest.fixture
