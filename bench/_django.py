@@ -1,4 +1,4 @@
-"""Bench scripts run outside pytest: point Django at a throwaway database and migrate it."""
+"""Shared by the bench scripts (run outside pytest): a throwaway migrated database, the fake provider."""
 
 from __future__ import annotations
 
@@ -32,3 +32,24 @@ def setup(default_db: str) -> str:
 
     call_command("migrate", verbosity=0)
     return url
+
+
+def start_fake_provider() -> tuple[subprocess.Popen[str], str]:
+    """The tests' FakeOpenAIServer on uvloop + httptools in its own process (bench/compare/fake.py), so it
+    does not share the measuring process's GIL. Returns the process and its OpenAI base URL."""
+    import json
+
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "compare" / "fake.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    port = json.loads(process.stdout.readline())["port"]
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -25,13 +25,12 @@ import os
 import platform
 import pstats
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, ROOT, setup
+from bench._django import RESULTS, percentile, setup, start_fake_provider
 
 URL = setup("bench_engine")
 
@@ -45,24 +44,6 @@ from apps.platforms.pricing import Pricing  # noqa: E402
 from apps.platforms.registry import PlatformRegistry, set_registry  # noqa: E402
 
 KEY = "sk-bench-not-a-secret"
-
-
-def start_fake_server() -> tuple[subprocess.Popen[str], str]:
-    """The tests' FakeOpenAIServer on uvloop + httptools in its own process (bench/compare/fake.py)."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "compare" / "fake.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    port = json.loads(process.stdout.readline())["port"]
-    return process, f"http://127.0.0.1:{port}/v1"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -208,7 +189,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of engine runs instead")
     args = parser.parse_args()
 
-    server, base_url = start_fake_server()
+    server, base_url = start_fake_provider()
     try:
         registry = PlatformRegistry(
             {

@@ -23,6 +23,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,17 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare import procs, report  # noqa: E402
 from bench.compare.common import API_KEY, MESSAGES, MODEL, TASK, summary  # noqa: E402
-from bench.compare.load import Target, first_tokens, load  # noqa: E402
+from bench.compare.load import LoadResult, Pool, Target, first_tokens  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 VARIANTS = {"instant": "/v1", "50ms": "/slow50/v1"}
 CALLS = {"instant": 40 if QUICK else 300, "50ms": 20 if QUICK else 100}
-STREAM_CALLS = {"instant": 10 if QUICK else 100, "50ms": 5 if QUICK else 40}
-HTTP_TTFT_CALLS = {"instant": 10 if QUICK else 60, "50ms": 5 if QUICK else 30}
+STREAM_CALLS = {"instant": 10 if QUICK else 100, "50ms": 6 if QUICK else 40}
+BLOCK = {"instant": 20, "50ms": 10}  # calls per turn
+HTTP_TTFT_CALLS = {"instant": 9 if QUICK else 60, "50ms": 6 if QUICK else 30}
 CONCURRENCY = (1, 16, 64)
-LOAD_SECONDS = 1.5 if QUICK else 4.0
+LOAD_SECONDS = 1.5 if QUICK else 4.0  # per target and concurrency, split in LOAD_ROUNDS turns
+LOAD_ROUNDS = 2
 LOAD_MAX_REQUESTS = 3000
 MASTER_KEY = "sk-bench-master-0123456789abcdef0123456789abcdef"  # a local proxy's key, not a secret
 BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_compare")
@@ -83,26 +86,68 @@ def bench_env() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- in-process
-def in_process(fake_url: str) -> dict[str, Any]:
+IN_PROCESS = ("floor_project", "ours", "floor_bench", "litellm", "pydantic_ai")
+
+
+def _workers(base: str, variant: str) -> list[procs.Worker]:
     project, bench = str(ROOT / ".venv" / "bin" / "python"), str(procs.bench_python())
+    argvs = {
+        "floor_project": [project, "bench/compare/ours.py", "inprocess", "--contender", "openai"],
+        "ours": [project, "bench/compare/ours.py", "inprocess", "--contender", "ours"],
+        "floor_bench": [bench, "bench/compare/others.py", "openai"],
+        "litellm": [bench, "bench/compare/others.py", "litellm"],
+        "pydantic_ai": [bench, "bench/compare/others.py", "pydantic_ai"],
+    }
+    workers = []
+    for name in IN_PROCESS:
+        env = ours_env(base) if argvs[name][0] == project else bench_env()
+        workers.append(procs.Worker(f"{name}-{variant}", [*argvs[name], "--base-url", base], env))
+    return workers
+
+
+def _blocks(workers: list[procs.Worker], command: str, total: int, block: int) -> dict[str, dict[str, Any]]:
+    """`total` samples from each worker in blocks of `block`, the workers taking turns (starting with a
+    different one each round), so that all of them see the same moments of a noisy machine."""
+    merged: dict[str, dict[str, Any]] = {w.name: {"latencies": [], "cpu_ms": 0.0} for w in workers}
+    for round_index in range(0, total, block):
+        shift = (round_index // block) % len(workers)
+        for worker in workers[shift:] + workers[:shift]:
+            answer = worker.ask(f"{command} {min(block, total - round_index)}")
+            merged[worker.name]["latencies"] += answer["latencies"]
+            merged[worker.name]["cpu_ms"] += answer["cpu_ms"]
+    return merged
+
+
+def _stats(samples: dict[str, Any]) -> dict[str, Any]:
+    calls = max(1, len(samples["latencies"]))
+    return {**summary(samples["latencies"]), "cpu_ms_per_call": round(samples["cpu_ms"] / calls, 3)}
+
+
+def in_process(fake_url: str, before: Callable[[], object]) -> dict[str, Any]:
+    """`before()` is called once the workers are up, before anything is measured."""
     results: dict[str, Any] = {}
     for variant, path in VARIANTS.items():
-        base = fake_url + path
-        sizes = ["--calls", str(CALLS[variant]), "--stream-calls", str(STREAM_CALLS[variant])]
-        runs = {
-            "floor_project": [project, "bench/compare/ours.py", "inprocess", "--contender", "openai"],
-            "ours": [project, "bench/compare/ours.py", "inprocess", "--contender", "ours"],
-            "floor_bench": [bench, "bench/compare/others.py", "openai"],
-            "litellm": [bench, "bench/compare/others.py", "litellm"],
-            "pydantic_ai": [bench, "bench/compare/others.py", "pydantic_ai"],
-        }
-        results[variant] = {}
-        for name, argv in runs.items():
-            procs.log(f"in-process {name} ({variant} fake)")
-            env = ours_env(base) if argv[0] == project else bench_env()
-            results[variant][name] = procs.run_json(
-                [*argv, "--base-url", base, *sizes], env, name=f"{name}-{variant}"
-            )
+        procs.log(f"in-process, {variant} fake: starting {', '.join(IN_PROCESS)}")
+        workers = _workers(fake_url + path, variant)
+        try:
+            for worker in workers:
+                worker.ready()
+            before()
+            procs.log(f"  {CALLS[variant]} calls each, in turns")
+            calls = _blocks(workers, "calls", CALLS[variant], BLOCK[variant])
+            procs.log(f"  {STREAM_CALLS[variant]} streamed calls each, in turns")
+            firsts = _blocks(workers, "first", STREAM_CALLS[variant], max(1, BLOCK[variant] // 2))
+            results[variant] = {}
+            for name, worker in zip(IN_PROCESS, workers, strict=True):
+                final = worker.finish()
+                results[variant][name] = {
+                    **final,
+                    "calls": _stats(calls[worker.name]),
+                    "ttft": _stats(firsts[worker.name]),
+                }
+        finally:
+            for worker in workers:
+                worker.kill()
     return results
 
 
@@ -132,88 +177,117 @@ def proxy_target(url: str, variant: str) -> Target:
     return Target("litellm_proxy", f"{url}/v1/chat/completions", headers, body, {**body, "stream": True})
 
 
-def measure_http(target: Target, variant: str, server_pid: int | None) -> dict[str, Any]:
-    """req/s at each concurrency (with the server's and PostgreSQL's CPU per request), then first tokens."""
+async def _turn(pool: Pool, seconds: float, pid: int | None) -> dict[str, Any]:
     postgres = procs.postmaster_pid()
-    loads = []
-    for concurrency in CONCURRENCY:
-        cpu = procs.cpu_seconds(server_pid) if server_pid else 0.0
-        db_cpu = procs.cpu_seconds(postgres) if postgres else 0.0
-        result = asyncio.run(
-            load(
-                target,
-                concurrency=concurrency,
-                max_requests=LOAD_MAX_REQUESTS,
-                duration=LOAD_SECONDS,
-                warmup=3,
-            )
-        )
-        row = result.to_dict()
-        served = result.ok + result.errors + result.extra
-        if server_pid:
-            row["server_cpu_ms_per_request"] = round((procs.cpu_seconds(server_pid) - cpu) * 1000 / served, 2)
-        if postgres:
-            row["db_cpu_ms_per_request"] = round((procs.cpu_seconds(postgres) - db_cpu) * 1000 / served, 2)
-        procs.log(
-            f"  {target.name} {variant} c={concurrency}: {row['rps']} req/s, {result.errors} errors"
-            + (f" ({result.first_error[:120]})" if result.errors else "")
-        )
-        loads.append(row)
-    ttft, errors, first_error = asyncio.run(first_tokens(target, calls=HTTP_TTFT_CALLS[variant]))
-    out: dict[str, Any] = {
-        "loads": loads,
-        "ttft": summary(ttft),
-        "ttft_errors": errors,
-        "ttft_first_error": first_error,
+    cpu = procs.cpu_seconds(pid) if pid else 0.0
+    db_cpu = procs.cpu_seconds(postgres) if postgres else 0.0
+    result = await pool.run(max_requests=LOAD_MAX_REQUESTS, duration=seconds)
+    return {
+        "result": result,
+        "server_cpu_ms": (procs.cpu_seconds(pid) - cpu) * 1000 if pid else 0.0,
+        "db_cpu_ms": (procs.cpu_seconds(postgres) - db_cpu) * 1000 if postgres else 0.0,
     }
-    if server_pid:
-        out["peak_rss_mb"] = procs.peak_rss_mb(server_pid)
+
+
+async def _at_concurrency(
+    targets: dict[str, tuple[Target, int | None]], concurrency: int, variant: str
+) -> dict[str, dict[str, Any]]:
+    """LOAD_ROUNDS turns per target, the targets taking turns (a different one first each round)."""
+    names = list(targets)
+    pools = {name: Pool(targets[name][0], concurrency) for name in names}
+    turns: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    try:
+        for pool in pools.values():
+            await pool.open()
+        for round_index in range(LOAD_ROUNDS):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                turns[name].append(await _turn(pools[name], LOAD_SECONDS / LOAD_ROUNDS, targets[name][1]))
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+    rows = {}
+    for name in names:
+        merged = LoadResult(concurrency)
+        for turn in turns[name]:
+            merged.merge(turn["result"])
+        row = merged.to_dict()
+        served = max(1, merged.ok + merged.errors)
+        if targets[name][1]:
+            row["server_cpu_ms_per_request"] = round(sum(t["server_cpu_ms"] for t in turns[name]) / served, 2)
+        row["db_cpu_ms_per_request"] = round(sum(t["db_cpu_ms"] for t in turns[name]) / served, 2)
+        procs.log(
+            f"  {name} {variant} c={concurrency}: {row['rps']} req/s, {merged.errors} errors"
+            + (f" ({merged.first_error[:120]})" if merged.errors else "")
+        )
+        rows[name] = row
+    return rows
+
+
+def measure_http(targets: dict[str, tuple[Target, int | None]], variant: str) -> dict[str, Any]:
+    """req/s at each concurrency, the targets taking turns; then first tokens, also in turns."""
+    names = list(targets)
+    out: dict[str, Any] = {name: {"loads": []} for name in names}
+    for concurrency in CONCURRENCY:
+        rows = asyncio.run(_at_concurrency(targets, concurrency, variant))
+        for name in names:
+            out[name]["loads"].append(rows[name])
+    firsts: dict[str, list[float]] = {name: [] for name in names}
+    errors: dict[str, int] = dict.fromkeys(names, 0)
+    block = max(1, HTTP_TTFT_CALLS[variant] // 3)
+    for _ in range(0, HTTP_TTFT_CALLS[variant], block):
+        for name in names:
+            samples, failed, first_error = asyncio.run(first_tokens(targets[name][0], calls=block, warmup=1))
+            firsts[name] += samples
+            errors[name] += failed
+            out[name].setdefault("ttft_first_error", first_error)
+    for name in names:
+        out[name]["ttft"] = summary(firsts[name])
+        out[name]["ttft_errors"] = errors[name]
+        pid = targets[name][1]
+        if pid:
+            out[name]["peak_rss_mb"] = procs.peak_rss_mb(pid)
     return out
 
 
-def over_http(fake: procs.Server, token: str) -> dict[str, Any]:
-    results: dict[str, Any] = {variant: {} for variant in VARIANTS}
-    for variant in VARIANTS:
-        procs.log(f"HTTP fake direct ({variant})")
-        results[variant]["fake"] = measure_http(fake_target(fake.url, variant), variant, None)
+def start_ours(fake: procs.Server, variant: str) -> procs.Server:
+    port = procs.free_port()
+    argv = [str(ROOT / ".venv" / "bin" / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    env = ours_env(fake.url + VARIANTS[variant])
+    return procs.start(f"ours-uvicorn-{variant}", argv, env, port=port, health="/api/v1/health/", timeout=60)
 
-    for variant, path in VARIANTS.items():
-        port = procs.free_port()
-        argv = [str(ROOT / ".venv" / "bin" / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
-        procs.log(f"HTTP ours under uvicorn ({variant} fake)")
-        server = procs.start(
-            f"ours-uvicorn-{variant}",
-            argv,
-            ours_env(fake.url + path),
-            port=port,
-            health="/api/v1/health/",
-            timeout=60,
-        )
-        try:
-            results[variant]["ours"] = measure_http(ours_target(server.url, token), variant, server.pid)
-        finally:
-            procs.stop(server)
 
+def launch_proxy(fake: procs.Server) -> procs.Server:
+    """Launched early: it takes 15-60 s to import, which overlaps the in-process contenders' own start-up
+    (nothing is measured until it is ready; idle, it uses ~0.1% of a core)."""
     port = procs.free_port()
     config = procs.LOGS / "litellm-proxy.yaml"
     config.write_text(report.proxy_config(fake.url, VARIANTS, PROXY_MODELS, API_KEY, MASTER_KEY))
     argv = [str(procs.BENCH_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--num_workers", "1"]
-    procs.log("HTTP LiteLLM proxy (starting: it takes 15-60 s to import)")
-    started = time.perf_counter()
-    proxy = procs.start(
-        "litellm-proxy", argv, bench_env(), port=port, health="/health/liveliness", timeout=240
-    )
-    procs.log(f"  proxy up after {time.perf_counter() - started:.1f} s")
+    return procs.launch("litellm-proxy", argv, bench_env(), port=port)
+
+
+def over_http(fake: procs.Server, proxy: procs.Server, token: str) -> dict[str, Any]:
+    procs.log("HTTP: starting our server (uvicorn, one per fake variant)")
+    servers: list[procs.Server] = []
     try:
+        ours = {variant: start_ours(fake, variant) for variant in VARIANTS}
+        servers += ours.values()
+        results = {}
         for variant in VARIANTS:
-            results[variant]["litellm_proxy"] = measure_http(
-                proxy_target(proxy.url, variant), variant, proxy.pid
-            )
+            procs.log(f"HTTP, {variant} fake: fake direct, ours, LiteLLM proxy in turns")
+            targets = {
+                "fake": (fake_target(fake.url, variant), None),
+                "ours": (ours_target(ours[variant].url, token), ours[variant].pid),
+                "litellm_proxy": (proxy_target(proxy.url, variant), proxy.pid),
+            }
+            results[variant] = measure_http(targets, variant)
+        return results
     finally:
-        procs.stop(proxy)
-    return results
+        for server in servers:
+            procs.stop(server)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -228,8 +302,21 @@ def main() -> None:
             ours_env(fake.url + "/v1"),
             name="ours-setup",
         )["token"]
-        inproc = in_process(fake.url)
-        http = over_http(fake, token)
+        proxy = launch_proxy(fake)
+        try:
+            launched = time.perf_counter()
+            ready: list[bool] = []
+
+            def proxy_ready() -> None:
+                if not ready:
+                    procs.wait_ready(proxy, "/health/liveliness", timeout=240)
+                    procs.log(f"  LiteLLM proxy up, {time.perf_counter() - launched:.1f} s after its launch")
+                    ready.append(True)
+
+            inproc = in_process(fake.url, proxy_ready)
+            http = over_http(fake, proxy, token)
+        finally:
+            procs.stop(proxy)
     finally:
         procs.stop(fake)
     data = {
@@ -241,6 +328,7 @@ def main() -> None:
             "http_ttft_calls": HTTP_TTFT_CALLS,
             "concurrency": CONCURRENCY,
             "load_seconds": LOAD_SECONDS,
+            "load_rounds": LOAD_ROUNDS,
             "load_max_requests": LOAD_MAX_REQUESTS,
         },
         "bench_venv_install_s": round(install_seconds, 1),

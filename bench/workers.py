@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, ROOT, setup
+from bench._django import RESULTS, percentile, setup, start_fake_provider
 
 URL = setup("bench_workers")
 
@@ -64,24 +63,6 @@ from tests.fakes.server import Fault  # noqa: E402
 KEY = "sk-bench-not-a-secret"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 PREFIX = f"bench-workers-{uuid.uuid4().hex[:8]}:"
-
-
-def start_fake_server() -> tuple[subprocess.Popen[str], str]:
-    """The tests' FakeOpenAIServer on uvloop + httptools in its own process (as bench/engine.py does)."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "compare" / "fake.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    port = json.loads(process.stdout.readline())["port"]
-    return process, f"http://127.0.0.1:{port}/v1"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ms(values: list[float]) -> dict[str, float]:
@@ -217,7 +198,7 @@ def main() -> None:
     args = parser.parse_args()
 
     configure_producer()
-    fake_process, base_url = start_fake_server()
+    fake_process, base_url = start_fake_provider()
     anthropic = FakeAnthropicServer().start()
     set_registry(
         PlatformRegistry(

@@ -36,19 +36,22 @@ def main() -> None:
         1, 3, figsize=(17, 6.2), gridspec_kw={"width_ratios": [1.5, 1, 1]}
     )
 
-    contenders = [row["name"] for row in summary["instant"] if row["overhead_ms"] is not None]
+    contenders = [row["name"] for row in summary["instant"] if not row["name"].startswith(("floor", "fake"))]
     width = 0.38
     for offset, variant in enumerate(("instant", "50ms")):
         rows = {row["name"]: row for row in summary[variant]}
         ys = [index + (offset - 0.5) * width for index in range(len(contenders))]
-        p50 = [rows[name]["overhead_ms"]["p50"] for name in contenders]
-        p95 = [rows[name]["overhead_ms"]["p95"] for name in contenders]
+        # A contender with no successful call has no overhead: drawn as 0, labelled "failed".
+        nan = {"p50": float("nan"), "p95": float("nan")}
+        p50 = [(rows[name]["overhead_ms"] or nan)["p50"] for name in contenders]
+        p95 = [(rows[name]["overhead_ms"] or nan)["p95"] for name in contenders]
         left.barh(ys, p50, height=width, color=COLORS[variant], label=f"p50, fake {variant}")
         left.scatter(
             p95, ys, marker="|", s=200, color="black", zorder=3, label="p95" if offset == 0 else None
         )
         for y, value in zip(ys, p50, strict=True):
-            left.text(max(value, 0) + 0.3, y, f"{value:.1f}", va="center", fontsize=8)
+            label = "failed" if value != value else f"{value:.1f}"  # NaN != NaN
+            left.text(max(value, 0) + 0.3 if value == value else 0.3, y, label, va="center", fontsize=8)
     left.set_yticks(range(len(contenders)), [plain(name) for name in contenders], fontsize=9)
     left.invert_yaxis()
     left.set_xlabel("overhead per call over the floor (ms), lower is better")
@@ -57,8 +60,10 @@ def main() -> None:
     left.grid(axis="x", alpha=0.3)
 
     for axis, variant in ((right, "instant"), (right2, "50ms")):
-        rows = [row for row in summary[variant] if row["kind"] == "HTTP" and row["overhead_ms"] is not None]
+        rows = [row for row in summary[variant] if row["kind"] == "HTTP" and row["name"] != "fake"]
         levels = ("1", "16", "64")
+        top = max([row["rps"][level] for row in rows for level in levels] + [1.0])
+        axis.set_ylim(0, top * 1.3)  # room for the legend above the bars
         bar = 0.8 / len(rows)
         for index, row in enumerate(rows):
             xs = [level + (index - (len(rows) - 1) / 2) * bar for level in range(len(levels))]

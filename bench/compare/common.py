@@ -1,19 +1,25 @@
-"""Shared by every contender script, in either venv: standard library only.
+"""Shared by every contender script, in either venv: standard library only (openai imported lazily).
 
-Each contender runs alone in its own process (so its CPU time and peak RSS are its own, and work it defers to
-background threads cannot land on someone else's calls), and prints one JSON line on stdout. The floor (the
-raw `openai` SDK against the same fake) is such a process too, in each venv; bench/run.py subtracts it.
+Each contender runs in its own process (so its CPU time and peak RSS are its own, and work a library defers
+to background threads cannot land on another contender's calls) and is driven by bench/run.py over stdin:
+
+    calls N   -> N sequential calls;            answers {"latencies": [ms...], "cpu_ms": total}
+    first N   -> N streamed calls;              answers {"latencies": [ms to the first text token...], ...}
+    exit      ->                                answers {"peak_rss_mb", "versions", ...extra} and exits
+
+The orchestrator alternates short blocks between the floor (the raw `openai` SDK against the same fake) and
+the contenders, so that all of them see the same moments of a shared, noisy machine. Answers are single
+lines starting with `BENCH-RESULT `; anything else a library prints is ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 # What every contender sends: the same system prompt and task, so request and response sizes match.
@@ -21,9 +27,13 @@ SYSTEM_PROMPT = "You are a concise assistant."
 TASK = "Say hello in one short sentence."
 MODEL = "gpt-4o-mini"
 API_KEY = "sk-bench-not-a-real-key"
+MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": TASK}]
+WARMUP_CALLS = 10
+WARMUP_STREAMS = 5
 
 Call = Callable[[], Awaitable[Any]]
 FirstToken = Callable[[], Awaitable[float]]  # seconds from start to the first streamed text
+Extra = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,60 +60,6 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-@dataclass
-class Samples:
-    """Latencies (ms) of one contender's calls and the CPU time (ms, this process, all threads) they took."""
-
-    latencies: list[float] = field(default_factory=list)
-    cpu_ms: float = 0.0
-    wall_ms: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        n = max(1, len(self.latencies))
-        return {
-            **summary(self.latencies),
-            "cpu_ms_per_call": round(self.cpu_ms / n, 3),
-            "wall_s": round(self.wall_ms / 1000, 2),
-        }
-
-
-async def measure(call: Call, *, calls: int, warmup: int) -> Samples:
-    """`calls` sequential calls after `warmup` (not counted). CPU is the whole process over the whole window,
-    so work a library defers to background threads or tasks is counted too."""
-    for _ in range(warmup):
-        await call()
-    samples = Samples()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(calls):
-        start = time.perf_counter()
-        await call()
-        samples.latencies.append((time.perf_counter() - start) * 1000)
-    samples.cpu_ms = (time.process_time() - cpu) * 1000
-    samples.wall_ms = (time.perf_counter() - wall) * 1000
-    return samples
-
-
-async def measure_first_token(first: FirstToken, *, calls: int, warmup: int) -> Samples:
-    for _ in range(warmup):
-        await first()
-    samples = Samples()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(calls):
-        samples.latencies.append(await first() * 1000)
-    samples.cpu_ms = (time.process_time() - cpu) * 1000
-    samples.wall_ms = (time.perf_counter() - wall) * 1000
-    return samples
-
-
-def emit(payload: dict[str, Any]) -> None:
-    """The one line the orchestrator reads (everything else a library prints goes to stderr)."""
-    payload.setdefault("peak_rss_mb", peak_rss_mb())
-    payload.setdefault("python", sys.version.split()[0])
-    payload.setdefault("versions", versions())
-    sys.stdout.write("BENCH-RESULT " + json.dumps(payload) + "\n")
-    sys.stdout.flush()
-
-
 def versions() -> dict[str, str]:
     """Versions of the libraries that matter, as installed in this venv."""
     from importlib import metadata
@@ -117,11 +73,45 @@ def versions() -> dict[str, str]:
     return found
 
 
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+def emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write("BENCH-RESULT " + json.dumps(payload) + "\n")
+    sys.stdout.flush()
 
 
-MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": TASK}]
+async def _calls(call: Call, count: int) -> dict[str, Any]:
+    """`count` sequential calls. CPU is the whole process (all threads) over the whole block, so work a
+    library defers to background threads or tasks is counted too."""
+    latencies = []
+    cpu = time.process_time()
+    for _ in range(count):
+        start = time.perf_counter()
+        await call()
+        latencies.append((time.perf_counter() - start) * 1000)
+    return {"latencies": latencies, "cpu_ms": (time.process_time() - cpu) * 1000}
+
+
+async def _firsts(first: FirstToken, count: int) -> dict[str, Any]:
+    cpu = time.process_time()
+    latencies = [await first() * 1000 for _ in range(count)]
+    return {"latencies": latencies, "cpu_ms": (time.process_time() - cpu) * 1000}
+
+
+async def serve(call: Call, first: FirstToken, extra: Extra | None = None) -> None:
+    """Warm up, then answer the orchestrator's commands on stdin until `exit` (see module docstring)."""
+    for _ in range(WARMUP_CALLS):
+        await call()
+    for _ in range(WARMUP_STREAMS):
+        await first()
+    emit({"ready": True})
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+        if not line or line[0] == "exit":
+            break
+        command, count = line[0], int(line[1])
+        emit(await (_calls(call, count) if command == "calls" else _firsts(first, count)))
+    payload: dict[str, Any] = await extra() if extra else {}
+    emit({**payload, "peak_rss_mb": peak_rss_mb(), "python": sys.version.split()[0], "versions": versions()})
 
 
 def openai_calls(base_url: str) -> tuple[Call, FirstToken]:
@@ -150,11 +140,3 @@ def openai_calls(base_url: str) -> tuple[Call, FirstToken]:
         return got
 
     return call, first
-
-
-async def run_contender(call: Call, first: FirstToken, *, calls: int, stream_calls: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"calls": (await measure(call, calls=calls, warmup=10)).to_dict()}
-    if stream_calls:
-        samples = await measure_first_token(first, calls=stream_calls, warmup=5)
-        result["ttft"] = samples.to_dict()
-    return result

@@ -36,9 +36,16 @@ class LoadResult:
     ok: int = 0
     errors: int = 0
     elapsed: float = 0.0
-    extra: int = 0  # requests sent outside the timed window (connection opening, warm-up)
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
+
+    def merge(self, other: LoadResult) -> None:
+        """Add another run at the same concurrency (the runs of one target in several turns)."""
+        self.ok += other.ok
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+        self.latencies += other.latencies
+        self.first_error = self.first_error or other.first_error
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,19 +68,27 @@ def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0), trust_env=False)
 
 
-async def load(
-    target: Target, *, concurrency: int, max_requests: int, duration: float, warmup: int = 0
-) -> LoadResult:
-    """`concurrency` workers POST back to back until `max_requests` were sent or `duration` has passed."""
-    result = LoadResult(concurrency, extra=concurrency + warmup)
-    clients = [_client() for _ in range(concurrency)]
-    try:
-        # Open every connection (and let the server warm up) before the clock starts.
+class Pool:
+    """`concurrency` clients for one target, kept across the turns of a run so that connections are opened
+    (and the server warmed up) once, outside any timed window."""
+
+    def __init__(self, target: Target, concurrency: int) -> None:
+        self.target = target
+        self.concurrency = concurrency
+        self.clients = [_client() for _ in range(concurrency)]
+
+    async def open(self, warmup: int = 3) -> None:
+        target = self.target
         await asyncio.gather(
-            *(client.post(target.url, json=target.body, headers=target.headers) for client in clients)
+            *(client.post(target.url, json=target.body, headers=target.headers) for client in self.clients)
         )
         for _ in range(warmup):
-            await clients[0].post(target.url, json=target.body, headers=target.headers)
+            await self.clients[0].post(target.url, json=target.body, headers=target.headers)
+
+    async def run(self, *, max_requests: int, duration: float) -> LoadResult:
+        """Every client POSTs back to back until `max_requests` were sent or `duration` has passed."""
+        target = self.target
+        result = LoadResult(self.concurrency)
         issued = 0
         start = time.perf_counter()
         deadline = start + duration
@@ -96,11 +111,12 @@ async def load(
                     result.errors += 1
                     result.first_error = result.first_error or problem
 
-        await asyncio.gather(*(worker(client) for client in clients))
+        await asyncio.gather(*(worker(client) for client in self.clients))
         result.elapsed = time.perf_counter() - start
-    finally:
-        await asyncio.gather(*(client.aclose() for client in clients))
-    return result
+        return result
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients))
 
 
 def _is_first_token(event: str, data: str) -> bool:

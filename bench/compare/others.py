@@ -1,9 +1,7 @@
 """The in-process contenders we compare against (bench venv): `litellm.acompletion` and a pydantic-ai
 `Agent.run`, and the floor (the raw `openai` SDK) of this venv; one per process.
 
-    .venv-bench/bin/python bench/compare/others.py litellm --base-url URL [--calls N] [--stream-calls N]
-    .venv-bench/bin/python bench/compare/others.py pydantic_ai --base-url URL
-    .venv-bench/bin/python bench/compare/others.py openai --base-url URL
+    .venv-bench/bin/python bench/compare/others.py litellm|pydantic_ai|openai --base-url URL   # see common.py
 
 Nothing here writes anything anywhere: these libraries keep no record of a run (that is the work our rows do
 on top). LiteLLM is told to use its bundled cost map (no download) and to send no telemetry.
@@ -31,9 +29,8 @@ from bench.compare.common import (
     MODEL,
     SYSTEM_PROMPT,
     TASK,
-    emit,
     openai_calls,
-    run_contender,
+    serve,
 )
 
 
@@ -95,20 +92,13 @@ def pydantic_ai_calls(base_url: str) -> tuple[Any, Any]:
     return call, first
 
 
-async def run(which: str, base_url: str, calls: int, stream_calls: int) -> dict[str, Any]:
-    factory = {"openai": openai_calls, "litellm": litellm_calls, "pydantic_ai": pydantic_ai_calls}[which]
-    call, first = factory(base_url)
-    return await run_contender(call, first, calls=calls, stream_calls=stream_calls)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("which", choices=["openai", "litellm", "pydantic_ai"])
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--stream-calls", type=int, default=100)
     args = parser.parse_args()
-    emit(asyncio.run(run(args.which, args.base_url, args.calls, args.stream_calls)))
+    factory = {"openai": openai_calls, "litellm": litellm_calls, "pydantic_ai": pydantic_ai_calls}[args.which]
+    asyncio.run(serve(*factory(args.base_url)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 `execution_engine.execute_agent` / `execute_streaming` in-process against the fake.
 
     .venv/bin/python bench/compare/ours.py setup                 # migrate, create agent + user, print token
-    .venv/bin/python bench/compare/ours.py inprocess --base-url URL [--calls N] [--contender ours|openai]
+    .venv/bin/python bench/compare/ours.py inprocess --base-url URL [--contender ours|openai]   # see common.py
 
 The orchestrator (bench/run.py) sets DATABASE_URL (PostgreSQL), OPENAI_API_KEY / OPENAI_BASE_URL (the fake)
 and LOCAL_ENABLED=false. Every run of ours writes its real execution row (INSERT running, then the final
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench._django import setup  # noqa: E402
-from bench.compare.common import MODEL, SYSTEM_PROMPT, TASK, emit, openai_calls, run_contender  # noqa: E402
+from bench.compare.common import MODEL, SYSTEM_PROMPT, TASK, emit, openai_calls, serve  # noqa: E402
 
 AGENT_ID = "bench-agent"
 USERNAME = "bench-user"
@@ -54,7 +54,7 @@ def ensure_fixtures() -> tuple[Any, Any, str]:
     return agent, user, token.key
 
 
-async def run_inprocess(base_url: str, calls: int, stream_calls: int, contender: str) -> dict[str, Any]:
+async def serve_inprocess(base_url: str, contender: str) -> None:
     from asgiref.sync import sync_to_async
 
     from apps.agents.engine.events import OutputDelta
@@ -62,10 +62,11 @@ async def run_inprocess(base_url: str, calls: int, stream_calls: int, contender:
     from apps.agents.services import execution_engine
 
     if contender == "openai":
-        call, first = openai_calls(base_url)
-        return await run_contender(call, first, calls=calls, stream_calls=stream_calls)
+        await serve(*openai_calls(base_url))
+        return
 
     agent, user, _ = await sync_to_async(ensure_fixtures)()
+    before = await AgentExecution.objects.acount()
 
     async def ours() -> None:
         result = await execution_engine.execute_agent(agent, {"task": TASK}, user)
@@ -81,28 +82,28 @@ async def run_inprocess(base_url: str, calls: int, stream_calls: int, contender:
         assert first is not None
         return first
 
-    before = await AgentExecution.objects.acount()
-    result = await run_contender(ours, ours_first, calls=calls, stream_calls=stream_calls)
-    last = await AgentExecution.objects.order_by("-created_at").afirst()
-    assert last is not None
-    # Proof, in the output, that the rows are real: how many, and the status, attempts and cost of the last.
-    result["rows_written"] = await AgentExecution.objects.acount() - before
-    result["last_row"] = {
-        "status": last.status,
-        "mode": last.mode,
-        "attempts": len(last.attempts),
-        "cost": str(last.cost),
-        "tokens": last.input_tokens + last.output_tokens,
-    }
-    return result
+    async def proof() -> dict[str, Any]:
+        """In the output, that the rows are real: how many, and the status, attempts and cost of the last."""
+        last = await AgentExecution.objects.order_by("-created_at").afirst()
+        assert last is not None
+        return {
+            "rows_written": await AgentExecution.objects.acount() - before,
+            "last_row": {
+                "status": last.status,
+                "mode": last.mode,
+                "attempts": len(last.attempts),
+                "cost": str(last.cost),
+                "tokens": last.input_tokens + last.output_tokens,
+            },
+        }
+
+    await serve(ours, ours_first, proof)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["setup", "inprocess"])
     parser.add_argument("--base-url", default="")
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--stream-calls", type=int, default=100)
     parser.add_argument("--contender", choices=["ours", "openai"], default="ours")
     args = parser.parse_args()
     setup("bench_compare")
@@ -110,8 +111,7 @@ def main() -> None:
         _, _, token = ensure_fixtures()
         emit({"token": token, "agent_id": AGENT_ID})
         return
-    payload = asyncio.run(run_inprocess(args.base_url, args.calls, args.stream_calls, args.contender))
-    emit(payload)
+    asyncio.run(serve_inprocess(args.base_url, args.contender))
 
 
 if __name__ == "__main__":

@@ -83,21 +83,24 @@ class Server:
         return self.process.pid
 
 
-def start(
-    name: str, argv: list[str], env: dict[str, str], *, port: int, health: str, timeout: float
-) -> Server:
-    """Start a server (its own process group, output to bench/results/logs/<name>.log) and wait until
-    `health` answers anything below 500."""
+def launch(name: str, argv: list[str], env: dict[str, str], *, port: int) -> Server:
+    """Start a server in its own process group, output to bench/results/logs/<name>.log; see wait_ready."""
     LOGS.mkdir(parents=True, exist_ok=True)
     out = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
     )
-    server = Server(name, process, f"http://127.0.0.1:{port}")
+    return Server(name, process, f"http://127.0.0.1:{port}")
+
+
+def wait_ready(server: Server, health: str, timeout: float) -> Server:
+    """Wait until `health` answers anything below 500 (the server is stopped if it never does)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; see {LOGS / (name + '.log')}")
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode}; see {LOGS / server.name}.log"
+            )
         try:
             with urllib.request.urlopen(server.url + health, timeout=2) as response:
                 if response.status < 500:
@@ -109,7 +112,15 @@ def start(
             pass
         time.sleep(0.25)
     stop(server)
-    raise RuntimeError(f"{name} did not answer {health} within {timeout:.0f}s; see {LOGS / (name + '.log')}")
+    raise RuntimeError(
+        f"{server.name} did not answer {health} within {timeout:.0f}s; see {LOGS / server.name}.log"
+    )
+
+
+def start(
+    name: str, argv: list[str], env: dict[str, str], *, port: int, health: str, timeout: float
+) -> Server:
+    return wait_ready(launch(name, argv, env, port=port), health, timeout)
 
 
 def stop(server: Server) -> None:
@@ -260,3 +271,55 @@ def postmaster_pid() -> int | None:
             except OSError:
                 continue
     return None
+
+
+class Worker:
+    """A contender process driven over stdin/stdout (bench/compare/common.serve)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self._log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - closed in finish()
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
+        )
+
+    def _answer(self, timeout: float) -> dict[str, Any]:
+        import select
+
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise RuntimeError(
+                    f"{self.name}: no answer within {timeout:.0f} s; see {LOGS / self.name}.log"
+                )
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.name} exited ({self.process.wait()}); see {LOGS / self.name}.log")
+            if line.startswith(b"BENCH-RESULT "):
+                return json.loads(line[len(b"BENCH-RESULT ") :])
+            self._log.write(line)  # a library's own print()
+
+    def ready(self, timeout: float = 180) -> None:
+        self._answer(timeout)
+
+    def ask(self, command: str, timeout: float = 120) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+        return self._answer(timeout)
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            return self.ask("exit", timeout=60)
+        finally:
+            self.process.wait(timeout=30)
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
