@@ -183,5 +183,7 @@ def test_schema_and_docs_are_served_with_the_execute_examples(anon_client):
     assert "text/event-stream" in execute["responses"]["200"]["content"]
     for event in ("execution.created", "output.delta", "platform.fallback", "execution.completed"):
         assert event in execute["description"]
-    assert execute["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorEnvelope")
+    assert execute["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorEnvelope"
+    )
     assert "SynchronousRun" in execute["requestBody"]["content"]["application/json"]["examples"]
