@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -114,8 +115,12 @@ def admit_execution(
         existing = _earlier(user, key)
         if existing is not None:
             return _replay(existing, request_hash)
+    # A lone INSERT is atomic by itself: a transaction (BEGIN and COMMIT, two more round trips) is needed only
+    # to claim a conversation together with the row, or for a savepoint inside a caller's transaction, so that
+    # the IntegrityError of a lost race leaves that transaction usable.
+    needs_transaction = create.get("conversation") is not None or transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic():
+        with transaction.atomic() if needs_transaction else contextlib.nullcontext():
             execution = state_manager.create_execution(
                 idempotency_key=key, request_hash=request_hash, **create
             )
