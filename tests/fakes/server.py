@@ -118,6 +118,15 @@ class FakeProviderServer:
             time.sleep(0.01)
         return bool(self.disconnects)
 
+    def outcomes(self, count: int = 1, timeout: float = 2.0) -> tuple[int, int]:
+        """(completed_responses, disconnects) once `count` responses have ended on the server's side. A client
+        can finish reading a stream a moment before this server's handler records that the response was
+        complete, so read these counters through here, not directly, after a response was read."""
+        deadline = time.monotonic() + timeout
+        while self.completed_responses + self.disconnects < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.completed_responses, self.disconnects
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeProviderServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

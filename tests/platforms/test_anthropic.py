@@ -225,7 +225,7 @@ async def test_stream_yields_text_deltas_then_a_final_usage_chunk(platform, fake
     assert final.provider_id and final.provider_id.startswith("msg_")
     body = fake_anthropic.requests[0].body
     assert body["stream"] is True and body["system"] == "Count."
-    assert (fake_anthropic.completed_responses, fake_anthropic.disconnects) == (1, 0)
+    assert fake_anthropic.outcomes() == (1, 0)
 
 
 async def test_stream_assembles_tool_input_deltas_into_whole_calls(platform, fake_anthropic):

@@ -217,7 +217,7 @@ async def test_stream_yields_text_deltas_then_a_final_usage_chunk(platform, fake
     body = fake_openai.requests[0].body
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"][0] == {"role": "system", "content": "Count."}
-    assert (fake_openai.completed_responses, fake_openai.disconnects) == (1, 0)
+    assert fake_openai.outcomes() == (1, 0)
 
 
 async def test_stream_assembles_tool_call_deltas_into_whole_calls(platform, fake_openai):
