@@ -206,10 +206,14 @@ async def test_celery_beat_schedules_the_reaper(worker, broker, agent, alice):
     beat = await asyncio.to_thread(broker.start_beat, REAPER_INTERVAL_SECONDS=1)
     try:
         row = await _terminal(execution.pk)
+        # Beat sent the pass and the worker ran it. Waited for, not just read once: this process may have an
+        # in-process runner (started by an earlier test) whose own reaper can end the row first, and beat
+        # would then be stopped before its first tick.
+        await _until(lambda: _logged(beat, "Sending due task reap-executions"))
+        await _until(lambda: _logged(worker, "apps.agents.tasks.reap_executions_task"))
     finally:
         await asyncio.to_thread(beat.stop)
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
-    assert "reap-executions" in beat.log()
 
 
 # ---------------------------------------------------------------- tests with workers of their own (last:
