@@ -153,15 +153,7 @@ class RedisEventBus(EventBus):
         return await asyncio.to_thread(self.publish_sync, execution_id, event)
 
     def publish_sync(self, execution_id: str, event: BusEvent) -> bool:
-        key = self.key(execution_id)
-        try:
-            pipe = self._sync.pipeline(transaction=True)
-            pipe.xadd(key, self._fields(event), id=_entry_id(event.seq))
-            pipe.expire(key, self.ttl)
-            return self._report(execution_id, event, pipe.execute(raise_on_error=False))
-        except Exception as exc:  # Redis down: the row in the database still has the outcome.
-            logger.warning("events: Redis down, seq %s of %s not published: %s", event.seq, execution_id, exc)
-            return False
+        return self.publish_batch_sync(execution_id, [event]) == 1
 
     def last_seq_sync(self, execution_id: str) -> int:
         try:
@@ -186,7 +178,7 @@ class RedisEventBus(EventBus):
                 pipe.xadd(key, self._fields(event), id=_entry_id(event.seq))
             pipe.expire(key, self.ttl)
             results = pipe.execute(raise_on_error=False)
-        except Exception as exc:
+        except Exception as exc:  # Redis down: the row in the database still has the outcome.
             logger.warning(
                 "events: Redis down, %d events of %s not published: %s", len(events), execution_id, exc
             )
