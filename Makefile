@@ -84,5 +84,5 @@ beat: migrate
 	$(BIN)/celery -A config beat --loglevel=INFO
 
 # Side by side with the raw SDK, LiteLLM and pydantic-ai (bench/run.py; contenders live in .venv-bench).
-bench: install
+bench: install secret-key
 	$(BIN)/python bench/run.py
