@@ -234,7 +234,7 @@ async def test_logins_are_counted_in_redis_across_processes_when_redis_url_is_se
     refuses bob's right password from that address."""
     from axes.handlers.proxy import AxesProxyHandler
 
-    url = "redis://127.0.0.1:6379/10"
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/10"
     prefix = f"test-logins-{uuid.uuid4().hex}:"
     other_process = f"""
 import django
