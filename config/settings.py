@@ -18,7 +18,7 @@ if ENV_FILE:
 
 DEBUG = env.bool("DEBUG", default=False)
 # No built-in key outside DEBUG: a key everyone can read in the source signs everyone's sessions and password
-# reset links. `make run` writes a random one to .env on its first run (config/envfile.py).
+# reset links. `make run` writes a random one to .env on its first run (config/launch.py).
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
