@@ -17,7 +17,7 @@ WHEELS ?= $(HOME)/.cache/agentplatform/wheels/$(shell echo '$(LLAMA_SPEC) $(LLAM
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(notdir $(WHEELS))
 
 # `make test` stays the one test command CI calls.
-.PHONY: run test install migrate seed lint format worker beat bench clean-stamps
+.PHONY: run test install secret-key migrate seed lint format worker beat bench clean-stamps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,16 +36,27 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-migrate: install
+# Settings refuse to start without SECRET_KEY (DEBUG off): the first run writes a random one to .env.
+secret-key: $(BIN)/python
+	$(BIN)/python config/launch.py secret-key
+
+migrate: install secret-key
 	$(BIN)/python manage.py migrate --noinput
 
 seed: migrate
 	$(BIN)/python manage.py seed_agents
 	$(BIN)/python manage.py create_demo_user
 
+# This server speaks plain HTTP on $(HOST): the HTTPS-only settings (on by default when DEBUG is off) are
+# switched off for it unless set in the environment. Deployments behind TLS keep them (README: Security).
+run: export SECURE_SSL_REDIRECT ?= false
+run: export SESSION_COOKIE_SECURE ?= false
+run: export CSRF_COOKIE_SECURE ?= false
+# Forwarded headers are believed only from TRUSTED_PROXIES (default none), by uvicorn as by the app.
 run: seed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+	proxy_args=$$($(BIN)/python config/launch.py proxy-args) && \
+	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log $$proxy_args
 
 # The web console is tested in a real headless Chromium: Debian's package, since browsers cannot be
 # downloaded here. Installed once; later runs find it.
@@ -73,5 +84,5 @@ beat: migrate
 	$(BIN)/celery -A config beat --loglevel=INFO
 
 # Side by side with the raw SDK, LiteLLM and pydantic-ai (bench/run.py; contenders live in .venv-bench).
-bench: install
+bench: install secret-key
 	$(BIN)/python bench/run.py

@@ -75,6 +75,10 @@ def server_env(provider_url: str, db_url: str) -> dict[str, str]:
         "THROTTLE_EXECUTE_RATE": "10000000/min",
         "LOG_LEVEL": "WARNING",
         "DEBUG": "false",
+        # Plain HTTP on 127.0.0.1, as `make run`: no redirect to HTTPS (settings' production default).
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
     }
 
 

@@ -69,6 +69,10 @@ def ours_env(base_url: str) -> dict[str, str]:
         # The per-user limits would refuse a load test; they are not what is measured.
         THROTTLE_USER_RATE="100000000/min",
         THROTTLE_EXECUTE_RATE="100000000/min",
+        # Plain HTTP on 127.0.0.1, as `make run`: no redirect to HTTPS (settings' production default).
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
     )
     return env
 

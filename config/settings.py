@@ -2,19 +2,53 @@
 local model, so `make run` works on a machine with no keys and no services."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# ENV_FILE: which .env to read ("" reads none). The process environment always wins over the file.
+ENV_FILE = os.environ.get("ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE:
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env("SECRET_KEY", default="insecure-dev-key-change-me-in-production-0123456789abcdef")
+# No built-in key outside DEBUG: a key everyone can read in the source signs everyone's sessions and password
+# reset links. `make run` writes a random one to .env on its first run (config/launch.py).
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in the environment or in .env (`make run` writes a random one "
+            "there on its first run), e.g. SECRET_KEY=$(python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))'). Only DEBUG=true runs without one."
+        )
+    SECRET_KEY = "django-insecure-debug-only-key-never-used-without-DEBUG"  # check --deploy flags this prefix
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS (README: Production settings) --------------------------------------------------------------
+# On by default whenever DEBUG is off: the server is meant to be reached over HTTPS (directly or through a
+# TLS-terminating proxy listed in TRUSTED_PROXIES). `make run` serves plain HTTP on 127.0.0.1 and switches
+# the first three off for its own process only (Makefile).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Browsers honour HSTS only from an HTTPS response, so it never locks out a plain-HTTP development server.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+
+# --- Proxies and logins (README: Logins and lockout, Running behind a proxy) ------------------------------
+# Addresses or networks (CIDR) of the reverse proxies in front of the server. X-Forwarded-For is believed
+# only from these; from anyone else the connecting address is the client. Empty: no proxy is trusted.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=900)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -26,6 +60,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
+    "apps.security",
     "apps.platforms",
     "apps.agents",
     "apps.console",
@@ -43,7 +79,22 @@ MIDDLEWARE = [
     "config.middleware.AuthenticationMiddleware",
     "config.middleware.MessageMiddleware",
     "config.middleware.XFrameOptionsMiddleware",
+    # Turns a request that hit a login lockout into the lockout answer (apps/security/lockout.py). Async
+    # capable: no thread hop unless a lockout is being answered.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes first: it refuses any login (even with the right password) while the username or the client
+# address is locked out, then Django's own backend checks the password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Django's "middleware missing" deploy warnings are false for our subclasses of its middleware; the checks
+# in apps/security/checks.py run Django's middleware checks against our classes and report a middleware that
+# is really missing as agentplatform.W001-W003.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -181,6 +232,38 @@ REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="agentplatform:")
 # How long a background run's events stay readable at GET /api/v1/executions/{id}/events/.
 EVENTS_TTL_SECONDS = env.int("EVENTS_TTL_SECONDS", default=86400)
 REAPER_INTERVAL_SECONDS = env.float("REAPER_INTERVAL_SECONDS", default=30.0)
+
+# --- Login lockout (django-axes; README: Logins and lockout) -------------------------------------------------
+# Every login path (API token, console, admin) goes through django.contrib.auth.authenticate() with the
+# request, where axes counts failures per username AND per client address: either reaching
+# LOGIN_FAILURE_LIMIT locks that key for LOGIN_LOCKOUT_SECONDS, and every further failure restarts the wait.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_SECONDS)
+# Not reset by a success: a success resets the counters of its own username and address, so an attacker
+# could log into their own account between guesses and clear the address count (and, in the database
+# handler, the victim's rows from that address too).
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "apps.security.client_address.client_ip"
+AXES_LOCKOUT_CALLABLE = "apps.security.lockout.lockout_response"
+AXES_CLIENT_STR_CALLABLE = "apps.security.lockout.client_str"
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are not recorded: only failures count
+AXES_ENABLE_ADMIN = True  # staff see and delete attempts in the admin (or `manage.py axes_reset_username`)
+# Counters shared by every server process: in Redis when REDIS_URL is set (Django's own RedisCache), else in
+# the database (one table, shared by every process that uses it).
+if REDIS_URL:
+    AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+    AXES_CACHE = "logins"
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "logins": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}logins",
+        },
+    }
+else:
+    AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------
 DEMO_USER = env("DEMO_USER", default="demo")

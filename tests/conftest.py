@@ -43,6 +43,17 @@ def _embedded_background_by_default(settings) -> None:
     settings.REDIS_URL = ""
 
 
+@pytest.fixture(autouse=True)
+def _login_failures_in_the_test_database(settings) -> None:
+    """Failed logins are counted in the test database, which each test starts empty, unless a test asks for
+    Redis (tests/security/test_logins.py). With REDIS_URL in the environment (CI's second pass) the settings
+    count them in Redis, where one test's failures would lock the next test's users out."""
+    from axes.handlers.proxy import AxesProxyHandler
+
+    settings.AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+    AxesProxyHandler.get_implementation(force=True)
+
+
 @pytest.fixture
 def alice(db):
     return UserFactory(username="alice")

@@ -106,6 +106,8 @@ class Agent(TimeStamped):
                 name="agent_temperature_range",
             )
         ]
+        # Staff grant it to let a user publish agents to everyone (apps/agents/services/agents.py).
+        permissions = [("share_agent", "Can share an agent with every user")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.agent_id})"

@@ -66,6 +66,18 @@ def agent_can_write(*, user: Any, agent: Agent) -> bool:
     return _is_staff(user) or (agent.owner_id is not None and agent.owner_id == getattr(user, "pk", None))
 
 
+SHARE_PERMISSION = "agents.share_agent"
+
+
+def agent_can_share(*, user: Any) -> bool:
+    """Making an agent visible to every user (and changing one that is) is a staff privilege, which staff
+    may grant with the `agents.share_agent` permission (superusers hold every permission)."""
+    if _is_staff(user):
+        return True
+    has_perm = getattr(user, "has_perm", None)
+    return bool(has_perm is not None and has_perm(SHARE_PERMISSION))
+
+
 # -------------------------------------------------------------------------------- executions
 @dataclass(frozen=True, slots=True)
 class ExecutionFilters:

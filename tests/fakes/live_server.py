@@ -44,6 +44,8 @@ class LiveASGIServer:
             lifespan="off",
             access_log=False,
             loop="asyncio",
+            # As `make run` without TRUSTED_PROXIES: X-Forwarded-For is the client's word, not an address.
+            proxy_headers=False,
             # Short, so that a test's client going away is noticed and its connection freed promptly.
             timeout_keep_alive=1,
         )

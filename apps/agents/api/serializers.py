@@ -121,7 +121,14 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
             "history_window",
             "max_tool_calls",
         )
-        extra_kwargs = {"system_prompt": {"trim_whitespace": False}}
+        extra_kwargs = {
+            "system_prompt": {"trim_whitespace": False},
+            "agent_id": {"help_text": "Slug. The built-in catalog's slugs are reserved (400)."},
+            "is_shared": {
+                "help_text": "Visible to every user. Setting it, or changing a shared agent, takes staff or the "
+                "agents.share_agent permission (403 naming the field); the owner may set it to false."
+            },
+        }
 
     def get_validators(self) -> list[Any]:
         # No UniqueTogether/UniqueValidator queries here: the service's full_clean checks uniqueness once.

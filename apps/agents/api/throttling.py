@@ -18,6 +18,8 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from apps.security.client_address import client_ip
+
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -37,6 +39,11 @@ class WindowRateThrottle(BaseThrottle):
         if user is not None and user.is_authenticated:
             return f"user:{user.pk}"
         return f"addr:{self.get_ident(request)}"
+
+    def get_ident(self, request: Request) -> str:
+        # DRF's own reads X-Forwarded-For from anyone, so a client picks a fresh budget per request by
+        # sending a new header; the real address believes the header only from TRUSTED_PROXIES.
+        return client_ip(request._request)
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)

@@ -262,7 +262,7 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         agent = self.get_object()
         data = AgentInputSerializer(instance=agent, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        agent = agent_services.agent_update(agent=agent, data=data.validated_data)
+        agent = agent_services.agent_update(agent=agent, data=data.validated_data, actor=request.user)
         return Response(AgentOutputSerializer(agent).data)
 
     def destroy(self, request: Request, pk: str) -> Response:

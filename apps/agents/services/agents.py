@@ -1,6 +1,13 @@
 """Writes to agents (HackSoft services). Every write runs the model's full_clean, so the rules live in one
 place (models.py: slug, temperature 0..2, JSON Schema, limits) and the API answers 400 naming the field
-instead of letting a CHECK constraint turn into a 500."""
+instead of letting a CHECK constraint turn into a 500.
+
+Two rules belong to the acting user rather than to the row (README: Who can share agents):
+- a shared agent is in every user's list and /v1/models, so making one shared, and changing one that is,
+  takes staff or the `agents.share_agent` permission (403 naming the field); its owner may still unshare
+  it, deactivate it or delete it, which only takes it away from others;
+- the catalog's slugs (apps/agents/catalog/*.yaml) are reserved for the catalog (400 naming agent_id).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from apps.agents.catalog.slugs import is_catalog_slug
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
+from apps.agents.selectors import SHARE_PERMISSION, agent_can_share
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
 EDITABLE_FIELDS = (
@@ -79,13 +88,62 @@ def _apply(agent: Agent, data: Mapping[str, Any]) -> None:
         setattr(agent, name, value)
 
 
+_RESERVED = "This agent_id is reserved for the built-in catalog."
+_SHARE_DENIED = f"Only staff, or users with the {SHARE_PERMISSION} permission, may share an agent."
+_SHARED_DENIED = (
+    f"This agent is shared with every user: only staff, or users with the {SHARE_PERMISSION} permission, "
+    "may change it. Its owner may unshare it (is_shared: false), deactivate it or delete it."
+)
+# What the owner of a shared agent may still change without the privilege: each only hides it from others.
+_WITHDRAWALS = {"is_shared": False, "is_active": False}
+
+
+def _check_slug(agent: Agent | None, data: Mapping[str, Any]) -> None:
+    agent_id = data.get("agent_id")
+    renamed = agent_id is not None and (agent is None or agent_id != agent.agent_id)
+    if renamed and isinstance(agent_id, str) and is_catalog_slug(agent_id):
+        raise ApplicationError(
+            f"agent_id: {_RESERVED}", code="invalid", status=400, fields={"agent_id": [_RESERVED]}
+        )
+
+
+def _check_sharing(*, actor: Any, agent: Agent | None, data: Mapping[str, Any]) -> None:
+    if agent_can_share(user=actor):
+        return
+    if agent is not None and agent.is_shared:
+        changed = sorted(
+            name
+            for name, value in data.items()
+            if value != getattr(agent, name, None) and _WITHDRAWALS.get(name, object()) != value
+        )
+        if changed:
+            raise ApplicationError(
+                _SHARED_DENIED,
+                code="permission_denied",
+                status=403,
+                fields={name: [_SHARED_DENIED] for name in changed},
+            )
+        return
+    if data.get("is_shared") is True:
+        # 403, not 400: the request is well-formed and would succeed for staff; what is missing is a
+        # privilege, not a correction to the input. The field is named so the client knows which one.
+        raise ApplicationError(
+            _SHARE_DENIED, code="permission_denied", status=403, fields={"is_shared": [_SHARE_DENIED]}
+        )
+
+
 def agent_create(*, owner: Any, data: Mapping[str, Any]) -> Agent:
+    _check_slug(None, data)
+    _check_sharing(actor=owner, agent=None, data=data)
     agent = Agent(owner=owner)
     _apply(agent, data)
     return _save(agent, creating=True)
 
 
-def agent_update(*, agent: Agent, data: Mapping[str, Any]) -> Agent:
+def agent_update(*, agent: Agent, data: Mapping[str, Any], actor: Any) -> Agent:
+    """`actor` is who asks (the owner or staff: the view's permission class decided that already)."""
+    _check_slug(agent, data)
+    _check_sharing(actor=actor, agent=agent, data=data)
     _apply(agent, data)
     return _save(agent, creating=False)
 

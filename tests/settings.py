@@ -1,0 +1,21 @@
+"""Settings for the test suite: the project's own (config/settings.py), with what a test run must state
+explicitly now that production is the default (README: Production settings).
+
+Set in the environment, not as attributes, so the subprocesses tests start (Celery workers, manage.py) get
+them too; values already in the environment win. DEBUG stays off, as in production: a test key instead of
+the refusal to start, and plain HTTP, which the test client, the live server and the browser tests speak.
+The .env of a developer's checkout is not read: tests see the same settings on every machine.
+"""
+
+import os
+
+for name, value in {
+    "ENV_FILE": "",
+    "SECRET_KEY": "tests-only-secret-key-tests-only-secret-key-tests-only-0123456789",
+    "SECURE_SSL_REDIRECT": "false",
+    "SESSION_COOKIE_SECURE": "false",
+    "CSRF_COOKIE_SECURE": "false",
+}.items():
+    os.environ.setdefault(name, value)
+
+from config.settings import *  # noqa: E402, F403
