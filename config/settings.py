@@ -101,9 +101,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- API --------------------------------------------------------------------------------------------
+# Seconds a token -> user lookup is cached (api/authentication.py); 0 turns the cache off.
+AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.agents.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -181,6 +184,8 @@ REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="agentplatform:")
 # How long a background run's events stay readable at GET /api/v1/executions/{id}/events/.
 EVENTS_TTL_SECONDS = env.int("EVENTS_TTL_SECONDS", default=86400)
 REAPER_INTERVAL_SECONDS = env.float("REAPER_INTERVAL_SECONDS", default=30.0)
+# How often finished executions are rolled up into the per-agent hourly stats (services/stats_rollup.py).
+STATS_ROLLUP_SECONDS = env.float("STATS_ROLLUP_SECONDS", default=60.0)
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------
 DEMO_USER = env("DEMO_USER", default="demo")
