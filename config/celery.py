@@ -46,7 +46,12 @@ def _derived_defaults() -> dict[str, Any]:
                 "schedule": settings.REAPER_INTERVAL_SECONDS,
                 # A pass that could not run in time is pointless once the next one is due.
                 "options": {"expires": settings.REAPER_INTERVAL_SECONDS},
-            }
+            },
+            "rollup-stats": {
+                "task": "apps.agents.tasks.rollup_stats_task",
+                "schedule": settings.STATS_ROLLUP_SECONDS,
+                "options": {"expires": settings.STATS_ROLLUP_SECONDS},
+            },
         },
     }
 

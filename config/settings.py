@@ -152,9 +152,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- API --------------------------------------------------------------------------------------------
+# Seconds a token -> user lookup is cached (api/authentication.py); 0 turns the cache off.
+AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.agents.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -232,6 +235,8 @@ REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="agentplatform:")
 # How long a background run's events stay readable at GET /api/v1/executions/{id}/events/.
 EVENTS_TTL_SECONDS = env.int("EVENTS_TTL_SECONDS", default=86400)
 REAPER_INTERVAL_SECONDS = env.float("REAPER_INTERVAL_SECONDS", default=30.0)
+# How often finished executions are rolled up into the per-agent hourly stats (services/stats_rollup.py).
+STATS_ROLLUP_SECONDS = env.float("STATS_ROLLUP_SECONDS", default=60.0)
 
 # --- Login lockout (django-axes; README: Logins and lockout) -------------------------------------------------
 # Every login path (API token, console, admin) goes through django.contrib.auth.authenticate() with the
@@ -261,9 +266,22 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}logins",
         },
+        # Token -> user lookups (apps/agents/api/authentication.py): shared, so a revoked token or a
+        # deactivated user is refused at once by every server process, not only the one that saw it.
+        "auth": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}auth",
+        },
     }
 else:
     AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+    # One process's memory: with several server processes and no Redis, a revocation reaches the other
+    # processes' caches after AUTH_CACHE_SECONDS.
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "auth": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"},
+    }
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------
 DEMO_USER = env("DEMO_USER", default="demo")

@@ -54,6 +54,14 @@ def _login_failures_in_the_test_database(settings) -> None:
     AxesProxyHandler.get_implementation(force=True)
 
 
+@pytest.fixture(autouse=True)
+def _empty_auth_cache() -> None:
+    """Token -> user lookups are cached (apps/agents/api/authentication.py); a test starts with none."""
+    from django.core.cache import caches
+
+    caches["auth"].clear()
+
+
 @pytest.fixture
 def alice(db):
     return UserFactory(username="alice")

@@ -19,3 +19,7 @@ for name, value in {
     os.environ.setdefault(name, value)
 
 from config.settings import *  # noqa: E402, F403
+
+# Token -> user lookups are cached per process in tests (in Redis a cached entry would outlive the test
+# database it came from); tests/conftest.py empties the cache before each test.
+CACHES["auth"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"}  # noqa: F405

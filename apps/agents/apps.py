@@ -5,3 +5,7 @@ class AgentsConfig(AppConfig):
     name = "apps.agents"
     label = "agents"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Signal handlers that drop cached token -> user entries (api/authentication.py).
+        from apps.agents.api import authentication  # noqa: F401

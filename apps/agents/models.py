@@ -208,6 +208,8 @@ class AgentExecution(TimeStamped):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # The stats rollup pass that counted this (terminal) row; NULL while stats read it live.
+    rollup_pass = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -217,6 +219,10 @@ class AgentExecution(TimeStamped):
             models.Index(fields=["agent", "-created_at"], name="exec_agent_created"),
             models.Index(fields=["user", "-created_at"], name="exec_user_created"),
             models.Index(fields=["conversation", "-created_at"], name="exec_conversation_created"),
+            # Stats: an agent's rows not yet counted in a rollup (services/stats_rollup.py).
+            models.Index(
+                fields=["agent"], name="exec_agent_live_stats", condition=Q(rollup_pass__isnull=True)
+            ),
             # The reaper scans only live rows.
             models.Index(
                 fields=["status", "deadline_at"],
@@ -276,3 +282,55 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class StatsRollupState(models.Model):
+    """The single row that numbers stats rollup passes (services/stats_rollup.py)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_pass = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"stats rollup pass {self.last_pass}"
+
+
+class AgentStatsHour(models.Model):
+    """Exact counts and sums of an agent's executions that finished within one hour (UTC)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="stats_hours")
+    hour = models.DateTimeField()
+    total = models.PositiveIntegerField(default=0)
+    completed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    running = models.PositiveIntegerField(default=0)
+    pending = models.PositiveIntegerField(default=0)
+    timed = models.PositiveIntegerField(default=0, help_text="Completed runs with an execution time.")
+    time_sum = models.FloatField(default=0.0, help_text="Sum of those execution times (seconds).")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal("0"))
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "hour"], name="stats_hour_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.hour:%Y-%m-%d %H}h: {self.total}"
+
+
+class AgentLatencyBucket(models.Model):
+    """How many completed runs of an agent, finished within one hour, took a time in one histogram bucket."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="latency_buckets")
+    hour = models.DateTimeField()
+    bucket = models.SmallIntegerField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "hour", "bucket"], name="latency_bucket_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.hour:%Y-%m-%d %H}h bucket {self.bucket}: {self.count}"

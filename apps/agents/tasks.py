@@ -42,6 +42,13 @@ def reap_executions_task() -> dict[str, int]:
     return {"lost": len(report.lost), "timed_out": len(report.timed_out), "cancelled": len(report.cancelled)}
 
 
+@shared_task(name="apps.agents.tasks.rollup_stats_task", ignore_result=True)
+def rollup_stats_task() -> int:
+    from apps.agents.services.stats_rollup import roll_up
+
+    return roll_up().executions
+
+
 class CancelListener:
     """One Redis pub/sub subscription per worker process: a cancel notice for a run this process holds stops
     it at once (the engine's own poll of cancel_requested_at would take up to a second)."""

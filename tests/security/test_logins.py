@@ -273,6 +273,7 @@ print("locked" if request.axes_locked_out else "not locked")
             "LOCATION": url,
             "KEY_PREFIX": f"{prefix}logins",
         },
+        "auth": settings.CACHES["auth"],
     }
     await sync_to_async(AxesProxyHandler.get_implementation)(force=True)
     api = LOGIN_PATHS[0]

@@ -114,8 +114,14 @@ class AgentStatsOutputSerializer(serializers.Serializer):
         allow_null=True, help_text="completed / finished; null before any run."
     )
     avg_execution_time = serializers.FloatField(allow_null=True)
-    p50_execution_time = serializers.FloatField(allow_null=True)
-    p95_execution_time = serializers.FloatField(allow_null=True)
+    p50_execution_time = serializers.FloatField(
+        allow_null=True,
+        help_text="Seconds, over completed runs. Exact up to 20,000 completed runs; beyond, from a latency "
+        "histogram and within 5.9 % of the exact value.",
+    )
+    p95_execution_time = serializers.FloatField(
+        allow_null=True, help_text="Seconds, over completed runs; same precision as p50_execution_time."
+    )
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     tokens_used = serializers.IntegerField()

@@ -17,8 +17,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from rest_framework import exceptions as drf
-from rest_framework.authentication import TokenAuthentication
 
+from apps.agents.api.authentication import CachedBearerTokenAuthentication, CachedTokenAuthentication
 from apps.agents.api.throttling import ExecuteRateThrottle, UserRateThrottle
 from apps.agents.models import SLUG_VALIDATOR, Agent
 from apps.agents.openai_compat.errors import OpenAIError
@@ -30,13 +30,7 @@ MISSING_KEY = (
 )
 
 
-class BearerTokenAuthentication(TokenAuthentication):
-    """DRF's token authentication under the `Bearer` scheme that OpenAI clients use."""
-
-    keyword = "Bearer"
-
-
-AUTHENTICATORS = (BearerTokenAuthentication(), TokenAuthentication())
+AUTHENTICATORS = (CachedBearerTokenAuthentication(), CachedTokenAuthentication())
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionStatu
 from apps.agents.services.events_bus import BusEvent, get_bus, redis_url, terminal_event_for
 from apps.agents.services.reaper import reap, stale_after
 from apps.agents.services.state_manager import state_manager
+from apps.agents.services.stats_rollup import roll_up
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +179,19 @@ class InProcessRunner:
 
     @staticmethod
     async def _reap_periodically() -> None:
+        # Without a broker there is no celery beat either: this process also rolls up stats (every
+        # STATS_ROLLUP_SECONDS, counted in reaper intervals).
+        every = max(1, round(settings.STATS_ROLLUP_SECONDS / settings.REAPER_INTERVAL_SECONDS))
+        passes = 0
         while True:
             await asyncio.sleep(float(settings.REAPER_INTERVAL_SECONDS))
+            passes += 1
             try:
                 await sync_to_async(reap)()
+                if passes % every == 0:
+                    await sync_to_async(roll_up)()
             except Exception:
-                logger.exception("in-process reaper pass failed")
+                logger.exception("in-process maintenance pass failed")
 
 
 runner = InProcessRunner()
