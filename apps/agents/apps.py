@@ -5,3 +5,9 @@ class AgentsConfig(AppConfig):
     name = "apps.agents"
     label = "agents"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Project tools register themselves when their modules are imported (settings.AGENT_TOOL_MODULES).
+        from apps.agents.services.tools import load_tool_modules
+
+        load_tool_modules()

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
+from apps.agents.services.tools import unknown_tool_names
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
 EDITABLE_FIELDS = (
@@ -79,14 +80,34 @@ def _apply(agent: Agent, data: Mapping[str, Any]) -> None:
         setattr(agent, name, value)
 
 
+def _check_tools(names: Any) -> None:
+    """Only tools the deploying team registered may be allowlisted (GET /api/v1/tools/ lists them)."""
+    if not isinstance(names, list):
+        return  # full_clean names the field
+    unknown = unknown_tool_names([name for name in names if isinstance(name, str)])
+    if unknown:
+        raise ApplicationError(
+            f"Unknown tools: {', '.join(unknown)}.",
+            code="invalid",
+            status=400,
+            fields={
+                "tools": [f"{name!r} is not a registered tool (see GET /api/v1/tools/)." for name in unknown]
+            },
+        )
+
+
 def agent_create(*, owner: Any, data: Mapping[str, Any]) -> Agent:
     agent = Agent(owner=owner)
     _apply(agent, data)
+    _check_tools(agent.tools)
     return _save(agent, creating=True)
 
 
 def agent_update(*, agent: Agent, data: Mapping[str, Any]) -> Agent:
     _apply(agent, data)
+    # Only a changed allowlist is checked: an agent whose MCP server was since removed stays editable.
+    if "tools" in data:
+        _check_tools(agent.tools)
     return _save(agent, creating=False)
 
 
