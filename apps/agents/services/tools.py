@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
-from apps.agents.engine.mcp_tools import McpHub, McpServerConfig, McpUnavailable, mcp_tools
+from apps.agents.engine.mcp_tools import McpHub, McpServerConfig, McpToolInfo, McpUnavailable, mcp_tools
 from apps.agents.engine.tools import BUILTIN_TOOLS, ToolRegistry, tool_registry
 from apps.agents.models import McpServer
 from apps.agents.services.background import runner
@@ -93,6 +93,19 @@ def unknown_tool_names(names: Sequence[str]) -> list[str]:
     return unknown
 
 
+def allowlist_names() -> list[str]:
+    """Every name an allowlist may contain, without contacting any server."""
+    names = tool_registry.names()
+    try:
+        rows = McpServer.objects.filter(enabled=True).order_by("name").values_list("name", "allowed_tools")
+        names += [f"{server}:{tool}" for server, tools in rows for tool in tools or ()]
+    except RuntimeError:
+        # The schema is also generated where the database may not be used (pytest collection): the
+        # registered functions are still the right answer there.
+        pass
+    return names
+
+
 # --------------------------------------------------------------------------- a run's tools (async)
 async def tools_for_run(allowlist: Sequence[str]) -> ToolRegistry:
     """The registry an agent with `allowlist` runs with: the process-wide one when it names no MCP tool;
@@ -146,29 +159,42 @@ def tool_catalog() -> list[ToolListing]:
         )
         for tool in tool_registry.tools()
     ]
-    for row in McpServer.objects.filter(enabled=True).order_by("name"):
-        config = server_config(row)
-        if not config.allowed_tools:
-            continue
-        future = asyncio.run_coroutine_threadsafe(mcp_hub.list_tools(config), runner.loop())
-        try:
-            listed = {t.name: t for t in future.result(timeout=config.timeout + 5)}
-            error = ""
-        except (McpUnavailable, TimeoutError) as exc:
-            future.cancel()
-            listed, error = {}, str(exc) or f"MCP server {row.name!r} did not answer"
+    configs = [server_config(row) for row in McpServer.objects.filter(enabled=True).order_by("name")]
+    configs = [config for config in configs if config.allowed_tools]
+    if not configs:
+        return listings
+    # All servers at once, on the run loop where their sessions live; each is bounded by its own timeout.
+    future = asyncio.run_coroutine_threadsafe(_list_servers(configs), runner.loop())
+    for config, listed in zip(configs, future.result(), strict=True):
+        error = listed if isinstance(listed, str) else ""
+        by_name = {} if isinstance(listed, str) else {t.name: t for t in listed}
         for tool in config.allowed_tools:
-            info = listed.get(tool)
+            info = by_name.get(tool)
             why = error or ("" if info else f"the server does not offer a tool named {tool!r}")
             listings.append(
                 ToolListing(
-                    name=f"{row.name}:{tool}",
+                    name=f"{config.name}:{tool}",
                     kind="mcp",
                     description=info.description if info else "",
                     parameters=dict(info.input_schema) if info else None,
-                    server=row.name,
+                    server=config.name,
                     available=info is not None,
                     error=why,
                 )
             )
     return listings
+
+
+async def _list_servers(configs: Sequence[McpServerConfig]) -> list[list[McpToolInfo] | str]:
+    """Each server's tools, or why it could not be listed."""
+
+    async def one(config: McpServerConfig) -> list[McpToolInfo] | str:
+        try:
+            async with asyncio.timeout(config.timeout + 1):
+                return await mcp_hub.list_tools(config)
+        except McpUnavailable as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"MCP server {config.name!r} did not answer within {config.timeout:g} s"
+
+    return list(await asyncio.gather(*(one(config) for config in configs)))
