@@ -98,6 +98,10 @@ class ToolRegistry:
         self._tools[tool.name] = tool
         self._validators[tool.name] = validator_class(tool.parameters)
 
+    def unregister(self, name: str) -> None:
+        self._tools.pop(name, None)
+        self._validators.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._tools)
 
