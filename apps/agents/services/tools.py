@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from apps.agents.engine.mcp_tools import McpHub, McpServerConfig, McpToolInfo, McpUnavailable, mcp_tools
 from apps.agents.engine.tools import BUILTIN_TOOLS, ToolRegistry, tool_registry
@@ -99,9 +100,9 @@ def allowlist_names() -> list[str]:
     try:
         rows = McpServer.objects.filter(enabled=True).order_by("name").values_list("name", "allowed_tools")
         names += [f"{server}:{tool}" for server, tools in rows for tool in tools or ()]
-    except RuntimeError:
-        # The schema is also generated where the database may not be used (pytest collection): the
-        # registered functions are still the right answer there.
+    except (RuntimeError, DatabaseError):
+        # The schema is also generated where the database may not be used (pytest collection) or is not
+        # migrated yet (`manage.py spectacular` on a fresh checkout): the registered functions still are.
         pass
     return names
 
