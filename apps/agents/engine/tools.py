@@ -137,14 +137,18 @@ class ToolRegistry:
             where = "/".join(str(p) for p in errors[0].path) or "arguments"
             return ToolOutcome(f"invalid arguments for {name}: {where}: {errors[0].message}", is_error=True)
         timeout = tool.timeout if tool.timeout is not None else DEFAULT_TIMEOUT
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 value = await _call(tool.function, arguments)
         except ToolError as exc:
             return ToolOutcome(str(exc), is_error=True)
-        except TimeoutError:
-            # Only our own timeout lands here: a run's deadline or a cancel arrives as CancelledError.
-            return ToolOutcome(f"{name} did not answer within {timeout:g} s", is_error=True)
+        except TimeoutError as exc:
+            # A run's deadline or a cancel arrives as CancelledError; this is the tool's own timeout, or a
+            # TimeoutError the tool raised itself (its HTTP client's, say).
+            if deadline.expired():
+                return ToolOutcome(f"{name} did not answer within {timeout:g} s", is_error=True)
+            return ToolOutcome(f"{name} failed: TimeoutError: {exc}", is_error=True)
         except Exception as exc:  # a tool bug must not end the run; the model is told the call failed
             return ToolOutcome(f"{name} failed: {type(exc).__name__}: {exc}", is_error=True)
         return ToolOutcome(_capped(value, tool.max_result_chars))

@@ -130,9 +130,10 @@ async def tools_for_run(allowlist: Sequence[str]) -> ToolRegistry:
             continue
     for tool in (tool for group in groups if not isinstance(group, BaseException) for tool in group):
         try:
-            registry.register(tool)
-        except Exception as exc:  # a server's bad schema: its tool is left out, the run goes on
-            logger.warning("MCP tool %s left out: its input schema is invalid: %s", tool.allowlist_name, exc)
+            # Never over a project tool that happens to have the same function name.
+            registry.register(tool, replace=False)
+        except Exception as exc:  # a bad schema, or that name clash: the tool is left out, the run goes on
+            logger.warning("MCP tool %s left out: %s", tool.allowlist_name, exc)
     return registry
 
 

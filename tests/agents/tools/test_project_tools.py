@@ -157,3 +157,15 @@ def test_a_second_function_under_a_taken_name_is_refused():
         def second(x: int) -> int:
             """Second."""
             return x
+
+
+async def test_a_timeout_error_raised_by_the_tool_is_not_reported_as_its_own_timeout():
+    registry = ToolRegistry()
+
+    @agent_tool(registry=registry, timeout=5)
+    async def flaky_fetch(url_id: int) -> str:
+        """Fetches something; its HTTP client timed out."""
+        raise TimeoutError("read timed out")
+
+    outcome = await registry.invoke("flaky_fetch", {"url_id": 1}, allowed=["flaky_fetch"])
+    assert outcome.is_error and outcome.result == "flaky_fetch failed: TimeoutError: read timed out"
