@@ -92,6 +92,7 @@ class McpServerAdmin(admin.ModelAdmin):
         "command",
         "url",
         "headers_from_env",
+        "env_from_env",
         "allowed_tools",
         "timeout_seconds",
         "created_at",

@@ -295,6 +295,18 @@ def validate_header_env(value: object) -> None:
         )
 
 
+def validate_env_from_env(value: object) -> None:
+    """{variable in the server's environment: variable of this process's environment}."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and ENV_VAR_NAME.match(k) and isinstance(v, str) and ENV_VAR_NAME.match(v)
+        for k, v in value.items()
+    ):
+        raise ValidationError(
+            'must map variable names to variable names, e.g. {"DOCS_API_KEY": "DOCS_API_KEY"}',
+            code="invalid_env",
+        )
+
+
 class McpTransport(models.TextChoices):
     STDIO = "stdio", "stdio (a command this server runs)"
     HTTP = "http", "streamable HTTP (a URL)"
@@ -319,6 +331,13 @@ class McpServer(TimeStamped):
         blank=True,
         validators=[validate_header_env],
         help_text='HTTP headers whose values are read from environment variables: {"Authorization": "DOCS_AUTH"}.',
+    )
+    env_from_env = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_env_from_env],
+        help_text="stdio: variables the server's process gets, read from this process's environment: "
+        '{"DOCS_API_KEY": "DOCS_API_KEY"}. It gets no other variable but PATH, HOME and the like.',
     )
     allowed_tools = models.JSONField(
         default=list,

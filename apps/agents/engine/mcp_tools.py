@@ -54,6 +54,8 @@ class McpServerConfig:
     url: str = ""  # http: the streamable-HTTP endpoint
     #: Header values, already read from the environment. Secrets: kept out of repr and logs.
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: stdio: variables added to the server's (otherwise minimal) environment. Secrets too.
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     allowed_tools: tuple[str, ...] = ()
     timeout: float = 30.0  # seconds for connecting, listing, and each call
 
@@ -113,7 +115,10 @@ class _Connection:
         config = self.config
         if config.transport == "stdio":
             program, *arguments = config.command
-            params = StdioServerParameters(command=program, args=arguments, env=get_default_environment())
+            # The SDK's default environment (PATH, HOME...), not this process's: the platform's provider keys
+            # are no business of a tool server's.
+            environment = {**get_default_environment(), **dict(config.env)}
+            params = StdioServerParameters(command=program, args=arguments, env=environment)
             read, write = await stack.enter_async_context(stdio_client(params))
             return read, write
         client = httpx.AsyncClient(

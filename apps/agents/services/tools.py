@@ -50,25 +50,31 @@ def split_mcp_name(name: str) -> tuple[str, str] | None:
 
 
 def server_config(row: McpServer) -> McpServerConfig:
-    headers = []
-    for header, variable in (row.headers_from_env or {}).items():
-        value = os.environ.get(variable)
-        if value is None:
-            # Told once per session, by name only: the server will likely answer 401 and the model hears it.
-            logger.warning(
-                "MCP server %s: environment variable %s (header %s) is not set", row.name, variable, header
-            )
-            continue
-        headers.append((header, value))
     return McpServerConfig(
         name=row.name,
         transport=row.transport,  # type: ignore[arg-type]
         command=tuple(row.command or ()),
         url=row.url,
-        headers=tuple(headers),
+        headers=_from_environment(row.name, row.headers_from_env, "header"),
+        env=_from_environment(row.name, row.env_from_env, "variable"),
         allowed_tools=tuple(row.allowed_tools or ()),
         timeout=float(row.timeout_seconds),
     )
+
+
+def _from_environment(server: str, mapping: dict[str, str] | None, what: str) -> tuple[tuple[str, str], ...]:
+    """(name, value) pairs whose values are read from this process's environment variables."""
+    pairs = []
+    for name, variable in (mapping or {}).items():
+        value = os.environ.get(variable)
+        if value is None:
+            # Said by name only, never a value: the server will likely refuse, and the model hears that.
+            logger.warning(
+                "MCP server %s: environment variable %s (%s %s) is not set", server, variable, what, name
+            )
+            continue
+        pairs.append((name, value))
+    return tuple(pairs)
 
 
 # --------------------------------------------------------------------------- validation (sync)

@@ -17,7 +17,7 @@ from apps.agents.models import McpServer
 from apps.agents.services.tools import load_tool_modules, mcp_hub
 from tests.agents.tools.mcp_server import build_server
 
-ALLOWED = ["add", "pid", "fail", "hang", "auth_header"]  # `secret` is left out on purpose
+ALLOWED = ["add", "pid", "fail", "hang", "auth_header", "env"]  # `secret` is left out on purpose
 PROJECT_MODULE = "tests.agents.tools.project_tools"
 # Not imported here: importing the module registers its tools, which only the fixture below may do.
 PROJECT_TOOLS = ("lookup_order", "order_note", "slow_report", "big_export")
@@ -36,6 +36,7 @@ def stdio_server(db) -> McpServer:  # type: ignore[no-untyped-def]
         name="demo",
         transport="stdio",
         command=[sys.executable, "-m", "tests.agents.tools.mcp_server"],
+        env_from_env={"DEMO_API_KEY": "PLATFORM_DEMO_KEY"},
         allowed_tools=ALLOWED,
         timeout_seconds=20,
     )

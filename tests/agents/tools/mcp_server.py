@@ -46,6 +46,11 @@ def build_server() -> FastMCP:
         return request.headers.get("authorization", "") if request is not None else ""
 
     @server.tool()
+    def env(name: str) -> str:
+        """A variable of the server's environment ("" when unset)."""
+        return os.environ.get(name, "")
+
+    @server.tool()
     def secret() -> str:
         """Not in any allowlist: the tests check that it is never offered."""
         return "should never be called"

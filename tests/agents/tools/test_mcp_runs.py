@@ -152,3 +152,27 @@ async def test_http_headers_come_from_the_environment(
     assert json.loads(tool_message(fake_openai.requests[1].body, "h1")["content"]) == {
         "result": "Bearer from-env"
     }
+
+
+async def test_a_stdio_server_gets_only_the_variables_staff_named(
+    stdio_server, fake_registry, fake_openai, alice, monkeypatch
+):
+    monkeypatch.setenv("PLATFORM_DEMO_KEY", "demo-key-from-env")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-reach-tool-servers")
+    agent = await sync_to_async(AgentFactory)(owner=alice, tools=["demo:env"])
+    fake_openai.reply(
+        Reply(
+            text="",
+            tool_calls=[
+                {"id": "k", "name": "demo__env", "arguments": {"name": "DEMO_API_KEY"}},
+                {"id": "o", "name": "demo__env", "arguments": {"name": "OPENAI_API_KEY"}},
+            ],
+        )
+    )
+    fake_openai.reply(text="ok")
+
+    await run(agent, alice)
+
+    second = fake_openai.requests[1].body
+    assert json.loads(tool_message(second, "k")["content"]) == {"result": "demo-key-from-env"}
+    assert json.loads(tool_message(second, "o")["content"]) == {"result": ""}
