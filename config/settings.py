@@ -214,6 +214,10 @@ RETRY_MAX_DELAY = env.float("RETRY_MAX_DELAY", default=20.0)
 # JSON object {"provider:model": {"input": "per-million USD", "output": "per-million USD"}}.
 MODEL_PRICES = env.json("MODEL_PRICES", default={})
 
+# --- Tools ---------------------------------------------------------------------------------------------------
+# Modules imported at startup whose @agent_tool functions agents may allowlist (comma-separated).
+AGENT_TOOL_MODULES = env.list("AGENT_TOOL_MODULES", default=[])
+
 # --- Background runs -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="")
 REDIS_URL = env("REDIS_URL", default="")

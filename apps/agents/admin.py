@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from apps.agents.models import Agent, AgentExecution, Conversation, Message
+from apps.agents.models import Agent, AgentExecution, Conversation, McpServer, Message
 
 
 @admin.register(Agent)
@@ -74,3 +74,27 @@ class ConversationAdmin(admin.ModelAdmin):
 class MessageAdmin(admin.ModelAdmin):
     list_display = ("conversation", "position", "role", "tokens", "created_at")
     search_fields = ("content",)
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    """Staff only (the admin is): the one place a command or URL that the server will use is entered."""
+
+    list_display = ("name", "transport", "enabled", "timeout_seconds", "updated_at")
+    list_filter = ("transport", "enabled")
+    search_fields = ("name", "description")
+    readonly_fields = ("created_at", "updated_at")
+    fields = (
+        "name",
+        "description",
+        "enabled",
+        "transport",
+        "command",
+        "url",
+        "headers_from_env",
+        "env_from_env",
+        "allowed_tools",
+        "timeout_seconds",
+        "created_at",
+        "updated_at",
+    )

@@ -9,3 +9,8 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         # Signal handlers that drop cached token -> user entries (api/authentication.py).
         from apps.agents.api import authentication  # noqa: F401
+
+        # Project tools register themselves when their modules are imported (settings.AGENT_TOOL_MODULES).
+        from apps.agents.services.tools import load_tool_modules
+
+        load_tool_modules()

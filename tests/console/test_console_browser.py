@@ -272,3 +272,40 @@ async def test_the_sse_reader_handles_any_chunking(page: Any, live_server_url: s
         {"id": "2", "event": "multi", "data": "line one\nline two"},
         {"id": "2", "event": "message", "data": "no event name"},
     ]
+
+
+async def test_an_agents_tools_and_each_tool_call_are_shown(
+    page: Any, fake_registry: Any, fake_openai: Any
+) -> None:
+    alice = await sync_to_async(UserFactory)(username="alice")
+    await sync_to_async(AgentFactory)(
+        owner=alice, agent_id="maths", name="Maths", tools=["calculator", "current_time"]
+    )
+    fake_openai.reply(
+        Reply(
+            text="",
+            tool_calls=[
+                {"id": "c1", "name": "calculator", "arguments": {"expression": "6 * 7"}},
+                {"id": "c2", "name": "current_time", "arguments": {"timezone": "Mars/Olympus"}},
+            ],
+        )
+    )
+    fake_openai.reply(text="6 * 7 is 42.")
+    await log_in(page, "alice")
+    await expect(page.locator("#agent-tools")).to_have_text("Tools: calculator, current_time")
+
+    await start_run(page, "maths", "What is 6 * 7?")
+    await expect(page.locator("#run-output")).to_have_text("6 * 7 is 42.")
+
+    execution = await AgentExecution.objects.aget(agent__agent_id="maths")
+    row = page.locator(f'#executions-table tbody tr[data-execution-id="{execution.pk}"]')
+    await row.get_by_role("button", name=f"Open execution {str(execution.pk)[:8]}").click()
+    calls = page.get_by_role("dialog").locator("#tool-calls-table tbody tr")
+    await expect(calls).to_have_count(2)
+    await expect(calls.nth(0).locator("td").nth(1)).to_have_text("calculator")
+    await expect(calls.nth(0).locator("td").nth(2)).to_have_text('{"expression":"6 * 7"}')
+    await expect(calls.nth(0).locator("td").nth(3)).to_contain_text('"result": 42')
+    await expect(calls.nth(0).locator("td").nth(4)).to_have_text(re.compile(r"^\d+ ms$"))
+    await expect(calls.nth(1)).to_have_attribute("data-error", "true")
+    await expect(calls.nth(1).locator("td").nth(3)).to_contain_text("error: unknown time zone")
+    await page.screenshot(path=artifact("console-tool-calls.png"))

@@ -24,6 +24,7 @@ from apps.agents.api.fields import (
     StrictIntegerField,
     json_problems,
 )
+from apps.agents.api.tool_fields import ToolNameField
 from apps.agents.models import (
     Agent,
     MessageRole,
@@ -90,10 +91,11 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
         child=StrictCharField(max_length=100), max_length=100, required=False, help_text="Free-form labels."
     )
     tools = serializers.ListField(
-        child=StrictCharField(max_length=100),
+        child=ToolNameField(max_length=100),
         max_length=50,
         required=False,
-        help_text="Names of the tools the agent may call (allowlist), e.g. calculator, current_time.",
+        help_text="Names of the tools the agent may call (allowlist), as GET /api/v1/tools/ lists them: "
+        "calculator, current_time, the deploying team's project tools, `server:tool` for MCP tools.",
     )
     output_schema = SafeJSONObjectField(
         required=False, allow_null=True, help_text="JSON Schema the output must match (task agents)."

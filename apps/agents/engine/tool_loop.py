@@ -8,6 +8,7 @@ deadline, paying for every turn).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,9 @@ async def complete_with_tools(
         for call in completion.tool_calls:
             arguments = dict(call.arguments)
             await scope.send(ToolCallEvent(call.id, call.name, arguments))
+            started = time.perf_counter()
             outcome = await agent.tools.invoke(call.name, arguments, allowed=allowed)
+            latency_ms = round((time.perf_counter() - started) * 1000)
             await scope.send(ToolResultEvent(call.id, call.name, outcome.result, outcome.is_error))
             state.tool_calls.append(
                 {
@@ -66,6 +69,7 @@ async def complete_with_tools(
                     "arguments": arguments,
                     "result": outcome.result,
                     "is_error": outcome.is_error,
+                    "latency_ms": latency_ms,
                 }
             )
             result = ChatMessage(

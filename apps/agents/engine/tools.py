@@ -4,12 +4,22 @@ An agent is offered only the tools named in its allowlist (`AgentConfig.tools`).
 call with arguments that do not match the schema, or a tool that raises, becomes an error *result* fed back
 to the model (it can correct itself); none of them fails the run or runs code that was not allowed.
 
+Every call is bounded: a tool has a timeout and a result size cap, and a synchronous function runs in a worker
+thread so a slow one never blocks the event loop (a run's other tasks, heartbeats, other runs). A timed-out
+call is reported to the model; the thread of a sync function that ignores it finishes on its own.
+
+A tool has two names: `key`, what an agent's allowlist names (`calculator`, or `docs:search` for a tool of
+the MCP server `docs`), and `name`, what the model sees and calls. They differ only for MCP tools, because
+providers accept only `[a-zA-Z0-9_-]` in function names.
+
 Two harmless built-ins ship: `current_time` and `calculator` (arithmetic parsed with `ast`, never `eval`).
+Project tools (engine/function_tools.py) and MCP tools (engine/mcp_tools.py) are Tools like them.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import json
 import math
@@ -28,6 +38,8 @@ ToolFunction = Callable[..., Any | Awaitable[Any]]
 
 # A tool result goes back to the model inside the next request; keep it to a sensible size.
 MAX_RESULT_CHARS = 20_000
+#: Seconds a call may take unless its tool says otherwise.
+DEFAULT_TIMEOUT = 30.0
 
 
 class ToolError(Exception):
@@ -40,6 +52,16 @@ class Tool:
     description: str
     parameters: Mapping[str, Any]
     function: ToolFunction
+    #: Seconds before the call is abandoned and the model told so (None: DEFAULT_TIMEOUT).
+    timeout: float | None = None
+    #: Characters of JSON the result may take; a longer one is cut and marked as cut.
+    max_result_chars: int = MAX_RESULT_CHARS
+    #: The allowlist name (default: `name`).
+    key: str = ""
+
+    @property
+    def allowlist_name(self) -> str:
+        return self.key or self.name
 
     def definition(self) -> ToolDefinition:
         return ToolDefinition(name=self.name, description=self.description, parameters=self.parameters)
@@ -66,42 +88,88 @@ class ToolRegistry:
         for tool in tools:
             self.register(tool)
 
-    def register(self, tool: Tool) -> None:
+    def register(self, tool: Tool, *, replace: bool = True) -> None:
+        """Add `tool`. Two different tools under one name is a deployment mistake: with `replace=False`
+        it raises ValueError instead of silently shadowing the first."""
+        if not replace and tool.name in self._tools and self._tools[tool.name] is not tool:
+            raise ValueError(f"a tool named {tool.name!r} is already registered")
         validator_class = jsonschema.validators.validator_for(tool.parameters)
         validator_class.check_schema(tool.parameters)
         self._tools[tool.name] = tool
         self._validators[tool.name] = validator_class(tool.parameters)
 
+    def unregister(self, name: str) -> None:
+        self._tools.pop(name, None)
+        self._validators.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._tools)
+
+    def tools(self) -> list[Tool]:
+        return [self._tools[name] for name in sorted(self._tools)]
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
+    def _allowed(self, allowed: Iterable[str]) -> list[Tool]:
+        keys = set(allowed)
+        return [tool for tool in self._tools.values() if tool.allowlist_name in keys]
+
     def definitions(self, allowed: Iterable[str]) -> tuple[ToolDefinition, ...]:
         """Definitions of the allowed tools this registry knows (unknown names are skipped)."""
-        return tuple(self._tools[name].definition() for name in dict.fromkeys(allowed) if name in self._tools)
+        order = {key: i for i, key in enumerate(dict.fromkeys(allowed))}
+        tools = sorted(self._allowed(order), key=lambda t: order[t.allowlist_name])
+        return tuple(tool.definition() for tool in tools)
 
     async def invoke(self, name: str, arguments: Mapping[str, Any], *, allowed: Iterable[str]) -> ToolOutcome:
         """Run one call. Never raises for the model's mistakes or the tool's failures: they are results."""
-        if name not in set(allowed):
-            return ToolOutcome(f"tool {name!r} is not available to this agent", is_error=True)
+        keys = set(allowed)
         tool = self._tools.get(name)
-        if tool is None:
+        if tool is None and name in keys:
             return ToolOutcome(f"tool {name!r} does not exist", is_error=True)
+        if tool is None or tool.allowlist_name not in keys:
+            return ToolOutcome(f"tool {name!r} is not available to this agent", is_error=True)
         errors = sorted(self._validators[name].iter_errors(dict(arguments)), key=lambda e: list(e.path))
         if errors:
             where = "/".join(str(p) for p in errors[0].path) or "arguments"
             return ToolOutcome(f"invalid arguments for {name}: {where}: {errors[0].message}", is_error=True)
+        timeout = tool.timeout if tool.timeout is not None else DEFAULT_TIMEOUT
+        deadline = asyncio.timeout(timeout)
         try:
-            value = tool.function(**arguments)
-            if inspect.isawaitable(value):
-                value = await value
+            async with deadline:
+                value = await _call(tool.function, arguments)
         except ToolError as exc:
             return ToolOutcome(str(exc), is_error=True)
+        except TimeoutError as exc:
+            # A run's deadline or a cancel arrives as CancelledError; this is the tool's own timeout, or a
+            # TimeoutError the tool raised itself (its HTTP client's, say).
+            if deadline.expired():
+                return ToolOutcome(f"{name} did not answer within {timeout:g} s", is_error=True)
+            return ToolOutcome(f"{name} failed: TimeoutError: {exc}", is_error=True)
         except Exception as exc:  # a tool bug must not end the run; the model is told the call failed
             return ToolOutcome(f"{name} failed: {type(exc).__name__}: {exc}", is_error=True)
-        return ToolOutcome(value)
+        return ToolOutcome(_capped(value, tool.max_result_chars))
+
+
+async def _call(function: ToolFunction, arguments: Mapping[str, Any]) -> Any:
+    """Await an async tool; run a sync one in a worker thread (it may block on I/O or compute)."""
+    target = inspect.unwrap(function)
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(target):
+        return await function(**arguments)
+    value = await asyncio.to_thread(function, **arguments)
+    return await value if inspect.isawaitable(value) else value
+
+
+def _capped(value: Any, limit: int) -> Any:
+    """`value`, or its JSON text cut to `limit` characters with a marker the model can read."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return value
+    marker = f"... [truncated: the result had {len(text)} characters, the limit is {limit}]"
+    return text[: max(0, limit - len(marker))] + marker
 
 
 # --------------------------------------------------------------------------- built-in: current_time

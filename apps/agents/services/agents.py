@@ -21,6 +21,7 @@ from apps.agents.catalog.slugs import is_catalog_slug
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
 from apps.agents.selectors import SHARE_PERMISSION, agent_can_share
+from apps.agents.services.tools import unknown_tool_names
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
 EDITABLE_FIELDS = (
@@ -132,11 +133,28 @@ def _check_sharing(*, actor: Any, agent: Agent | None, data: Mapping[str, Any]) 
         )
 
 
+def _check_tools(names: Any) -> None:
+    """Only tools the deploying team registered may be allowlisted (GET /api/v1/tools/ lists them)."""
+    if not isinstance(names, list):
+        return  # full_clean names the field
+    unknown = unknown_tool_names([name for name in names if isinstance(name, str)])
+    if unknown:
+        raise ApplicationError(
+            f"Unknown tools: {', '.join(unknown)}.",
+            code="invalid",
+            status=400,
+            fields={
+                "tools": [f"{name!r} is not a registered tool (see GET /api/v1/tools/)." for name in unknown]
+            },
+        )
+
+
 def agent_create(*, owner: Any, data: Mapping[str, Any]) -> Agent:
     _check_slug(None, data)
     _check_sharing(actor=owner, agent=None, data=data)
     agent = Agent(owner=owner)
     _apply(agent, data)
+    _check_tools(agent.tools)
     return _save(agent, creating=True)
 
 
@@ -145,6 +163,9 @@ def agent_update(*, agent: Agent, data: Mapping[str, Any], actor: Any) -> Agent:
     _check_slug(agent, data)
     _check_sharing(actor=actor, agent=agent, data=data)
     _apply(agent, data)
+    # Only a changed allowlist is checked: an agent whose MCP server was since removed stays editable.
+    if "tools" in data:
+        _check_tools(agent.tools)
     return _save(agent, creating=False)
 
 

@@ -122,6 +122,10 @@ class InProcessRunner:
                 self._runs = {}
             return self._loop
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The process's long-lived run loop (started on first use); MCP sessions live on it too."""
+        return self._ensure_loop()
+
     def submit(self, execution_id: str) -> bool:
         """Start running `execution_id` (no broker: the server runs it); False if already running here."""
         loop = self._ensure_loop()

@@ -36,6 +36,7 @@ from apps.agents.engine.events import (
     StreamEvent,
 )
 from apps.agents.engine.retry import RetryPolicy
+from apps.agents.engine.tools import ToolRegistry
 from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
@@ -44,6 +45,7 @@ from apps.agents.services.execution_prepare import PreparedRun, agent_config, pr
 from apps.agents.services.execution_records import record_outcome, result_from_row, shielded, status_body
 from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
 from apps.agents.services.state_manager import StateManager, state_manager
+from apps.agents.services.tools import tools_for_run
 from apps.platforms import registry as platform_registry
 
 logger = logging.getLogger(__name__)
@@ -87,15 +89,21 @@ class ExecutionEngine:
             self._cooldowns[registry] = cooldowns
         return cooldowns
 
-    def build_agent(self, config: AgentConfig) -> BaseAgent:
-        """The engine agent for `config`, over the registry of the moment (so tests can swap it)."""
+    def build_agent(self, config: AgentConfig, *, tools: ToolRegistry | None = None) -> BaseAgent:
+        """The engine agent for `config`, over the registry of the moment (so tests can swap it), with
+        `tools` (default: the process-wide registry of built-in and project tools)."""
         registry = platform_registry.get_registry()
         policy = RetryPolicy(
             base_delay=float(settings.RETRY_BASE_DELAY), max_delay=float(settings.RETRY_MAX_DELAY)
         )
         agent_class = AGENT_CLASSES.get(config.agent_type, TaskAgent)
         return agent_class(
-            config, registry, cooldowns=self.cooldowns_for(registry), sleep=self.sleep, retry_policy=policy
+            config,
+            registry,
+            cooldowns=self.cooldowns_for(registry),
+            sleep=self.sleep,
+            retry_policy=policy,
+            tools=tools,
         )
 
     async def prepare(
@@ -299,7 +307,9 @@ class ExecutionEngine:
         context = contextvars.copy_context()
         context.run(current_execution_id.set, execution_id)
         run = RunState()
-        agent = self.build_agent(prepared.config)
+        # MCP tools need their servers' schemas (cached per session); a server that is down still gives
+        # its tools, whose calls tell the model why they failed.
+        agent = self.build_agent(prepared.config, tools=await tools_for_run(prepared.config.tools))
         queue: asyncio.Queue[Any] = asyncio.Queue()
         emit = queue.put if stream else None
         run_task = asyncio.create_task(

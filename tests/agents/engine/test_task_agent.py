@@ -95,15 +95,15 @@ async def test_tool_loop_runs_the_calculator_and_feeds_the_result_back(fake_plat
     assert (tool_message.role, tool_message.tool_call_id) == ("tool", "c1")
     assert json.loads(tool_message.content)["result"] == 14
     assert second.messages[-2].tool_calls[0].name == "calculator"
-    assert result.metadata["tool_calls"] == [
-        {
-            "id": "c1",
-            "tool": "calculator",
-            "arguments": {"expression": "2 + 3 * 4"},
-            "result": {"expression": "2 + 3 * 4", "result": 14},
-            "is_error": False,
-        }
-    ]
+    [record] = result.metadata["tool_calls"]
+    assert isinstance(record.pop("latency_ms"), int)
+    assert record == {
+        "id": "c1",
+        "tool": "calculator",
+        "arguments": {"expression": "2 + 3 * 4"},
+        "result": {"expression": "2 + 3 * 4", "result": 14},
+        "is_error": False,
+    }
     call_events = [e for e in events if isinstance(e, ToolCallEvent | ToolResultEvent)]
     assert [type(e) for e in call_events] == [ToolCallEvent, ToolResultEvent]
     assert call_events[1].result["result"] == 14

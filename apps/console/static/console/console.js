@@ -18,6 +18,7 @@ const ui = {
   form: $("run-form"),
   agent: $("agent-select"),
   agentDescription: $("agent-description"),
+  agentTools: $("agent-tools"),
   task: $("task-input"),
   run: $("run-button"),
   stop: $("stop-button"),
@@ -76,6 +77,7 @@ async function loadAgents() {
 function onAgentChange({ remember = true } = {}) {
   const agent = selectedAgent();
   setText(ui.agentDescription, agent?.description || "");
+  setText(ui.agentTools, agent?.tools?.length ? `Tools: ${agent.tools.join(", ")}` : "");
   if (agent && remember) localStorage.setItem(STORED_AGENT, agent.agent_id);
   stats.load(agent);
   if (ui.onlyAgent.checked) list.load();

@@ -1,5 +1,5 @@
 // The execution list (newest first, "Load more" by cursor) and the details dialog of one execution with its
-// attempts and a cancel button while it runs. Both keep polling only while something is still running.
+// attempts, its tool calls and a cancel button while it runs. Both keep polling only while something is still running.
 
 import { apiJSON } from "./api.js";
 import { fillList, h, platformText, setText, shortId, statusBadge, tokensText } from "./dom.js";
@@ -100,6 +100,21 @@ function attemptRow(attempt, index) {
   );
 }
 
+function toolCallRow(call, index) {
+  const result = call.is_error
+    ? h("span", { class: "error-text" }, `error: ${formatOutput(call.result)}`)
+    : formatOutput(call.result);
+  return h(
+    "tr",
+    { "data-error": call.is_error ? "true" : null },
+    h("td", {}, String(index + 1)),
+    h("td", {}, h("code", {}, call.tool)),
+    h("td", { class: "wrap" }, h("code", {}, JSON.stringify(call.arguments ?? {}))),
+    h("td", { class: "wrap" }, result),
+    h("td", { class: "num" }, call.latency_ms === undefined ? "–" : formatSeconds(call.latency_ms / 1000)),
+  );
+}
+
 export class ExecutionDialog {
   /**
    * @param {string} api the API root
@@ -117,6 +132,8 @@ export class ExecutionDialog {
     this.output = document.getElementById("execution-output");
     this.attempts = document.querySelector("#attempts-table tbody");
     this.attemptsEmpty = document.getElementById("attempts-empty");
+    this.toolCalls = document.querySelector("#tool-calls-table tbody");
+    this.toolCallsEmpty = document.getElementById("tool-calls-empty");
     this.executionId = null;
     this.opener = null;
     this.timer = null;
@@ -131,6 +148,7 @@ export class ExecutionDialog {
     this.title.textContent = `Execution ${shortId(executionId)}`;
     this.fields.replaceChildren();
     this.attempts.replaceChildren();
+    this.toolCalls.replaceChildren();
     this.input.textContent = "";
     this.output.textContent = "";
     setText(this.error, "");
@@ -178,6 +196,9 @@ export class ExecutionDialog {
     const attempts = execution.attempts ?? [];
     this.attempts.replaceChildren(...attempts.map(attemptRow));
     this.attemptsEmpty.hidden = attempts.length > 0;
+    const toolCalls = execution.metadata?.tool_calls ?? [];
+    this.toolCalls.replaceChildren(...toolCalls.map(toolCallRow));
+    this.toolCallsEmpty.hidden = toolCalls.length > 0;
     this.cancelButton.hidden = !live;
     this.cancelButton.disabled = Boolean(execution.cancel_requested_at);
   }
