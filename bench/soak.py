@@ -50,6 +50,7 @@ from bench._django import RESULTS, setup
 URL = setup("bench_soak")
 
 import kombu  # noqa: E402
+import kombu.pools  # noqa: E402
 import redis  # noqa: E402
 from asgiref.sync import async_to_sync  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -102,9 +103,9 @@ def configure_producer(broker: str, prefix: str, queues: dict[str, str]) -> str:
         setattr(settings, key, value)
     options = dict(celery_app.conf.broker_transport_options)
     celery_app.conf.update(broker_url=url, broker_transport_options={**options, "global_keyprefix": prefix})
-    for pool in (celery_app._pool, celery_app.amqp._producer_pool):
-        if pool is not None:
-            pool.force_close_all()
+    # kombu keeps pools per connection in process-wide groups that a later lookup for an equal broker
+    # would find: close and forget them all.
+    kombu.pools.reset()
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
     return url

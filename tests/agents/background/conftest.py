@@ -13,6 +13,8 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import kombu
+import kombu.pools
 import pytest
 import redis
 from asgiref.sync import SyncToAsync
@@ -179,9 +181,9 @@ def _use_broker(url: str) -> None:
 
     os.environ["CELERY_BROKER_URL"] = url
     celery_app.conf.broker_url = url
-    for pool in (celery_app._pool, celery_app.amqp._producer_pool):
-        if pool is not None:
-            pool.force_close_all()
+    # kombu keeps pools per connection in process-wide groups that a later lookup for an equal broker
+    # would find: close and forget them all.
+    kombu.pools.reset()
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
@@ -190,7 +192,6 @@ def _use_broker(url: str) -> None:
 def rabbitmq(broker: WorkerFactory, settings) -> Iterator[WorkerFactory]:
     """This test queues its runs to RabbitMQ (the default vhost, under queue names of its own, deleted after);
     events and cancel notices stay in the test Redis. Returns a factory of workers on that broker."""
-    import kombu
 
     try:
         with kombu.Connection(RABBITMQ_TEST_URL, connect_timeout=5) as connection:
