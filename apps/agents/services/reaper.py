@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.models import AgentExecution, ErrorCode, ExecutionMode, ExecutionStatus
+from apps.agents.services import dispatch
 from apps.agents.services.state_manager import state_manager
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,8 @@ def _announce(execution: AgentExecution) -> None:
 
 
 def reap(now: datetime | None = None, *, execution_id: Any = None) -> ReapReport:
-    """End every live row that the rules say is lost or overdue (or just `execution_id`)."""
-    from apps.agents.services import dispatch
-
+    """End every live row that the rules say is lost or overdue (or just `execution_id`); then re-send
+    the unstarted ones (see dispatch.py)."""
     now = now or timezone.now()
     report = ReapReport()
     rules = _rules(now)
