@@ -176,3 +176,16 @@ def _purge_run_queue() -> None:
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge(settings.RUNS_QUEUE)
+
+
+def test_reaper_passes_have_their_own_queue_and_never_expire(settings):
+    """Behind a backlog of runs on a shared queue, with an expiry of one interval, every pass was thrown
+    away. Now a pass goes to the maintenance queue, which a worker started without -Q consumes too, and a
+    pass that waited (every pool process busy) still runs."""
+    from config.celery import app
+
+    route = app.amqp.router.route({}, "apps.agents.tasks.reap_executions_task")
+    assert route["queue"].name == settings.MAINTENANCE_QUEUE != settings.RUNS_QUEUE
+    assert {queue.name for queue in app.conf.task_queues} == {settings.RUNS_QUEUE, settings.MAINTENANCE_QUEUE}
+    entry = app.conf.beat_schedule["reap-executions"]
+    assert entry["options"] == {"queue": settings.MAINTENANCE_QUEUE}  # no `expires`
