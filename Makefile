@@ -77,6 +77,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Consumes the run queue and the reaper's maintenance queue (config/celery.py's task_queues).
 worker: migrate
 	$(BIN)/celery -A config worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-4} --prefetch-multiplier=1
 

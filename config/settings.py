@@ -229,6 +229,15 @@ CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
+# A background row that no worker started within this many seconds of being queued is sent again by the
+# reaper (its message was lost, or is held by a dead worker); after PENDING_MAX_REDISPATCHES re-sends that
+# still did not start it, it fails `worker_lost`. See apps/agents/services/dispatch.py.
+PENDING_REDISPATCH_SECONDS = env.float("PENDING_REDISPATCH_SECONDS", default=60.0)
+PENDING_MAX_REDISPATCHES = env.int("PENDING_MAX_REDISPATCHES", default=3)
+# Queues: background runs, and the reaper's passes on a queue of their own so they never wait behind a
+# backlog of runs. `celery worker` without -Q consumes both.
+RUNS_QUEUE = env("RUNS_QUEUE", default="celery")
+MAINTENANCE_QUEUE = env("MAINTENANCE_QUEUE", default="maintenance")
 # A background run whose heartbeat is older than this lost its worker: the reaper fails it (worker_lost).
 EXECUTION_STALE_SECONDS = env.float("EXECUTION_STALE_SECONDS", default=30.0)
 # Longer than any run can last (Agent.timeout_seconds <= 3600 plus grace): a message is handed to another

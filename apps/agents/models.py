@@ -203,6 +203,10 @@ class AgentExecution(TimeStamped):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Past this time a non-terminal row is failed by the reaper (worker_lost, or timeout while pending).
     deadline_at = models.DateTimeField(null=True, blank=True)
+    # A background row that no worker started within PENDING_REDISPATCH_SECONDS of being queued is sent to
+    # the workers again by the reaper (apps/agents/services/dispatch.py): how often, and when last.
+    redispatch_count = models.PositiveSmallIntegerField(default=0)
+    redispatched_at = models.DateTimeField(null=True, blank=True)
     # Set by a cancel request from any process; the process running the execution stops and records it.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # NULL, not "", for "no key": the partial unique constraint must not treat keyless runs as duplicates.

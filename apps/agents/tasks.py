@@ -1,8 +1,14 @@
 """Celery tasks: thin wrappers over services (apps/agents/services/background.py, reaper.py).
 
-Delivery guarantees come from config/celery.py: acks_late + reject_on_worker_lost (a message is acked only
-after its run, so a worker killed mid-run gets it redelivered), prefetch 1, a visibility timeout longer than
-any run. What a redelivery may do is decided by `run_background`: only a `pending` row is ever run.
+Delivery (config/celery.py): acks_late + reject_on_worker_lost, prefetch 1. A message is acked only after
+its run. When a prefork pool process dies, its worker rejects the message and the broker hands it out again
+at once. When a whole worker dies, RabbitMQ requeues its unacked messages at once (the connection closed);
+Redis keeps them in its unacked set until CELERY_VISIBILITY_TIMEOUT (hours, longer than any run), so a run
+that worker had received but not started is sent again by the reaper instead (services/dispatch.py, after
+PENDING_REDISPATCH_SECONDS). Whatever copy arrives, `run_background` decides: only a `pending` row is run,
+and a started one never again (its provider call may have been billed).
+
+The reaper's task goes to its own queue (MAINTENANCE_QUEUE), so its passes never wait behind queued runs.
 """
 
 from __future__ import annotations
@@ -39,7 +45,12 @@ def reap_executions_task() -> dict[str, int]:
     from apps.agents.services.reaper import reap
 
     report = reap()
-    return {"lost": len(report.lost), "timed_out": len(report.timed_out), "cancelled": len(report.cancelled)}
+    return {
+        "lost": len(report.lost),
+        "timed_out": len(report.timed_out),
+        "cancelled": len(report.cancelled),
+        "redispatched": len(report.redispatched),
+    }
 
 
 @shared_task(name="apps.agents.tasks.rollup_stats_task", ignore_result=True)

@@ -1,7 +1,8 @@
 """Background runs: queue a pending execution, run it on whichever process takes it, stop it from anywhere.
 
-- With CELERY_BROKER_URL: `enqueue_execution` sends apps.agents.tasks.run_execution_task (after the row's
-  transaction commits; task id = execution id) and a Celery worker runs it with `run_background`.
+- With CELERY_BROKER_URL: `enqueue_execution` sends apps.agents.tasks.run_execution_task to the run queue
+  (after the row's transaction commits; task id = execution id; dispatch.publish_run) and a Celery worker
+  runs it with `run_background`. A row no worker started in time is sent again by the reaper (dispatch.py).
 - Without a broker (the embedded `make run`): the server runs it itself, as an asyncio task on a runner
   thread with its own event loop (`InProcessRunner`), which also runs the reaper periodically.
 
@@ -206,10 +207,10 @@ runner = InProcessRunner()
 
 def _send(execution_id: str) -> None:
     """Publish the task; if the broker refuses, end the row now instead of leaving it pending for an hour."""
-    from apps.agents.tasks import run_execution_task
+    from apps.agents.services.dispatch import publish_run
 
     try:
-        run_execution_task.apply_async(args=[execution_id], task_id=execution_id)
+        publish_run(execution_id)
     except Exception as exc:
         logger.error("could not queue execution %s: %s", execution_id, exc)
         execution = state_manager.get_execution(execution_id)

@@ -1,7 +1,8 @@
 """The reaper: no execution stays `pending` or `running` forever.
 
-Run by celery beat every REAPER_INTERVAL_SECONDS (apps.agents.tasks.reap_executions_task), by
-`manage.py reap_executions`, and by the in-process runner when there is no broker. Rules, in order:
+Run by celery beat every REAPER_INTERVAL_SECONDS (apps.agents.tasks.reap_executions_task, on the
+maintenance queue), by `manage.py reap_executions`, and by the in-process runner when there is no broker.
+Rules, in order:
 
 - running background row whose heartbeat is older than EXECUTION_STALE_SECONDS: its worker died (SIGKILL,
   OOM, machine gone). Failed `worker_lost` (or `cancelled` if a cancel was already requested). Only
@@ -12,10 +13,16 @@ Run by celery beat every REAPER_INTERVAL_SECONDS (apps.agents.tasks.reap_executi
   * pending: no worker took it within PENDING_DEADLINE_SECONDS (message lost, or no worker running). Failed
     `worker_lost`, not `timeout`: the agent never ran, so nothing about the request is wrong and a retry is
     safe, whereas `timeout` says the run itself took too long.
+- pending background row re-sent PENDING_MAX_REDISPATCHES times and still not started, while the run queue
+  is empty ("unstarted"): failed `worker_lost`.
+
+Then, while the run queue is empty, every background row still pending PENDING_REDISPATCH_SECONDS after it
+was queued is sent to the workers again (apps/agents/services/dispatch.py): its message was lost or is held
+by a dead worker. That is the one thing the reaper restarts, and only because the row never started.
 
 Each row is ended by one conditional UPDATE that repeats the condition it was selected by, so a row that
-finished, heartbeated or was picked up in the meantime is left alone. A run is never restarted here: its
-provider call may already have been made (and billed).
+finished, heartbeated or was picked up in the meantime is left alone. A started run is never restarted here:
+its provider call may already have been made (and billed).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.models import AgentExecution, ErrorCode, ExecutionMode, ExecutionStatus
+from apps.agents.services import dispatch
 from apps.agents.services.state_manager import state_manager
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ class ReapReport:
     lost: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    redispatched: list[str] = field(default_factory=list)  # sent again, not ended: not in `total`
 
     @property
     def total(self) -> int:
@@ -75,6 +84,10 @@ def _outcome(execution: AgentExecution, rule: str, now: datetime) -> tuple[str, 
     if rule == "pending":
         waited = int((now - execution.created_at).total_seconds())
         return S.FAILED, ErrorCode.WORKER_LOST, f"no worker picked this execution up within {waited} s"
+    if rule == "unstarted":
+        sends = execution.redispatch_count + 1
+        message = f"sent to the workers {sends} times; none of them started it"
+        return S.FAILED, ErrorCode.WORKER_LOST, message
     heartbeat = execution.heartbeat_at.isoformat() if execution.heartbeat_at else "never"
     if rule == "heartbeat" or (execution.heartbeat_at or execution.created_at) < now - stale_after():
         message = f"the process running this execution was lost (last heartbeat {heartbeat})"
@@ -116,10 +129,16 @@ def _announce(execution: AgentExecution) -> None:
 
 
 def reap(now: datetime | None = None, *, execution_id: Any = None) -> ReapReport:
-    """End every live row that the rules say is lost or overdue (or just `execution_id`)."""
+    """End every live row that the rules say is lost or overdue (or just `execution_id`); then re-send
+    the unstarted ones (see dispatch.py)."""
     now = now or timezone.now()
     report = ReapReport()
-    for condition, rule in _rules(now):
+    rules = _rules(now)
+    # Re-dispatch belongs to the periodic pass, not to the one-row check of a redelivered message.
+    idle = execution_id is None and dispatch.queue_idle()
+    if idle:
+        rules.append((dispatch.given_up(now), "unstarted"))
+    for condition, rule in rules:
         rows = AgentExecution.objects.filter(condition).select_related("agent").order_by("deadline_at")
         if execution_id is not None:
             rows = rows.filter(pk=execution_id)
@@ -130,6 +149,8 @@ def reap(now: datetime | None = None, *, execution_id: Any = None) -> ReapReport
             elif target is not None:
                 is_timeout = execution.error_code == ErrorCode.TIMEOUT
                 (report.timed_out if is_timeout else report.lost).append(str(execution.pk))
+    if idle:
+        report.redispatched = dispatch.redispatch(now)
     if report.total:
         counts = (len(report.lost), len(report.timed_out), len(report.cancelled))
         logger.info("reaper: %d lost, %d timed out, %d cancelled", *counts)

@@ -8,10 +8,13 @@ fake provider servers' URLs, started by `start_worker` (tests/agents/background/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 
+import kombu
+import kombu.pools
 import pytest
 import redis
 from asgiref.sync import SyncToAsync
@@ -85,6 +88,8 @@ WORKER_TIMING = {
     "EXECUTION_STALE_SECONDS": 3,
     "CELERY_VISIBILITY_TIMEOUT": 10,
     "REAPER_INTERVAL_SECONDS": 3600,  # the tests run the reaper themselves when they mean to
+    # A reaper pass (beat, or a test) sends an unstarted row again after 2 s instead of a minute.
+    "PENDING_REDISPATCH_SECONDS": 2,
 }
 BROKER_PREFIX = f"{SESSION_PREFIX}w:"
 
@@ -162,3 +167,59 @@ def own_workers(broker: WorkerFactory) -> WorkerFactory:
     """For a test that starts (and kills) its own workers: nobody else may consume its messages."""
     broker.stop_shared()
     return broker
+
+
+# ---------------------------------------------------------------- RabbitMQ as the broker
+
+RABBITMQ_TEST_URL = os.environ.get("RABBITMQ_TEST_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _use_broker(url: str) -> None:
+    """Point this process's Celery app at `url` (Celery reads CELERY_BROKER_URL from the environment before
+    its configuration), and drop the producer pools built for the previous broker."""
+    from config.celery import app as celery_app
+
+    os.environ["CELERY_BROKER_URL"] = url
+    celery_app.conf.broker_url = url
+    # kombu keeps pools per connection in process-wide groups that a later lookup for an equal broker
+    # would find: close and forget them all.
+    kombu.pools.reset()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def rabbitmq(broker: WorkerFactory, settings) -> Iterator[WorkerFactory]:
+    """This test queues its runs to RabbitMQ (the default vhost, under queue names of its own, deleted after);
+    events and cancel notices stay in the test Redis. Returns a factory of workers on that broker."""
+
+    try:
+        with kombu.Connection(RABBITMQ_TEST_URL, connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:  # pragma: no cover - environment problem, not a test result
+        pytest.fail(f"these tests need RabbitMQ at {RABBITMQ_TEST_URL}: {exc}")
+    tag = f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}"
+    queues = {"RUNS_QUEUE": f"{tag}:runs", "MAINTENANCE_QUEUE": f"{tag}:maintenance"}
+    for key, value in queues.items():
+        setattr(settings, key, value)
+    settings.CELERY_BROKER_URL = RABBITMQ_TEST_URL
+    _use_broker(RABBITMQ_TEST_URL)
+    factory = WorkerFactory(
+        redis_url=REDIS_TEST_URL,
+        broker_url=RABBITMQ_TEST_URL,
+        prefix=BROKER_PREFIX,
+        log_dir=broker.log_dir,
+        env={**broker.base_env, **queues},
+    )
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+        with kombu.Connection(RABBITMQ_TEST_URL, connect_timeout=5) as connection:
+            for queue in queues.values():
+                channel = connection.channel()
+                with contextlib.suppress(*connection.channel_errors):  # never declared
+                    channel.queue_delete(queue)
+                with contextlib.suppress(Exception):
+                    channel.close()
+        _use_broker(REDIS_TEST_URL)

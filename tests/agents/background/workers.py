@@ -3,7 +3,8 @@
 A worker is `celery -A config worker` in its own process group, with the environment of a real deployment:
 DATABASE_URL of the database the test process uses (the SQLite test file, or PostgreSQL's test_<name>), the
 broker and events in Redis under a prefix of this session, and the fake provider servers' URLs and keys, so
-its registry (built from settings) talks to the fakes over real HTTP.
+its registry (built from settings) talks to the fakes over real HTTP. The broker is Redis by default, or
+any other `broker_url` (RabbitMQ: events and cancel notices stay in Redis).
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ class WorkerProcess:
 
 
 class WorkerFactory:
-    def __init__(self, *, redis_url: str, prefix: str, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, *, redis_url: str, prefix: str, log_dir: Path, env: dict[str, str], broker_url: str = ""
+    ) -> None:
         self.redis_url = redis_url
+        self.broker_url = broker_url or redis_url
         self.prefix = prefix
         self.log_dir = log_dir
         self.base_env = env
@@ -94,7 +98,7 @@ class WorkerFactory:
             DJANGO_SETTINGS_MODULE="config.settings",
             PYTHONPATH=str(REPO),
             DATABASE_URL=database_url(),
-            CELERY_BROKER_URL=self.redis_url,
+            CELERY_BROKER_URL=self.broker_url,
             REDIS_URL=self.redis_url,
             REDIS_KEY_PREFIX=self.prefix,
             LOCAL_ENABLED="false",
@@ -104,7 +108,9 @@ class WorkerFactory:
         env.update({key: str(value) for key, value in overrides.items()})
         return env
 
-    def start(self, *, pool: str = "prefork", concurrency: int = 2, **env: Any) -> WorkerProcess:
+    def start(
+        self, *, pool: str = "prefork", concurrency: int = 2, prefetch_multiplier: int = 1, **env: Any
+    ) -> WorkerProcess:
         name = f"bg-{uuid.uuid4().hex[:8]}"
         command = [
             CELERY,
@@ -113,6 +119,7 @@ class WorkerFactory:
             "worker",
             f"--pool={pool}",
             f"--concurrency={concurrency}",
+            f"--prefetch-multiplier={prefetch_multiplier}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",

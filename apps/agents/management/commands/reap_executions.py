@@ -25,7 +25,7 @@ class Command(BaseCommand):
             report = reap()
             self.stdout.write(
                 f"reaped {report.total}: {len(report.lost)} worker_lost, {len(report.timed_out)} timeout, "
-                f"{len(report.cancelled)} cancelled"
+                f"{len(report.cancelled)} cancelled; {len(report.redispatched)} unstarted sent again"
             )
             for execution_id in report.lost + report.timed_out + report.cancelled:
                 self.stdout.write(f"  {execution_id}")
