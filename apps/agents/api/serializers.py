@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 from rest_framework import serializers
@@ -28,6 +29,7 @@ from apps.agents.models import (
     Agent,
     MessageRole,
 )
+from apps.agents.schema_policy import check_schema_setting
 
 
 class StrictSerializer(serializers.Serializer):
@@ -122,6 +124,14 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
             "max_tool_calls",
         )
         extra_kwargs = {"system_prompt": {"trim_whitespace": False}}
+
+    def validate_output_schema(self, value: Any) -> Any:
+        # The schema policy (apps/agents/engine/schema_policy.py); full_clean applies it again in the service.
+        try:
+            check_schema_setting(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages, code="schema_refused") from None
+        return value
 
     def get_validators(self) -> list[Any]:
         # No UniqueTogether/UniqueValidator queries here: the service's full_clean checks uniqueness once.
