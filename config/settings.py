@@ -107,6 +107,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only, with a bounded nesting depth (MAX_JSON_DEPTH): a deep body is a 400, never a 500.
+    "DEFAULT_PARSER_CLASSES": ["apps.agents.api.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.agents.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {
