@@ -349,7 +349,10 @@ class ExecutionEngine:
         error = run_task.exception()
         if error is not None:
             logger.error("engine error", exc_info=error, extra={"execution_id": execution_id})
-            result = run.partial_result("provider_error", f"internal error: {type(error).__name__}: {error}")
+            # The exception's text stays in the log above: it can hold paths, SQL, anything.
+            result = run.partial_result(
+                "provider_error", f"internal error ({type(error).__name__}; details are in the server log)"
+            )
         else:
             result = run_task.result()
         target = Status.COMPLETED if result.success else Status.FAILED
