@@ -81,7 +81,7 @@ async def record_outcome(
             logger.warning(
                 "%s; keeping its recorded outcome", exc.message, extra={"execution_id": str(execution.pk)}
             )
-    if conversation is not None and target != ExecutionStatus.COMPLETED:
+    if conversation is not None and (lost or target != ExecutionStatus.COMPLETED):
         # Free the conversation for the next run (a completed run does this inside its transaction).
         await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
             active_execution=None
