@@ -24,8 +24,11 @@ legal but slow validation never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +197,24 @@ def check_schema(schema: Any, limits: SchemaLimits) -> None:
         _validator_class(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise SchemaRefused(f"not a valid JSON Schema: {exc.message}", _path(exc.absolute_path)) from None
+    # A reference loop that consumes nothing of the value ({"$ref": "#"}, allOf cycles) recurses until
+    # RecursionError on every answer; trying one value of each type finds the common ones now, not later.
+    # The same trial, under a deadline, finds schemas whose references fan out exponentially (anyOf of two
+    # references to a definition that is anyOf of two references to ..., thirty levels in a few KB).
+    validator = _re2_class(_validator_class(schema))(schema, registry=NO_RETRIEVAL_REGISTRY)
+    try:
+        with _deadline(min(CHECK_SECONDS, limits.validation_seconds)):
+            for sample in _SAMPLES:
+                for _error in validator.iter_errors(sample):
+                    pass
+    except RecursionError:
+        raise SchemaRefused(_LOOP) from None
+    except ValidationTimeout:
+        raise SchemaRefused("validating even an empty value against this schema takes too long") from None
+
+
+_SAMPLES: tuple[Any, ...] = (None, True, 0, 0.5, "", [], {})
+_LOOP = "the schema refers to itself in a loop that never reaches into the value"
 
 
 def _join(where: str, key: str) -> str:
@@ -253,16 +274,43 @@ def _validator_class(schema: Mapping[str, Any]) -> Any:
     return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
 
 
+#: Seconds check_schema spends at most on its trial validations.
+CHECK_SECONDS = 0.5
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Every keyword evaluated in this thread meanwhile raises ValidationTimeout once `seconds` have passed:
+    a validation past its budget stops in its worker thread instead of running on unseen."""
+    previous = getattr(_local, "deadline", None)
+    _local.deadline = time.monotonic() + seconds
+    _local.seconds = seconds
+    try:
+        yield
+    finally:
+        _local.deadline = previous
+
+
+def _timed(keyword: Any) -> Any:
+    def evaluate(validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None and time.monotonic() > deadline:
+            raise ValidationTimeout(f"validating the output took longer than {_local.seconds:g} s")
+        return keyword(validator, value, instance, schema) or ()
+
+    return evaluate
+
+
 @functools.lru_cache(maxsize=32)
 def _re2_class(base: Any) -> Any:
-    return jsonschema.validators.extend(
-        base,
-        {
-            "pattern": _re2_pattern,
-            "patternProperties": _re2_pattern_properties,
-            "additionalProperties": _re2_additional_properties,
-        },
-    )
+    keywords = {
+        **base.VALIDATORS,
+        "pattern": _re2_pattern,
+        "patternProperties": _re2_pattern_properties,
+        "additionalProperties": _re2_additional_properties,
+    }
+    return jsonschema.validators.extend(base, {name: _timed(fn) for name, fn in keywords.items()})
 
 
 @functools.lru_cache(maxsize=256)
@@ -278,8 +326,14 @@ def build_validator(schema: Mapping[str, Any], limits: SchemaLimits) -> Validato
 
 
 def first_error(value: Any, schema: Mapping[str, Any], limits: SchemaLimits) -> ValidationError | None:
-    """The most relevant way `value` fails `schema`, or None. Raises SchemaRefused for a refused schema."""
-    return jsonschema.exceptions.best_match(build_validator(schema, limits).iter_errors(value))
+    """The most relevant way `value` fails `schema`, or None, within `limits.validation_seconds`.
+    Raises SchemaRefused for a refused schema, ValidationTimeout past the budget."""
+    validator = build_validator(schema, limits)
+    try:
+        with _deadline(limits.validation_seconds):
+            return jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except RecursionError:  # a loop only some values reach (check_schema finds those every value reaches)
+        raise SchemaRefused(_LOOP) from None
 
 
 async def validate_in_thread(
@@ -290,8 +344,10 @@ async def validate_in_thread(
     The thread cannot be stopped, but with RE2 and the caps it finishes; the budget keeps a run from waiting
     on it, and the event loop never runs it."""
     try:
+        # The thread stops itself at the budget (_deadline); the wait's own timeout, a little later, is for
+        # a thread that cannot even start in time.
         return await asyncio.wait_for(
-            asyncio.to_thread(first_error, value, schema, limits), timeout=limits.validation_seconds
+            asyncio.to_thread(first_error, value, schema, limits), timeout=limits.validation_seconds + 1.0
         )
     except TimeoutError:
         raise ValidationTimeout(

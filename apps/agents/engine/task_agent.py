@@ -54,6 +54,8 @@ def parse_json_output(text: str) -> Any:
     except ValueError as exc:
         preview = stripped[:80] + ("..." if len(stripped) > 80 else "")
         raise InvalidOutput(f"not valid JSON ({exc}): {preview!r}") from None
+    except RecursionError:  # `[[[[...`: an answer, not a crash of the run
+        raise InvalidOutput("not valid JSON: nested too deeply") from None
 
 
 async def validate_output(value: Any, schema: Mapping[str, Any], limits: SchemaLimits) -> None:
@@ -63,6 +65,8 @@ async def validate_output(value: Any, schema: Mapping[str, Any], limits: SchemaL
         error = await validate_in_thread(value, schema, limits)
     except ValidationTimeout as exc:
         raise RunFailure("invalid_output", str(exc)) from None
+    except SchemaRefused as exc:
+        raise RunFailure("invalid_output", f"the output schema is refused: {exc}") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidOutput(f"does not match the schema at {where}: {error.message}")

@@ -20,6 +20,7 @@ import pytest
 from apps.agents.engine.schema_policy import (
     SchemaLimits,
     SchemaRefused,
+    ValidationTimeout,
     build_validator,
     check_schema,
     first_error,
@@ -273,3 +274,34 @@ def test_health_answers_while_a_hostile_schema_run_is_in_progress(
     assert sink["response"].status_code == 502
     assert body["error"]["code"] == "invalid_output"
     assert "does not match" in body["error"]["message"]
+
+
+def test_reference_loops_and_fan_outs_are_refused():
+    limits = SchemaLimits()
+    fan_out = {
+        f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]} for i in range(30)
+    }
+    fan_out["d30"] = {"type": "string"}  # 2**30 evaluations for a value that fails, in about 2 KB
+    for schema in [
+        {"$ref": "#"},
+        {"allOf": [{"$ref": "#/$defs/a"}], "$defs": {"a": {"$ref": "#"}}},
+        {"$ref": "#/$defs/d0", "$defs": fan_out},
+    ]:
+        started = time.monotonic()
+        with pytest.raises(SchemaRefused):
+            check_schema(schema, limits)
+        assert time.monotonic() - started < 5  # the trial validation stops itself (CHECK_SECONDS)
+
+
+def test_a_validation_past_its_budget_stops_in_its_thread():
+    # Exponential only for deeply nested values, which a model can be talked into writing.
+    branching = {
+        "anyOf": [{"type": "array", "items": {"$ref": "#"}}, {"type": "array", "items": {"$ref": "#"}}]
+    }
+    value: Any = 1
+    for _ in range(40):
+        value = [value]
+    started = time.monotonic()
+    with pytest.raises(ValidationTimeout):
+        first_error(value, branching, SchemaLimits(validation_seconds=0.2))
+    assert time.monotonic() - started < 5
