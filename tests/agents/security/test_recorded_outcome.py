@@ -117,3 +117,31 @@ def test_the_terminal_stream_event_is_what_the_row_records(
     assert row.status != ExecutionStatus.COMPLETED
     if code is not None:
         assert f'"code": "{code}"' in sink["text"] or f'"code":"{code}"' in sink["text"]
+
+
+def test_chat_completions_answers_what_the_row_records(
+    live_server_url, fake_registry, fake_openai, alice, agent
+):
+    fake_openai.fail(Fault("slow_first_byte", delay=PROVIDER_DELAY))
+    fake_openai.reply(text="an answer the row never records as completed")
+    sink: dict[str, Any] = {}
+    token = token_for(alice)
+
+    def call() -> None:
+        with httpx.Client(timeout=30) as client:
+            response = client.post(
+                f"{live_server_url}/v1/chat/completions",
+                json={"model": "helper", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            sink["status"], sink["body"] = response.status_code, response.json()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert wait_until(lambda: _running_row() is not None, timeout=5)
+    _reap_now(_running_row())
+    thread.join(30)
+
+    assert sink["status"] == 502, sink
+    assert sink["body"]["error"]["code"] == "worker_lost"
+    assert AgentExecution.objects.get().status == ExecutionStatus.FAILED
