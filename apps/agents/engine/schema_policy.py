@@ -310,7 +310,39 @@ def _re2_class(base: Any) -> Any:
         "patternProperties": _re2_pattern_properties,
         "additionalProperties": _re2_additional_properties,
     }
-    return jsonschema.validators.extend(base, {name: _timed(fn) for name, fn in keywords.items()})
+    # Only keywords that descend into subschemas can make the work grow beyond the value's size; the clock is
+    # read there (leaf keywords like `type` stay as fast as jsonschema's own).
+    return jsonschema.validators.extend(
+        base, {name: _timed(fn) if name in _APPLICATORS else fn for name, fn in keywords.items()}
+    )
+
+
+_APPLICATORS = frozenset(
+    {
+        "$ref",
+        "$dynamicRef",
+        "$recursiveRef",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "items",
+        "additionalItems",
+        "prefixItems",
+        "contains",
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "propertyNames",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
 
 
 @functools.lru_cache(maxsize=256)
