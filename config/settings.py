@@ -161,6 +161,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only, with a bounded nesting depth (MAX_JSON_DEPTH): a deep body is a 400, never a 500.
+    "DEFAULT_PARSER_CLASSES": ["apps.agents.api.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.agents.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {
@@ -182,6 +184,17 @@ SPECTACULAR_SETTINGS = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=1_000_000)
 MAX_TASK_CHARS = env.int("MAX_TASK_CHARS", default=100_000)
 MAX_HISTORY_MESSAGES = env.int("MAX_HISTORY_MESSAGES", default=200)
+# Caps on a user's JSON Schema (agent output_schema; apps/agents/engine/schema_policy.py): its size, nesting
+# depth, properties declared in all, the largest minLength/maxItems/... value, the longest pattern, and how
+# long validating one answer may take (in a worker thread) before the run fails with invalid_output.
+SCHEMA_MAX_BYTES = env.int("SCHEMA_MAX_BYTES", default=32_768)
+SCHEMA_MAX_DEPTH = env.int("SCHEMA_MAX_DEPTH", default=24)
+SCHEMA_MAX_PROPERTIES = env.int("SCHEMA_MAX_PROPERTIES", default=256)
+SCHEMA_MAX_COUNT = env.int("SCHEMA_MAX_COUNT", default=4_096)
+SCHEMA_MAX_PATTERN_CHARS = env.int("SCHEMA_MAX_PATTERN_CHARS", default=512)
+SCHEMA_VALIDATION_SECONDS = env.float("SCHEMA_VALIDATION_SECONDS", default=2.0)
+# Deepest nesting a JSON request body may have (every endpoint): deeper answers 400, not a RecursionError.
+MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=64)
 
 # --- Platforms (provider keys only ever come from the environment) -------------------------------------
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")

@@ -6,12 +6,13 @@ import re
 import uuid
 from decimal import Decimal
 
-import jsonschema
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+
+from apps.agents.schema_policy import check_schema_setting
 
 SLUG_VALIDATOR = RegexValidator(
     r"^[a-z0-9]+(?:-[a-z0-9]+)*$",
@@ -42,14 +43,9 @@ class PlatformName(models.TextChoices):
 
 
 def validate_json_schema(value: object) -> None:
-    if value in (None, {}):
-        return
-    if not isinstance(value, dict):
-        raise ValidationError("must be a JSON Schema object", code="invalid_schema")
-    try:
-        jsonschema.validators.validator_for(value).check_schema(value)
-    except jsonschema.SchemaError as exc:
-        raise ValidationError(f"not a valid JSON Schema: {exc.message}", code="invalid_schema") from exc
+    """A JSON Schema that the schema policy accepts (apps/agents/engine/schema_policy.py): no references
+    outside itself, RE2-compatible patterns, capped size, depth and counts."""
+    check_schema_setting(value)
 
 
 def validate_string_list(value: object) -> None:

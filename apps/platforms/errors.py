@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 ErrorKind = Literal[
@@ -98,3 +99,42 @@ def parse_retry_after(headers: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# ------------------------------------------------------------------------------ what a user may be shown
+#: Absolute file paths (POSIX or Windows, two segments or more) and file: URIs. Not a URL's path: the
+#: character before the first slash may not be part of a URL ("https://host/v1" does not match).
+_PATH = re.compile(r"(?<![\w:/.~-])(?:~|[A-Za-z]:)?[\\/](?:[\w.~+@-]+[\\/])+[\w.~+@-]*|file:[^\s'\"]+")
+#: Text that is a raw Python exception ("ValueError: ...", "llama_cpp.LlamaError ...") or a traceback.
+_RAW_EXCEPTION = re.compile(
+    r"^\s*(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b|Traceback \("
+)
+
+#: What a user is told instead of a message that would show internals; the message itself goes to the log.
+STABLE_MESSAGES: dict[str, str] = {
+    "rate_limited": "the platform is rate limiting requests",
+    "server_error": "the platform failed with an internal error",
+    "timeout": "the platform did not answer in time",
+    "connection": "could not connect to the platform",
+    "bad_request": "the platform could not serve this request",
+    "auth": "the platform refused the server's credentials",
+    "not_found": "the platform does not know this model",
+    "refusal": "the model refused to answer",
+    "incomplete_stream": "the platform's answer ended early",
+    "malformed_response": "the platform answered something that could not be read",
+    "unavailable": "the platform is not available",
+}
+
+
+def shows_internals(text: str) -> bool:
+    """Whether `text` carries a file path, a file: URI, a raw exception's text or a traceback."""
+    return bool(_PATH.search(text) or _RAW_EXCEPTION.search(text))
+
+
+def public_message(error: PlatformError) -> str:
+    """The message a user may see for `error`: its own when it is a provider's or ours, otherwise a stable
+    one for its kind. Model file paths and raw exception text (the local adapter writes both) stay in the
+    log, where the engine records the original with the execution id."""
+    if not shows_internals(error.message):
+        return error.message
+    return STABLE_MESSAGES.get(error.kind, "the platform failed") + " (details are in the server log)"

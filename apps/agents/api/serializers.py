@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 from rest_framework import serializers
@@ -29,6 +30,7 @@ from apps.agents.models import (
     Agent,
     MessageRole,
 )
+from apps.agents.schema_policy import check_schema_setting
 
 
 class StrictSerializer(serializers.Serializer):
@@ -131,6 +133,14 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
                 "agents.share_agent permission (403 naming the field); the owner may set it to false."
             },
         }
+
+    def validate_output_schema(self, value: Any) -> Any:
+        # The schema policy (apps/agents/engine/schema_policy.py); full_clean applies it again in the service.
+        try:
+            check_schema_setting(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages, code="schema_refused") from None
+        return value
 
     def get_validators(self) -> list[Any]:
         # No UniqueTogether/UniqueValidator queries here: the service's full_clean checks uniqueness once.

@@ -15,7 +15,6 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.request import Request
@@ -24,6 +23,7 @@ from rest_framework.views import APIView
 
 from apps.agents.api import runs
 from apps.agents.api.deferred import AsyncActionsMixin, DeferredResponse
+from apps.agents.api.parsers import BoundedJSONParser
 from apps.agents.api.permissions import AgentWriteOwnerOrStaff
 from apps.agents.api.renderers import SafeJSONRenderer
 from apps.agents.api.schema import (
@@ -88,7 +88,7 @@ class ApiMixin:
     permission_classes = [IsAuthenticated]
     throttle_classes = [UserRateThrottle]
     # JSON only: the bodies are nested objects, which form encodings cannot express (anything else: 415).
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     renderer_classes = [SafeJSONRenderer, BrowsableAPIRenderer]
     schema = ApiAutoSchema()
     #: Actions that may answer text/event-stream.

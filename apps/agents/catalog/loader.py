@@ -3,7 +3,8 @@
 Validation is strict because the files are code in disguise: an unknown key, a wrong type, a duplicated key
 or an invalid value fails with the file name and the field, at load time rather than when a user runs the
 agent. Field rules (slug format, temperature range, choices, lengths, JSON Schema validity) are the `Agent`
-model's own validators, run through `clean_fields()`; only rules that are specific to shipped agents live
+model's own validators, run through `clean_fields()` (the output schema: the schema policy, as for any
+user's agent); only rules that are specific to shipped agents live
 here (file name = slug, capability format, built-in tool names, a portable output schema, a valid example).
 """
 
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 from django.core.exceptions import ValidationError
 
+from apps.agents.engine.schema_policy import SchemaRefused, first_error
 from apps.agents.engine.tools import BUILTIN_TOOLS
 from apps.agents.models import Agent
+from apps.agents.schema_policy import refusal_text, schema_limits
 
 CATALOG_DIR = Path(__file__).resolve().parent
 
@@ -330,8 +332,10 @@ def _example(path: Path, raw: Any, schema: dict[str, Any] | None) -> CatalogExam
         raise CatalogError(path, "example.input", "must be an input_data mapping with a 'task' string")
     output = raw.get("output")
     if schema is not None:
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(output))
+        try:
+            error = first_error(output, schema, schema_limits())
+        except SchemaRefused as exc:  # _check_model_rules reports it first; here for a direct caller
+            raise CatalogError(path, "output_schema", refusal_text(exc)) from None
         if error is not None:
             place = "/".join(str(part) for part in error.absolute_path) or "(root)"
             message = f"does not match output_schema at {place}: {error.message}"

@@ -51,7 +51,7 @@ from apps.platforms.base import (
     Platform,
     ToolDefinition,
 )
-from apps.platforms.errors import PlatformError
+from apps.platforms.errors import PlatformError, public_message
 
 logger = logging.getLogger("apps.agents.engine")
 
@@ -176,10 +176,13 @@ class BaseAgent:
     async def handle_error(
         self, error: Exception, input_data: Mapping[str, Any], context: AgentContext
     ) -> str:
-        """The message recorded for a failure. Adapters have already scrubbed keys from PlatformErrors."""
+        """The message recorded for a failure, which the user sees. Adapters have already scrubbed keys from
+        PlatformErrors; file paths and raw exception text are replaced by a stable message (public_message)
+        and the original is logged with the execution id where the error was caught."""
         if isinstance(error, PlatformError):
-            return str(error)
-        return f"{type(error).__name__}: {error}"
+            status = f" {error.status}" if error.status is not None else ""
+            return f"{error.provider}{status} {error.kind}: {public_message(error)}"
+        return f"internal error ({type(error).__name__}; details are in the server log)"
 
     async def pre_execute(self, input_data: dict[str, Any], context: AgentContext) -> dict[str, Any]:
         for hook in self._pre_hooks:
@@ -286,8 +289,9 @@ class BaseAgent:
             try:
                 platform: Platform = self.registry.get(name)
             except PlatformError as exc:
-                scope.record_attempt(name, "", "unavailable", None, error=exc.message)
-                skipped.append(f"{name}: {exc.message}")
+                why = self._public(scope, name, exc)
+                scope.record_attempt(name, "", "unavailable", None, error=why)
+                skipped.append(f"{name}: {why}")
                 previous = (name, "unavailable")
                 continue
             model = config.model if name == chain[0] and config.model else platform.default_model
@@ -340,19 +344,20 @@ class BaseAgent:
                         f"{type(exc).__name__}: {exc}", provider=name, kind="server_error", retryable=False
                     ) from exc
             except PlatformError as error:
+                shown = self._public(scope, name, error)
                 scope.record_attempt(
                     name,
                     request.model,
                     error.kind,
                     started,
-                    error=error.message,
+                    error=shown,
                     http_status=error.status,
                 )
                 self.cooldowns.record_failure(name, error)
                 if scope.sent_output:
                     raise RunFailure(
                         "provider_error",
-                        f"the stream from {name} failed after output was sent: {error.message}",
+                        f"the stream from {name} failed after output was sent: {shown}",
                     ) from None
                 if not error.may_fall_back:
                     message = await self.handle_error(error, scope.input_data, scope.context)
@@ -396,6 +401,20 @@ class BaseAgent:
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
     # ------------------------------------------------------------------ logs
+    def _public(self, scope: RunScope, name: str, error: PlatformError) -> str:
+        """What the record and the user get for `error`; the original goes to the log when they differ."""
+        shown = public_message(error)
+        if shown != error.message:
+            self._log(
+                scope,
+                logging.WARNING,
+                "%s %s error (not shown to the user): %s",
+                name,
+                error.kind,
+                error.message,
+            )
+        return shown
+
     def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:
         execution_id = scope.context.execution_id or current_execution_id.get() or "-"
         logger.log(level, message, *args, extra={"execution_id": execution_id, "agent": self.config.agent_id})

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Literal
 
+from apps.agents.engine.schema_policy import SchemaLimits
+
 #: Set by the service layer for the duration of a run so that every log line carries the execution id.
 current_execution_id: ContextVar[str | None] = ContextVar("current_execution_id", default=None)
 
@@ -43,6 +45,8 @@ class AgentConfig:
     max_retries: int = 2
     history_window: int = 10
     max_tool_calls: int = 10
+    #: Caps applied to output_schema when it is compiled and run (the service passes the settings' ones).
+    schema_limits: SchemaLimits = field(default_factory=SchemaLimits)
 
 
 @dataclass(slots=True)

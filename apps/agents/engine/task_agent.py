@@ -8,19 +8,24 @@ times, before the run fails with `invalid_output`. Tools: see tool_loop.py.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
-
-import jsonschema
 
 from apps.agents.engine.base_agent import BaseAgent
 from apps.agents.engine.context import AgentContext
 from apps.agents.engine.conversational_agent import history_messages
 from apps.agents.engine.events import OutputDelta
 from apps.agents.engine.run import RunFailure, RunScope
+from apps.agents.engine.schema_policy import (
+    SchemaLimits,
+    SchemaRefused,
+    ValidationTimeout,
+    build_validator,
+    validate_in_thread,
+)
 from apps.agents.engine.tool_loop import complete_with_tools
 from apps.platforms.base import ChatMessage, Completion
 
@@ -38,12 +43,6 @@ class InvalidOutput(Exception):
     """The model's answer is not the JSON the agent promised. Raised by process_response."""
 
 
-@functools.lru_cache(maxsize=256)
-def _validator(schema_json: str) -> jsonschema.protocols.Validator:
-    schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
-
-
 def parse_json_output(text: str) -> Any:
     """The JSON value in `text`, tolerating a Markdown code fence around it."""
     stripped = text.strip()
@@ -55,11 +54,19 @@ def parse_json_output(text: str) -> Any:
     except ValueError as exc:
         preview = stripped[:80] + ("..." if len(stripped) > 80 else "")
         raise InvalidOutput(f"not valid JSON ({exc}): {preview!r}") from None
+    except RecursionError:  # `[[[[...`: an answer, not a crash of the run
+        raise InvalidOutput("not valid JSON: nested too deeply") from None
 
 
-def validate_output(value: Any, schema: Mapping[str, Any]) -> None:
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+async def validate_output(value: Any, schema: Mapping[str, Any], limits: SchemaLimits) -> None:
+    """InvalidOutput unless `value` matches `schema`. Runs in a worker thread within the policy's time budget
+    (apps/agents/engine/schema_policy.py): a validation never blocks the event loop."""
+    try:
+        error = await validate_in_thread(value, schema, limits)
+    except ValidationTimeout as exc:
+        raise RunFailure("invalid_output", str(exc)) from None
+    except SchemaRefused as exc:
+        raise RunFailure("invalid_output", f"the output schema is refused: {exc}") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidOutput(f"does not match the schema at {where}: {error.message}")
@@ -92,11 +99,18 @@ class TaskAgent(BaseAgent):
         if schema is None:
             return response.text
         value = parse_json_output(response.text)
-        validate_output(value, schema)
+        await validate_output(value, schema, self.config.schema_limits)
         return value
 
     async def respond(self, scope: RunScope) -> Any:
         schema = self.output_schema(scope.input_data)
+        if schema is not None:
+            # The service refuses such an agent before the run; this keeps every other caller (the CLI, a
+            # test, a future per-request schema) from sending a schema the policy refuses to a platform.
+            try:
+                await asyncio.to_thread(build_validator, schema, self.config.schema_limits)
+            except SchemaRefused as exc:
+                raise RunFailure("invalid_output", f"the output schema is refused: {exc}") from None
         prompt = await self.prepare_prompt(scope.input_data, scope.context)
         user = ChatMessage(role="user", content=prompt)
         scope.state.transcript.append(user)

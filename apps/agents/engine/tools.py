@@ -22,6 +22,7 @@ import ast
 import asyncio
 import inspect
 import json
+import logging
 import math
 import operator
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -33,6 +34,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 
 from apps.platforms.base import ToolDefinition
+from apps.platforms.errors import shows_internals
+
+logger = logging.getLogger(__name__)
 
 ToolFunction = Callable[..., Any | Awaitable[Any]]
 
@@ -150,7 +154,11 @@ class ToolRegistry:
                 return ToolOutcome(f"{name} did not answer within {timeout:g} s", is_error=True)
             return ToolOutcome(f"{name} failed: TimeoutError: {exc}", is_error=True)
         except Exception as exc:  # a tool bug must not end the run; the model is told the call failed
-            return ToolOutcome(f"{name} failed: {type(exc).__name__}: {exc}", is_error=True)
+            text = f"{name} failed: {type(exc).__name__}: {exc}"
+            if shows_internals(text):  # a path or a traceback would reach the model, the stream, the record
+                logger.warning("tool %s failed", name, exc_info=exc)
+                text = f"{name} failed ({type(exc).__name__})"
+            return ToolOutcome(text, is_error=True)
         return ToolOutcome(_capped(value, tool.max_result_chars))
 
 

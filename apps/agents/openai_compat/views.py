@@ -9,7 +9,6 @@ shape (errors.py). Each call is an ordinary AgentExecution created and run by th
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.agents.api.parsers import JSONTooDeep, loads_bounded
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
 from apps.agents.openai_compat.auth import admit
@@ -55,9 +55,13 @@ def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponseBase:
 
 def _read_json(request: HttpRequest) -> Any:
     try:
-        return json.loads(request.body)
+        return loads_bounded(request.body)
     except RequestDataTooBig:
         raise invalid("The request body is too large.", code="request_too_large") from None
+    except JSONTooDeep as exc:
+        raise invalid(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
     except ValueError:  # also UnicodeDecodeError
         raise invalid(
             "We could not parse the JSON body of your request: send a JSON object with "

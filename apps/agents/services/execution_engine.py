@@ -29,10 +29,7 @@ from apps.agents.engine import AGENT_CLASSES, AgentConfig, AgentResult, BaseAgen
 from apps.agents.engine.context import current_execution_id
 from apps.agents.engine.cooldown import Cooldowns
 from apps.agents.engine.events import (
-    ExecutionCancelled,
-    ExecutionCompleted,
     ExecutionCreated,
-    ExecutionFailed,
     StreamEvent,
 )
 from apps.agents.engine.retry import RetryPolicy
@@ -42,7 +39,13 @@ from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Convers
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
-from apps.agents.services.execution_records import record_outcome, result_from_row, shielded, status_body
+from apps.agents.services.execution_records import (
+    record_outcome,
+    result_from_row,
+    shielded,
+    status_body,
+    terminal_event,
+)
 from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
 from apps.agents.services.state_manager import StateManager, state_manager
 from apps.agents.services.tools import tools_for_run
@@ -348,23 +351,23 @@ class ExecutionEngine:
             self._local.pop(execution_id, None)
         if run_task.cancelled():
             result = run.partial_result("cancelled_by_user", control.reason or "cancelled")
-            yield ExecutionCancelled(
-                await shielded(record_outcome(self.state, prepared, execution, result, Status.CANCELLED, run))
+            recorded = await shielded(
+                record_outcome(self.state, prepared, execution, result, Status.CANCELLED, run)
             )
+            yield terminal_event(recorded)  # what the row says (the reaper may have ended it first)
             return
         error = run_task.exception()
         if error is not None:
             logger.error("engine error", exc_info=error, extra={"execution_id": execution_id})
-            result = run.partial_result("provider_error", f"internal error: {type(error).__name__}: {error}")
+            # The exception's text stays in the log above: it can hold paths, SQL, anything.
+            result = run.partial_result(
+                "provider_error", f"internal error ({type(error).__name__}; details are in the server log)"
+            )
         else:
             result = run_task.result()
         target = Status.COMPLETED if result.success else Status.FAILED
         result = await shielded(record_outcome(self.state, prepared, execution, result, target, run))
-        if result.success:
-            yield ExecutionCompleted(result)
-        else:
-            assert result.error is not None
-            yield ExecutionFailed(result.error, result)
+        yield terminal_event(result)  # the recorded outcome, not necessarily this run's own
 
     @staticmethod
     def _stop(run_task: asyncio.Task[Any], control: _Control, reason: str) -> None:

@@ -6,6 +6,7 @@ field named in `fields`) and nothing is written.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,11 +16,13 @@ from django.conf import settings
 
 from apps.agents.engine import AgentConfig, AgentContext
 from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
+from apps.agents.engine.schema_policy import SchemaLimits, SchemaRefused, build_validator
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
+from apps.agents.schema_policy import refusal_text, schema_limits
 
 
-def agent_config(agent: Agent) -> AgentConfig:
+def agent_config(agent: Agent, limits: SchemaLimits | None = None) -> AgentConfig:
     return AgentConfig(
         agent_id=agent.agent_id,
         name=agent.name,
@@ -36,6 +39,7 @@ def agent_config(agent: Agent) -> AgentConfig:
         max_retries=agent.max_retries,
         history_window=agent.history_window,
         max_tool_calls=agent.max_tool_calls,
+        schema_limits=limits or schema_limits(),
     )
 
 
@@ -92,6 +96,21 @@ async def owned_conversation(conversation_id: Any, user: Any) -> Conversation:
     return conversation
 
 
+async def _check_stored_schema(agent: Agent, limits: SchemaLimits) -> None:
+    """A stored agent whose schema the policy refuses (saved before the policy, or past the API) never runs.
+    In a worker thread: the first compile of a large schema is not event-loop work (later ones are cached)."""
+    try:
+        await asyncio.to_thread(build_validator, agent.output_schema, limits)
+    except SchemaRefused as exc:
+        raise ApplicationError(
+            f"agent {agent.agent_id} cannot run: its output_schema is refused by the schema policy "
+            f"({refusal_text(exc)}); fix the agent's output_schema",
+            code="schema_refused",
+            status=409,
+            fields={"output_schema": refusal_text(exc)},
+        ) from None
+
+
 async def prepare_run(
     agent: Agent,
     input_data: Any,
@@ -109,6 +128,9 @@ async def prepare_run(
         raise ApplicationError("agent must be an Agent", fields={"agent": "required"})
     if not agent.is_active:
         raise ApplicationError(f"agent {agent.agent_id} is inactive", code="agent_inactive", status=409)
+    limits = schema_limits()
+    if agent.output_schema:
+        await _check_stored_schema(agent, limits)
     max_chars = int(settings.MAX_TASK_CHARS)
     max_messages = int(settings.MAX_HISTORY_MESSAGES)
     try:
@@ -143,4 +165,6 @@ async def prepare_run(
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
     )
-    return PreparedRun(agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions)
+    return PreparedRun(
+        agent, agent_config(agent, limits), data, engine_context, ctx, user, conversation, positions
+    )

@@ -16,6 +16,7 @@ from django.utils import timezone
 from apps.agents import metrics
 from apps.agents.engine import AgentResult, RunState
 from apps.agents.engine.context import AgentError
+from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
 from apps.agents.services.execution_prepare import PreparedRun
@@ -32,8 +33,15 @@ async def record_outcome(
     target: str,
     run: RunState,
 ) -> AgentResult:
-    """Move the row to `target` with the result; returns the result with execution_id and the recorded
-    execution_time. A row another process has already ended (the reaper, a cancel) is left as it is."""
+    """Move the row to `target` with the result, and return what the row now says: the client is told the
+    recorded outcome, never one the record contradicts (ARCHITECTURE.md, security rules).
+
+    - The write won: `result` with execution_id and the recorded execution_time.
+    - A completion lost only to a cancel request (the row is still running, cancel_requested_at is set): the
+      run is recorded `cancelled` instead, with what it produced; a cancel request is final.
+    - Another process ended the row first (the reaper's worker_lost, a cancel): the row is left as it is and
+      its outcome is returned (result_from_row), whatever this run produced.
+    """
     result.execution_id = str(execution.pk)
     outcome: dict[str, Any] = {
         "output": result.output,
@@ -46,6 +54,7 @@ async def record_outcome(
         "metadata": result.metadata,
     }
     conversation = prepared.conversation
+    lost = False
     try:
         if target == ExecutionStatus.COMPLETED and conversation is not None:
             await sync_to_async(_complete_conversation_run)(states, prepared, execution, result, outcome, run)
@@ -58,18 +67,42 @@ async def record_outcome(
             message = result.error.message if result.error else "cancelled"
             await states.acancel_execution(execution, message=message, **outcome)
     except IllegalTransition as exc:
-        logger.warning(
-            "%s; keeping its recorded outcome", exc.message, extra={"execution_id": str(execution.pk)}
-        )
-    if conversation is not None and target != ExecutionStatus.COMPLETED:
+        lost = True
+        if target == ExecutionStatus.COMPLETED and exc.current == ExecutionStatus.RUNNING:
+            try:
+                await states.acancel_execution(execution, message="cancelled by request", **outcome)
+                lost = False
+                target = ExecutionStatus.CANCELLED
+                result.success = False
+                result.error = AgentError("cancelled_by_user", "cancelled by request")
+            except IllegalTransition:
+                pass  # ended meanwhile by someone else: report that row
+        if lost:
+            logger.warning(
+                "%s; keeping its recorded outcome", exc.message, extra={"execution_id": str(execution.pk)}
+            )
+    if conversation is not None and (lost or target != ExecutionStatus.COMPLETED):
         # Free the conversation for the next run (a completed run does this inside its transaction).
         await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
             active_execution=None
         )
     metrics.record_execution(execution)  # counts only if this write made the row terminal
+    if lost:
+        row = await states.aget_execution(execution.pk)
+        if row is not None:
+            return result_from_row(row)
     if execution.execution_time is not None:
         result.execution_time = execution.execution_time
     return result
+
+
+def terminal_event(result: AgentResult) -> ExecutionCompleted | ExecutionFailed | ExecutionCancelled:
+    """The terminal stream event for a recorded result (record_outcome's answer)."""
+    if result.success:
+        return ExecutionCompleted(result)
+    if result.error is not None and result.error.code == "cancelled_by_user":
+        return ExecutionCancelled(result)
+    return ExecutionFailed(result.error or AgentError("provider_error", "failed"), result)
 
 
 def _complete_conversation_run(

@@ -4,6 +4,8 @@ Each transition is one conditional UPDATE (`filter(pk=..., status__in=allowed).u
 processes racing to finish the same row cannot both win, and a terminal row never changes again. An illegal
 transition raises IllegalTransition and writes nothing.
 
+`completed` also requires that no cancel was requested (cancel_requested_at is null).
+
 Lifecycle: pending -> running -> completed | failed | cancelled, pending -> cancelled, and pending -> failed
 (ARCHITECTURE.md omits the last; without it a queued row whose message was lost could never end).
 """
@@ -109,7 +111,13 @@ class StateManager:
             if fields.get("execution_time") is None:
                 started = execution.started_at
                 fields["execution_time"] = (now - started).total_seconds() if started else 0.0
-        return Q(pk=execution.pk, status__in=ALLOWED_FROM[target]), fields
+        where = Q(pk=execution.pk, status__in=ALLOWED_FROM[target])
+        if target == S.COMPLETED:
+            # A cancel request is final: a run whose cancel was requested never ends completed, even when
+            # its answer arrives before the process holding it notices the request (record_outcome then
+            # records it cancelled).
+            where &= Q(cancel_requested_at__isnull=True)
+        return where, fields
 
     def _applied(self, execution: AgentExecution, fields: dict[str, Any]) -> AgentExecution:
         for name, value in fields.items():
