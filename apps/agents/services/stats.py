@@ -20,8 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Sum
 
 from apps.agents.models import (
     Agent,
@@ -31,14 +30,10 @@ from apps.agents.models import (
     ExecutionStatus,
     StatsRollupState,
 )
-from apps.agents.services.stats_rollup import bucket_midpoint, bucket_of
+from apps.agents.services.stats_rollup import COUNTED, bucket_midpoint, bucket_of, execution_totals
 
 PERCENTILES = (0.5, 0.95)
 EXACT_PERCENTILES_UP_TO = 20_000
-COUNTED = (
-    "total", "completed", "failed", "cancelled", "running", "pending",
-    "timed", "time_sum", "input_tokens", "output_tokens", "cost",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +124,7 @@ def _live(agent: Agent):
 
 
 def _live_totals(agent: Agent) -> dict[str, Any]:
-    S = ExecutionStatus
-    completed = Q(status=S.COMPLETED)
-    return _live(agent).aggregate(
-        total=Count("id"),
-        completed=Count("id", filter=completed),
-        failed=Count("id", filter=Q(status=S.FAILED)),
-        cancelled=Count("id", filter=Q(status=S.CANCELLED)),
-        running=Count("id", filter=Q(status=S.RUNNING)),
-        pending=Count("id", filter=Q(status=S.PENDING)),
-        timed=Count("execution_time", filter=completed),
-        time_sum=Coalesce(Sum("execution_time", filter=completed), 0.0),
-        input_tokens=Coalesce(Sum("input_tokens"), 0),
-        output_tokens=Coalesce(Sum("output_tokens"), 0),
-        cost=Coalesce(Sum("cost"), Decimal("0")),
-    )
+    return _live(agent).aggregate(**execution_totals())
 
 
 def _snapshot(agent: Agent) -> tuple[dict[str, Any], dict[str, Any], dict[int, int], list[float]]:

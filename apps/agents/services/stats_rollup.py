@@ -19,6 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, F, FloatField, Q, Sum, Value
@@ -52,6 +53,32 @@ def bucket_of(seconds: float) -> int:
 
 def bucket_midpoint(bucket: int) -> float:
     return 10 ** ((bucket + 0.5) / BUCKETS_PER_DECADE)
+
+
+# What a rollup hour holds and the stats selector adds up, by name.
+COUNTED = (
+    "total", "completed", "failed", "cancelled", "running", "pending",
+    "timed", "time_sum", "input_tokens", "output_tokens", "cost",
+)  # fmt: skip
+
+
+def execution_totals() -> dict[str, Any]:
+    """The aggregates of COUNTED over a queryset of executions (a whole agent's, or grouped by hour)."""
+    S = ExecutionStatus
+    completed = Q(status=S.COMPLETED)
+    return {
+        "total": Count("id"),
+        "completed": Count("id", filter=completed),
+        "failed": Count("id", filter=Q(status=S.FAILED)),
+        "cancelled": Count("id", filter=Q(status=S.CANCELLED)),
+        "running": Count("id", filter=Q(status=S.RUNNING)),
+        "pending": Count("id", filter=Q(status=S.PENDING)),
+        "timed": Count("execution_time", filter=completed),
+        "time_sum": Coalesce(Sum("execution_time", filter=completed), 0.0),
+        "input_tokens": Coalesce(Sum("input_tokens"), 0),
+        "output_tokens": Coalesce(Sum("output_tokens"), 0),
+        "cost": Coalesce(Sum("cost"), Decimal("0")),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +121,8 @@ def roll_up() -> RollupReport:
 
 
 def _roll_hours(window) -> int:
-    S = ExecutionStatus
-    completed = Q(status=S.COMPLETED)
-    rows = (
-        window.values("agent_id", "hour")
-        .annotate(
-            total=Count("id"),
-            completed=Count("id", filter=completed),
-            failed=Count("id", filter=Q(status=S.FAILED)),
-            cancelled=Count("id", filter=Q(status=S.CANCELLED)),
-            running=Count("id", filter=Q(status=S.RUNNING)),
-            pending=Count("id", filter=Q(status=S.PENDING)),
-            timed=Count("execution_time", filter=completed),
-            time_sum=Coalesce(Sum("execution_time", filter=completed), 0.0),
-            input_tokens=Coalesce(Sum("input_tokens"), 0),
-            output_tokens=Coalesce(Sum("output_tokens"), 0),
-            cost=Coalesce(Sum("cost"), Decimal("0")),
-        )
-        .order_by()
-    )
-    fields = [
-        "total", "completed", "failed", "cancelled", "running", "pending",
-        "timed", "time_sum", "input_tokens", "output_tokens", "cost",
-    ]  # fmt: skip
+    rows = window.values("agent_id", "hour").annotate(**execution_totals()).order_by()
+    fields = list(COUNTED)
     fresh = {(row["agent_id"], row["hour"]): row for row in rows}
     if not fresh:
         return 0

@@ -2,33 +2,18 @@
 celery beat runs every REAPER_INTERVAL_SECONDS). Safe to run at any time, from anywhere, as often as wanted:
 each row is ended by a conditional update, so a live run is never touched."""
 
-import time
-
-from django.core.management.base import BaseCommand, CommandParser
-
+from apps.agents.management.periodic import PeriodicCommand
 from apps.agents.services.reaper import reap
 
 
-class Command(BaseCommand):
+class Command(PeriodicCommand):
     help = "Fail executions whose worker was lost or whose deadline passed (worker_lost / timeout)."
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--every",
-            type=float,
-            default=0.0,
-            help="Keep running, one pass every N seconds (for a machine without celery beat).",
+    def run_pass(self) -> None:
+        report = reap()
+        self.stdout.write(
+            f"reaped {report.total}: {len(report.lost)} worker_lost, {len(report.timed_out)} timeout, "
+            f"{len(report.cancelled)} cancelled; {len(report.redispatched)} unstarted sent again"
         )
-
-    def handle(self, *args, every: float = 0.0, **options) -> None:
-        while True:
-            report = reap()
-            self.stdout.write(
-                f"reaped {report.total}: {len(report.lost)} worker_lost, {len(report.timed_out)} timeout, "
-                f"{len(report.cancelled)} cancelled; {len(report.redispatched)} unstarted sent again"
-            )
-            for execution_id in report.lost + report.timed_out + report.cancelled:
-                self.stdout.write(f"  {execution_id}")
-            if every <= 0:
-                return
-            time.sleep(every)
+        for execution_id in report.lost + report.timed_out + report.cancelled:
+            self.stdout.write(f"  {execution_id}")
