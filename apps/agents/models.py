@@ -137,6 +137,7 @@ class ErrorCode(models.TextChoices):
     WORKER_LOST = "worker_lost", "Worker lost"
     LIMIT_EXCEEDED = "limit_exceeded", "Limit exceeded"
     NO_PLATFORM = "no_platform", "No platform"
+    BUDGET_EXCEEDED = "budget_exceeded", "Budget exceeded"
 
 
 class ExecutionMode(models.TextChoices):
@@ -274,3 +275,7 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+# Spend control lives in its own module; imported here so that Django registers its models with the app.
+from apps.agents.models_budget import Budget, BudgetReservation, BudgetUsage  # noqa: E402, F401

@@ -98,7 +98,8 @@ def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
     set_rollback()
     if isinstance(exc, ApplicationError):
         # A 401 names the scheme to use (RFC 9110), as DRF's own 401s do.
-        headers = {"WWW-Authenticate": "Token"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Token"} if exc.status == 401 else {}
+        headers.update(exc.headers)
         return _response(exc.status, error_body(exc.code, exc.message, exc.fields), headers)
     if isinstance(exc, drf.ValidationError):
         fields = flatten_fields(exc.detail)

@@ -21,6 +21,7 @@ ErrorCode = Literal[
     "worker_lost",
     "limit_exceeded",
     "no_platform",
+    "budget_exceeded",
 ]
 
 

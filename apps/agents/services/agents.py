@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
+from apps.agents.services.limits import check_agent_limits
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
 EDITABLE_FIELDS = (
@@ -57,6 +58,8 @@ def _save(agent: Agent, *, creating: bool) -> Agent:
         agent.full_clean()
     except ValidationError as exc:
         raise _invalid(exc) from exc
+    owner = agent.owner if agent.owner_id is not None else None
+    check_agent_limits(agent, staff=bool(owner is not None and owner.is_staff))
     try:
         # The savepoint keeps a failed INSERT (two clients racing for one slug) from breaking an outer
         # transaction.

@@ -40,6 +40,7 @@ from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
+from apps.agents.services.budgets import aprecheck, guard_for
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import record_outcome, result_from_row, shielded, status_body
 from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
@@ -115,6 +116,8 @@ class ExecutionEngine:
         """The one place a row is created: idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
+        # A budget already exhausted (or at its concurrency limit) refuses the request before any row exists.
+        await aprecheck(prepared.budgets)
         admission = await aadmit_execution(
             **prepared.create_kwargs(mode=mode, running=running),
             idempotency_key=idempotency_key,
@@ -300,6 +303,8 @@ class ExecutionEngine:
         context.run(current_execution_id.set, execution_id)
         run = RunState()
         agent = self.build_agent(prepared.config)
+        guard = guard_for(execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry)
+        agent.spend_guard = guard
         queue: asyncio.Queue[Any] = asyncio.Queue()
         emit = queue.put if stream else None
         run_task = asyncio.create_task(
@@ -336,6 +341,8 @@ class ExecutionEngine:
         finally:
             watcher.cancel()
             self._local.pop(execution_id, None)
+            if guard is not None:  # the run is over: its concurrency slot is free
+                await shielded(guard.close())
         if run_task.cancelled():
             result = run.partial_result("cancelled_by_user", control.reason or "cancelled")
             yield ExecutionCancelled(

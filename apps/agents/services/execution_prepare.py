@@ -17,6 +17,8 @@ from apps.agents.engine import AgentConfig, AgentContext
 from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
+from apps.agents.services.budgets import BudgetLimits, aapplicable_budgets
+from apps.agents.services.limits import acheck_run_limits
 
 
 def agent_config(agent: Agent) -> AgentConfig:
@@ -52,6 +54,8 @@ class PreparedRun:
     conversation: Conversation | None = None
     #: Positions of the conversation's messages in `context.conversation_history`, in the same order.
     positions: tuple[int, ...] = ()
+    #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py).
+    budgets: tuple[BudgetLimits, ...] = ()
 
     def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
         """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""
@@ -109,6 +113,7 @@ async def prepare_run(
         raise ApplicationError("agent must be an Agent", fields={"agent": "required"})
     if not agent.is_active:
         raise ApplicationError(f"agent {agent.agent_id} is inactive", code="agent_inactive", status=409)
+    await acheck_run_limits(agent)
     max_chars = int(settings.MAX_TASK_CHARS)
     max_messages = int(settings.MAX_HISTORY_MESSAGES)
     try:
@@ -143,4 +148,7 @@ async def prepare_run(
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
     )
-    return PreparedRun(agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions)
+    budgets = tuple(await aapplicable_budgets(user=user, agent=agent))
+    return PreparedRun(
+        agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions, budgets
+    )
