@@ -458,3 +458,24 @@ def precheck(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> No
 
 
 aprecheck = sync_to_async(precheck)
+
+
+# ---------------------------------------------------------------------- the reaper's part
+def release_orphaned(
+    *, lost: Iterable[Any] = (), now: datetime | None = None, grace: timedelta, sweep: bool = True
+) -> int:
+    """Release the reservations no live process will settle: those of runs the reaper just found lost
+    (their worker is dead), and those of any ended run older than `grace` (a process that ended its run
+    settles first; one whose row was ended under it, e.g. timed out, gets `grace` to settle its last
+    attempt itself, with its real usage)."""
+    from apps.agents.models import TERMINAL_STATUSES
+
+    now = now or timezone.now()
+    orphaned = Q(pk__in=[])
+    if sweep:
+        orphaned |= Q(execution__status__in=list(TERMINAL_STATUSES), created_at__lt=now - grace)
+        orphaned |= Q(execution__isnull=True, created_at__lt=now - grace)
+    lost = [str(pk) for pk in lost]
+    if lost:
+        orphaned |= Q(execution_id__in=lost)
+    return release(BudgetReservation.objects.filter(orphaned).order_by("id")[:1000])

@@ -13,6 +13,9 @@ Run by celery beat every REAPER_INTERVAL_SECONDS (apps.agents.tasks.reap_executi
     `worker_lost`, not `timeout`: the agent never ran, so nothing about the request is wrong and a retry is
     safe, whereas `timeout` says the run itself took too long.
 
+Budget reservations (spend control) of rows ended here as lost are released at once; those of any other
+ended row after EXECUTION_STALE_SECONDS (its process may still settle its last attempt with the real usage).
+
 Each row is ended by one conditional UPDATE that repeats the condition it was selected by, so a row that
 finished, heartbeated or was picked up in the meantime is left alone. A run is never restarted here: its
 provider call may already have been made (and billed).
@@ -45,6 +48,8 @@ class ReapReport:
     lost: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    #: Budget reservations released (apps/agents/services/budgets.py), held by runs that no longer run.
+    released: int = 0
 
     @property
     def total(self) -> int:
@@ -130,6 +135,12 @@ def reap(now: datetime | None = None, *, execution_id: Any = None) -> ReapReport
             elif target is not None:
                 is_timeout = execution.error_code == ErrorCode.TIMEOUT
                 (report.timed_out if is_timeout else report.lost).append(str(execution.pk))
+    # Spend control: what lost runs had reserved goes back to their budgets.
+    from apps.agents.services.budgets import release_orphaned
+
+    report.released = release_orphaned(
+        lost=report.lost, now=now, grace=stale_after(), sweep=execution_id is None
+    )
     if report.total:
         counts = (len(report.lost), len(report.timed_out), len(report.cancelled))
         logger.info("reaper: %d lost, %d timed out, %d cancelled", *counts)
