@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from apps.agents.api import views
+from apps.agents.api import budget_views, views
 
 router = SimpleRouter()
 router.register("agents", views.AgentViewSet, basename="agent")
@@ -13,5 +13,7 @@ router.register("conversations", views.ConversationViewSet, basename="conversati
 urlpatterns = [
     path("auth/token/", views.AuthTokenView.as_view(), name="auth-token"),
     path("health/", views.HealthView.as_view(), name="health"),
+    path("usage/", budget_views.UsageView.as_view(), name="usage"),
+    path("budgets/", budget_views.BudgetListView.as_view(), name="budget-list"),
     *router.urls,
 ]

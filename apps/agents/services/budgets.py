@@ -479,3 +479,72 @@ def release_orphaned(
     if lost:
         orphaned |= Q(execution_id__in=lost)
     return release(BudgetReservation.objects.filter(orphaned).order_by("id")[:1000])
+
+
+# ---------------------------------------------------------------------- editing budgets
+UNSET: Any = object()
+
+
+def set_budget(
+    *,
+    user: Any = None,
+    agent: Any = None,
+    period: str,
+    limit_usd: Decimal | None = UNSET,
+    limit_tokens: int | None = UNSET,
+    max_concurrent: int | None = UNSET,
+    name: str = UNSET,
+    is_active: bool = UNSET,
+) -> tuple[Budget, bool]:
+    """Create or change the budget of (user, agent, period): both -> that user on that agent, one -> that
+    user or agent, none -> the whole deployment. Arguments left UNSET keep their value. (budget, created)."""
+    from django.core.exceptions import ValidationError
+
+    from apps.agents.errors import ApplicationError
+
+    if user is not None and agent is not None:
+        scope = BudgetScope.USER_AGENT
+    elif user is not None:
+        scope = BudgetScope.USER
+    elif agent is not None:
+        scope = BudgetScope.AGENT
+    else:
+        scope = BudgetScope.DEPLOYMENT
+    with transaction.atomic():
+        budget = (
+            Budget.objects.select_for_update()
+            .filter(scope=scope, user=user, agent=agent, period=period)
+            .first()
+        )
+        created = budget is None
+        if budget is None:
+            budget = Budget(scope=scope, user=user, agent=agent, period=period)
+        changes = {
+            "limit_usd": limit_usd,
+            "limit_tokens": limit_tokens,
+            "max_concurrent": max_concurrent,
+            "name": name,
+            "is_active": is_active,
+        }
+        for field, value in changes.items():
+            if value is not UNSET:
+                setattr(budget, field, value)
+        if not created and any(value is not UNSET for value in changes.values()):
+            budget.from_default = False  # set by hand now: no longer the settings' copy
+        try:
+            budget.full_clean()
+        except ValidationError as exc:
+            fields = {key: [str(m) for m in messages] for key, messages in exc.message_dict.items()}
+            raise ApplicationError(
+                f"Invalid budget: {', '.join(sorted(fields))}.", code="invalid", fields=fields
+            ) from exc
+        budget.save()
+    logger.info(
+        "budget %s %s: usd=%s tokens=%s concurrent=%s",
+        budget.label,
+        "created" if created else "changed",
+        budget.limit_usd,
+        budget.limit_tokens,
+        budget.max_concurrent,
+    )
+    return budget, created
