@@ -56,3 +56,31 @@ async def _close_orm_thread_connections():
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture
+def staff(db):  # type: ignore[no-untyped-def]
+    from tests.factories import UserFactory
+
+    return UserFactory(username="staff", is_staff=True)
+
+
+@pytest.fixture
+def alice_client(alice):  # type: ignore[no-untyped-def]
+    from tests.agents.api.conftest import client_for
+
+    return client_for(alice)
+
+
+@pytest.fixture
+def staff_client(staff):  # type: ignore[no-untyped-def]
+    from tests.agents.api.conftest import client_for
+
+    return client_for(staff)
