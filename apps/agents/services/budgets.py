@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
+from apps.agents.metrics import record_budget_refusal
 from apps.agents.models import Budget, BudgetReservation, BudgetUsage
 from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, ReservationKind, usd_to_units
 from apps.platforms.base import Usage
@@ -167,10 +168,12 @@ def refusal(budget: BudgetLimits, now: datetime, *, held: bool = False) -> Spend
             max(1, math.ceil((reset - now).total_seconds())),
         )
     message = f"budget '{budget.label}' cannot afford this request: limit {_describe_limit(budget)}; {when}"
+    record_budget_refusal(budget.label, "spend")
     return SpendRefused(message, retry_after=retry_after, budget=budget.label)
 
 
 def concurrency_refusal(budget: BudgetLimits) -> SpendRefused:
+    record_budget_refusal(budget.label, "concurrency")
     return SpendRefused(
         f"budget '{budget.label}' allows {budget.max_concurrent} runs at once; wait for one to finish",
         retry_after=1,

@@ -245,3 +245,24 @@ def test_another_users_client_is_not_charged_to_alice(fake_registry, fake_openai
     budget = Budget.objects.create(scope="user", user=alice, period="day", limit_usd=Decimal("5"))
     assert execute(client_for(carol)).status_code == 200
     assert not BudgetUsage.objects.filter(budget=budget).exists()
+
+
+def test_metrics_count_refusals_and_export_spend_per_budget(
+    fake_registry, fake_openai, alice_client, staff_client, alice, agent
+):
+    from apps.agents.metrics import BUDGET_REFUSALS
+
+    Budget.objects.create(scope="user", user=alice, period="day", limit_tokens=1000)
+    fake_openai.reply(Reply(input_tokens=30, output_tokens=10))
+    assert execute(alice_client).status_code == 200
+    refusals = BUDGET_REFUSALS.labels("all of us", "spend")
+    before = refusals._value.get()
+    spend_all(
+        Budget.objects.create(scope="deployment", period="month", limit_usd=Decimal("1"), name="all of us")
+    )
+    assert execute(alice_client).status_code == 429
+    assert refusals._value.get() == before + 1
+    text = staff_client.get("/metrics").content.decode()
+    assert f'agents_budget_refusals_total{{budget="all of us",reason="spend"}} {before + 1}' in text
+    assert 'agents_budget_spent_tokens{budget="user alice (day)",period="day",scope="user"} 40.0' in text
+    assert 'agents_budget_limit_tokens{budget="user alice (day)",period="day",scope="user"} 1000.0' in text
