@@ -266,3 +266,14 @@ def test_metrics_count_refusals_and_export_spend_per_budget(
     assert f'agents_budget_refusals_total{{budget="all of us",reason="spend"}} {before + 1}' in text
     assert 'agents_budget_spent_tokens{budget="user alice (day)",period="day",scope="user"} 40.0' in text
     assert 'agents_budget_limit_tokens{budget="user alice (day)",period="day",scope="user"} 1000.0' in text
+
+
+def test_the_console_has_a_budgets_panel_fed_by_the_usage_endpoint(client, alice):
+    client.force_login(alice)
+    page = client.get("/").content.decode()
+    assert 'id="usage-table"' in page and "Budgets" in page
+    script = client.get("/console/assets/usage.js")
+    assert script.status_code == 200 and b"usage/" in script.content
+    assert b'from "./usage.js"' in client.get("/console/assets/console.js").content
+    # The session that shows the page may read the endpoint the panel loads.
+    assert client.get("/api/v1/usage/").status_code == 200
