@@ -111,12 +111,14 @@ class Budget(models.Model):
     def label(self) -> str:
         if self.name:
             return self.name
+        user = self.user.get_username() if self.user_id is not None else ""
+        agent = self.agent.agent_id if self.agent_id is not None else ""
         if self.scope == BudgetScope.USER:
-            target = f"user {self.user.get_username() if self.user else self.user_id}"
+            target = f"user {user}"
         elif self.scope == BudgetScope.AGENT:
-            target = f"agent {self.agent.agent_id if self.agent else self.agent_id}"
+            target = f"agent {agent}"
         elif self.scope == BudgetScope.USER_AGENT:
-            target = f"user {self.user_id} on agent {self.agent_id}"
+            target = f"user {user} on agent {agent}"
         else:
             target = "deployment"
         return f"{target} ({self.period})"
