@@ -331,7 +331,7 @@ class BaseAgent:
             started = self._clock()
             try:
                 try:
-                    completion = await self._call(scope, platform, request, stream, reservation)
+                    completion = await self._call(scope, name, platform, request, stream, reservation)
                 except PlatformError:
                     raise
                 except (asyncio.CancelledError, GeneratorExit):
@@ -391,7 +391,11 @@ class BaseAgent:
             scope.record_attempt(name, model, "ok", started, completion=completion)
             self.cooldowns.record_success(name)
             state = scope.state
-            state.add_usage(completion.usage, self.registry.cost(name, model, completion.usage))
+            cost = scope.attempt_cost
+            state.add_usage(
+                completion.usage,
+                cost if cost is not None else self.registry.cost(name, model, completion.usage),
+            )
             state.platform_used, state.model_used = name, model
             state.last_text = completion.text
             return completion, None
@@ -419,12 +423,19 @@ class BaseAgent:
             raise
 
     async def _call(
-        self, scope: RunScope, platform: Platform, request: CompletionRequest, stream: bool, reservation: Any
+        self,
+        scope: RunScope,
+        platform_name: str,
+        platform: Platform,
+        request: CompletionRequest,
+        stream: bool,
+        reservation: Any,
     ) -> Completion:
         """One request to one platform; its reservation is settled with the usage it reported, whatever the
         outcome: the completion's, an error's (`usage`, when the adapter knows it), or the last usage a
         stream announced before it was cut or cancelled (zero if none)."""
         scope.attempt_usage = None
+        scope.attempt_cost = None
         usage = None
         try:
             if stream:
@@ -432,6 +443,9 @@ class BaseAgent:
             else:
                 completion = await platform.generate(request)
             usage = completion.usage
+            # Priced once, here: the run's record and the budget's settlement take the same figure.
+            model = completion.model or request.model
+            scope.attempt_cost = self.registry.cost(platform_name, model, usage)
             return completion
         except PlatformError as error:
             usage = getattr(error, "usage", None) or scope.attempt_usage
@@ -441,7 +455,7 @@ class BaseAgent:
             raise
         finally:
             if reservation is not None and self.spend_guard is not None:
-                await settle_shielded(self.spend_guard, reservation, usage)
+                await settle_shielded(self.spend_guard, reservation, usage, scope.attempt_cost)
 
     # ------------------------------------------------------------------ logs
     def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:

@@ -115,6 +115,8 @@ class RunScope:
     sent_output: bool = False
     #: The last usage the current attempt's stream announced (a cut or cancelled stream's partial usage).
     attempt_usage: Usage | None = None
+    #: What the current attempt's answer cost (set once it answered).
+    attempt_cost: Decimal | None = None
 
     @property
     def streaming(self) -> bool:

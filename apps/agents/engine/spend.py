@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from apps.agents.engine.run import RunFailure
@@ -56,8 +57,9 @@ class SpendGuard(Protocol):
     async def reserve(self, attempt: AttemptSpec) -> Any:
         """Hold the attempt's worst case; raise SpendRefused when a budget cannot afford it."""
 
-    async def settle(self, reservation: Any, usage: Usage) -> None:
-        """Record what the attempt used and release the rest of its reservation. Must not raise."""
+    async def settle(self, reservation: Any, usage: Usage, cost: Decimal | None = None) -> None:
+        """Record what the attempt used (`cost`: its price when the engine has it) and release the rest of
+        its reservation. Must not raise."""
 
 
 def _text_bytes(text: str) -> int:
@@ -95,7 +97,9 @@ def attempt_spec(platform: str, request: CompletionRequest, *, output_cap: int) 
     return AttemptSpec(platform, request.model, worst_case_input_tokens(request), int(output))
 
 
-async def settle_shielded(guard: SpendGuard, reservation: Any, usage: Usage | None) -> None:
+async def settle_shielded(
+    guard: SpendGuard, reservation: Any, usage: Usage | None, cost: Decimal | None = None
+) -> None:
     """Settle even when the attempt ended by cancellation: shielded, so that a second cancel of the run
     does not leave the reservation held (it would otherwise wait for the reaper)."""
-    await asyncio.shield(guard.settle(reservation, usage or Usage()))
+    await asyncio.shield(guard.settle(reservation, usage or Usage(), cost))

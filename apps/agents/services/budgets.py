@@ -1,39 +1,51 @@
-"""Spend control (writes): which budgets apply to a run, and the atomic reservation / settlement of each
-provider attempt against them.
+"""Spend control (writes): which budgets apply to a run, the engine's SpendGuard that reserves each provider
+attempt's worst case and settles it, the admission check, and editing budgets.
 
     admission (before the row exists)   precheck(): a budget already exhausted or full -> 429, nothing written
-    each attempt                         BudgetGuard.reserve(): one conditional UPDATE per budget window,
-                                         `spent + reserved + amount <= limit`, all in one transaction
+    each attempt                         BudgetGuard.reserve(): budget_ledger.reserve, one conditional UPDATE
+                                         per budget window (`spent + reserved + amount <= limit`), one transaction
     after each attempt                   BudgetGuard.settle(): the exact cost moves from reserved to spent
     end of the run                       BudgetGuard.close(): the run's concurrency slot is freed
-    a worker died                        release_orphaned(): called by the reaper
+    a worker died                        budget_ledger.release_orphaned(): called by the reaper
 
-The conditional UPDATE is the whole guarantee: under PostgreSQL's READ COMMITTED an UPDATE that waited for
-another's row lock re-evaluates its WHERE on the new row, and SQLite serialises writers, so two attempts can
-never both take the last room. Money is in integer units (models_budget.UNITS_PER_USD).
+Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import BigIntegerField, F, Q, Value
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
-from apps.agents.metrics import record_budget_refusal
-from apps.agents.models import Budget, BudgetReservation, BudgetUsage
-from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, ReservationKind, usd_to_units
+from apps.agents.models import Budget, BudgetUsage
+from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, usd_to_units
+from apps.agents.services.budget_ledger import (  # noqa: F401 - the service's API, re-exported
+    BudgetLimits,
+    Hold,
+    acquire_slot,
+    concurrency_refusal,
+    period_reset,
+    period_start,
+    refusal,
+    release,
+    release_orphaned,
+    release_slot,
+    reserve,
+    settle,
+)
 from apps.platforms.base import Usage
 
 logger = logging.getLogger(__name__)
@@ -41,58 +53,7 @@ logger = logging.getLogger(__name__)
 Cost = Callable[[str, str, Usage], Decimal]
 
 
-# ---------------------------------------------------------------------- periods
-def period_start(period: str, now: datetime) -> datetime:
-    """The start of the calendar window (UTC) that `now` falls in."""
-    now = now.astimezone(EPOCH.tzinfo)
-    if period == BudgetPeriod.DAY:
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == BudgetPeriod.MONTH:
-        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return EPOCH
-
-
-def period_reset(period: str, start: datetime) -> datetime | None:
-    """When the window starting at `start` ends (None: a total budget never resets)."""
-    if period == BudgetPeriod.DAY:
-        return start + timedelta(days=1)
-    if period == BudgetPeriod.MONTH:
-        return (start + timedelta(days=32)).replace(day=1)
-    return None
-
-
 # ---------------------------------------------------------------------- which budgets apply
-@dataclass(frozen=True, slots=True)
-class BudgetLimits:
-    """A budget as a run holds it: read once per run, so each attempt costs writes only."""
-
-    id: int
-    label: str
-    period: str
-    limit_usd: Decimal | None
-    limit_tokens: int | None
-    max_concurrent: int | None
-
-    @property
-    def limit_units(self) -> int | None:
-        return None if self.limit_usd is None else usd_to_units(self.limit_usd)
-
-    @property
-    def limits_spend(self) -> bool:
-        return self.limit_usd is not None or self.limit_tokens is not None
-
-    @classmethod
-    def of(cls, budget: Budget) -> BudgetLimits:
-        return cls(
-            id=budget.pk,
-            label=budget.label,
-            period=budget.period,
-            limit_usd=budget.limit_usd,
-            limit_tokens=budget.limit_tokens,
-            max_concurrent=budget.max_concurrent,
-        )
-
-
 def applicable_query(*, user: Any, agent: Any) -> Q:
     condition = Q(scope=BudgetScope.DEPLOYMENT)
     if agent is not None and getattr(agent, "pk", None) is not None:
@@ -142,201 +103,6 @@ def default_user_budget(user: Any) -> Budget | None:
 aapplicable_budgets = sync_to_async(applicable_budgets)
 
 
-# ---------------------------------------------------------------------- refusals
-def _describe_limit(budget: BudgetLimits) -> str:
-    parts = []
-    if budget.limit_usd is not None:
-        parts.append(f"{budget.limit_usd.normalize():f} USD")
-    if budget.limit_tokens is not None:
-        parts.append(f"{budget.limit_tokens} tokens")
-    per = {"day": "per day (UTC)", "month": "per calendar month (UTC)", "total": "in total"}[budget.period]
-    return f"{' and '.join(parts)} {per}"
-
-
-def refusal(budget: BudgetLimits, now: datetime, *, held: bool = False) -> SpendRefused:
-    """Name the budget, its limit and when it resets. When the room is held by runs in flight (not spent),
-    it comes back as they settle: Retry-After is then a few seconds, not the period's end."""
-    start = period_start(budget.period, now)
-    reset = period_reset(budget.period, start)
-    if held:
-        when, retry_after = "room held by runs in flight is released as they finish", 5
-    elif reset is None:
-        when, retry_after = "it never resets (ask an administrator to raise it)", None
-    else:
-        when, retry_after = (
-            f"it resets at {reset.isoformat()}",
-            max(1, math.ceil((reset - now).total_seconds())),
-        )
-    message = f"budget '{budget.label}' cannot afford this request: limit {_describe_limit(budget)}; {when}"
-    record_budget_refusal(budget.label, "spend")
-    return SpendRefused(message, retry_after=retry_after, budget=budget.label)
-
-
-def concurrency_refusal(budget: BudgetLimits) -> SpendRefused:
-    record_budget_refusal(budget.label, "concurrency")
-    return SpendRefused(
-        f"budget '{budget.label}' allows {budget.max_concurrent} runs at once; wait for one to finish",
-        retry_after=1,
-        budget=budget.label,
-    )
-
-
-# ---------------------------------------------------------------------- the atomic writes
-def _window(budget_id: int, start: datetime) -> Any:
-    return BudgetUsage.objects.filter(budget_id=budget_id, period_start=start)
-
-
-def _ensure_window(budget_id: int, start: datetime) -> None:
-    BudgetUsage.objects.bulk_create(
-        [BudgetUsage(budget_id=budget_id, period_start=start)], ignore_conflicts=True
-    )
-
-
-def _big(value: int) -> Value:
-    return Value(value, output_field=BigIntegerField())
-
-
-def _hold(budget: BudgetLimits, start: datetime, units: int, tokens: int) -> bool:
-    """One conditional UPDATE: hold `units`/`tokens` in the window if it stays within every limit."""
-    room = Q()
-    limit_units = budget.limit_units
-    if limit_units is not None:
-        room &= Q(spent_units__lte=_big(limit_units - units) - F("reserved_units"))
-    if budget.limit_tokens is not None:
-        room &= Q(spent_tokens__lte=_big(budget.limit_tokens - tokens) - F("reserved_tokens"))
-    change = {"reserved_units": F("reserved_units") + units, "reserved_tokens": F("reserved_tokens") + tokens}
-    if _window(budget.id, start).filter(room).update(**change):
-        return True
-    if _window(budget.id, start).exists():
-        return False
-    _ensure_window(budget.id, start)  # the window's first attempt; a concurrent creator is ignored
-    return bool(_window(budget.id, start).filter(room).update(**change))
-
-
-def _held_only(budget: BudgetLimits, start: datetime, units: int, tokens: int) -> bool:
-    """Whether the refused amount would fit once the reservations in flight are settled."""
-    row = _window(budget.id, start).values("spent_units", "spent_tokens").first() or {}
-    fits_usd = budget.limit_units is None or row.get("spent_units", 0) + units <= budget.limit_units
-    fits_tokens = budget.limit_tokens is None or row.get("spent_tokens", 0) + tokens <= budget.limit_tokens
-    return fits_usd and fits_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A reservation as its holder knows it: enough to release it without reading it back."""
-
-    id: int
-    units: int
-    tokens: int
-    windows: tuple[tuple[int, datetime], ...]
-
-
-def reserve(
-    *,
-    execution_id: Any,
-    budgets: Sequence[BudgetLimits],
-    units: int,
-    tokens: int,
-    now: datetime | None = None,
-) -> Hold | None:
-    """Hold `units` and `tokens` in the current window of every budget with a spend limit, or none of them
-    (SpendRefused naming the first budget that cannot afford it)."""
-    now = now or timezone.now()
-    windows: list[tuple[int, datetime]] = []
-    with transaction.atomic():
-        for budget in budgets:
-            if not budget.limits_spend:
-                continue
-            start = period_start(budget.period, now)
-            if not _hold(budget, start, units, tokens):
-                held = _held_only(budget, start, units, tokens)
-                raise refusal(budget, now, held=held)
-            windows.append((budget.id, start))
-        if not windows:
-            return None
-        row = BudgetReservation.objects.create(
-            execution_id=execution_id,
-            amount_units=units,
-            tokens=tokens,
-            windows=[[budget_id, start.isoformat()] for budget_id, start in windows],
-        )
-    return Hold(row.pk, units, tokens, tuple(windows))
-
-
-def settle(hold: Hold, *, spent_units: int, spent_tokens: int) -> bool:
-    """Move the attempt's exact cost to `spent` and release the rest; False if it was released already."""
-    with transaction.atomic():
-        if not BudgetReservation.objects.filter(pk=hold.id).delete()[0]:
-            return False
-        for budget_id, start in hold.windows:
-            _window(budget_id, start).update(
-                reserved_units=F("reserved_units") - hold.units,
-                reserved_tokens=F("reserved_tokens") - hold.tokens,
-                spent_units=F("spent_units") + spent_units,
-                spent_tokens=F("spent_tokens") + spent_tokens,
-            )
-    return True
-
-
-def acquire_slot(*, execution_id: Any, budgets: Sequence[BudgetLimits]) -> Hold | None:
-    """One run in flight more in every budget with max_concurrent, or in none (SpendRefused)."""
-    windows: list[tuple[int, datetime]] = []
-    with transaction.atomic():
-        for budget in budgets:
-            if budget.max_concurrent is None:
-                continue
-            room = Q(active_runs__lt=budget.max_concurrent)
-            if not _window(budget.id, EPOCH).filter(room).update(active_runs=F("active_runs") + 1):
-                _ensure_window(budget.id, EPOCH)
-                if not _window(budget.id, EPOCH).filter(room).update(active_runs=F("active_runs") + 1):
-                    raise concurrency_refusal(budget)
-            windows.append((budget.id, EPOCH))
-        if not windows:
-            return None
-        row = BudgetReservation.objects.create(
-            execution_id=execution_id,
-            kind=ReservationKind.SLOT,
-            windows=[[budget_id, start.isoformat()] for budget_id, start in windows],
-        )
-    return Hold(row.pk, 0, 0, tuple(windows))
-
-
-def release_slot(hold: Hold) -> bool:
-    with transaction.atomic():
-        if not BudgetReservation.objects.filter(pk=hold.id).delete()[0]:
-            return False
-        for budget_id, start in hold.windows:
-            _window(budget_id, start).update(active_runs=F("active_runs") - 1)
-    return True
-
-
-def _hold_of(row: BudgetReservation) -> Hold:
-    windows = tuple((int(budget_id), datetime.fromisoformat(start)) for budget_id, start in row.windows)
-    return Hold(row.pk, row.amount_units, row.tokens, windows)
-
-
-def release(rows: Iterable[BudgetReservation]) -> int:
-    """Release reservations whose holder is gone, spending nothing: what the lost attempt used is not known.
-    Returns how many were released (a row released meanwhile by its holder is skipped)."""
-    released = 0
-    for row in rows:
-        hold = _hold_of(row)
-        done = (
-            release_slot(hold)
-            if row.kind == ReservationKind.SLOT
-            else settle(hold, spent_units=0, spent_tokens=0)
-        )
-        if done:
-            released += 1
-            logger.warning(
-                "released the %s reservation %s of a lost run",
-                row.kind,
-                row.pk,
-                extra={"execution_id": str(row.execution_id)},
-            )
-    return released
-
-
 # ---------------------------------------------------------------------- the engine's hook
 @dataclass(frozen=True, slots=True)
 class Reserved:
@@ -347,19 +113,74 @@ class Reserved:
     model: str
 
 
+#: Seconds a worst-case rate is reused: prices change by date (genai-prices), not by the minute.
+RATE_TTL_SECONDS = 3600.0
+_PER_MILLION = 1_000_000
+
+
+class WorstCaseRates:
+    """USD per token of a (platform, model) at its most expensive tier, for reservations.
+
+    Pricing a usage through genai-prices costs a third of a millisecond; per attempt that would be most of the
+    spend control's overhead. A reservation only needs an upper bound, and a linear one is exact for flat
+    prices. Tiered prices (a higher rate above a context size) only rise with size, so the rate measured at a
+    million input tokens (and, for output, with a million input tokens beside it) is at least the rate at any
+    smaller size: the bound holds for every attempt."""
+
+    def __init__(self, cost: Cost) -> None:
+        self.cost = cost
+        self._rates: dict[tuple[str, str], tuple[Decimal, Decimal, float]] = {}
+
+    def units(self, platform: str, model: str, usage: Usage) -> int:
+        key = (platform, model)
+        rates = self._rates.get(key)
+        if rates is None or rates[2] < time.monotonic():
+            million = _PER_MILLION
+            inputs = self.cost(platform, model, Usage(million, 0))
+            both = self.cost(platform, model, Usage(million, million))
+            rates = (
+                inputs / million,
+                max(Decimal(0), both - inputs) / million,
+                time.monotonic() + RATE_TTL_SECONDS,
+            )
+            self._rates[key] = rates
+        return usd_to_units(usage.input_tokens * rates[0] + usage.output_tokens * rates[1])
+
+
+#: One WorstCaseRates per platform registry (tests install registries with other prices).
+_rates_by_registry: weakref.WeakKeyDictionary[Any, WorstCaseRates] = weakref.WeakKeyDictionary()
+
+
+def rates_for(registry: Any) -> WorstCaseRates:
+    rates = _rates_by_registry.get(registry)
+    if rates is None:
+        rates = _rates_by_registry[registry] = WorstCaseRates(registry.cost)
+    return rates
+
+
 class BudgetGuard:
     """The engine's SpendGuard for one run: prices each attempt's worst case, holds it, settles it."""
 
     def __init__(
-        self, *, execution_id: Any, budgets: Sequence[BudgetLimits], cost: Cost, output_cap: int
+        self,
+        *,
+        execution_id: Any,
+        budgets: Sequence[BudgetLimits],
+        cost: Cost,
+        output_cap: int,
+        rates: WorstCaseRates | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.budgets = tuple(budgets)
         self.cost = cost
+        self.rates = rates or WorstCaseRates(cost)
         self.output_cap = output_cap
         self._slot: Hold | None = None
         self._needs_slot = any(b.max_concurrent is not None for b in self.budgets)
         self._spends = any(b.limits_spend for b in self.budgets)
+
+    def worst_case_units(self, attempt: AttemptSpec) -> int:
+        return self.rates.units(attempt.platform, attempt.model, attempt.usage)
 
     def _reserve_sync(self, attempt: AttemptSpec) -> Reserved:
         if self._needs_slot and self._slot is None:
@@ -369,7 +190,7 @@ class BudgetGuard:
             hold = reserve(
                 execution_id=self.execution_id,
                 budgets=self.budgets,
-                units=usd_to_units(self.cost(attempt.platform, attempt.model, attempt.usage)),
+                units=self.worst_case_units(attempt),
                 tokens=attempt.usage.total_tokens,
             )
         return Reserved(hold, attempt.platform, attempt.model)
@@ -377,11 +198,12 @@ class BudgetGuard:
     async def reserve(self, attempt: AttemptSpec) -> Reserved:
         return await sync_to_async(self._reserve_sync)(attempt)
 
-    async def settle(self, reservation: Reserved, usage: Usage) -> None:
+    async def settle(self, reservation: Reserved, usage: Usage, cost: Decimal | None = None) -> None:
+        """`cost`: what the engine priced the attempt at (an answered one); else priced here from `usage`."""
         if reservation.hold is None:
             return
         try:
-            await sync_to_async(self._settle_sync)(reservation, usage)
+            await sync_to_async(self._settle_sync)(reservation, usage, cost)
         except Exception:  # the reaper releases it; the run's own outcome must not be lost to this
             logger.exception(
                 "settling reservation %s failed",
@@ -389,14 +211,15 @@ class BudgetGuard:
                 extra={"execution_id": str(self.execution_id)},
             )
 
-    def _settle_sync(self, reservation: Reserved, usage: Usage) -> None:
+    def _settle_sync(self, reservation: Reserved, usage: Usage, cost: Decimal | None) -> None:
         assert reservation.hold is not None
-        units = (
-            usd_to_units(self.cost(reservation.platform, reservation.model, usage))
-            if usage.total_tokens
-            else 0
-        )
-        settle(reservation.hold, spent_units=units, spent_tokens=usage.total_tokens)
+        if cost is None:
+            cost = (
+                self.cost(reservation.platform, reservation.model, usage)
+                if usage.total_tokens
+                else Decimal(0)
+            )
+        settle(reservation.hold, spent_units=usd_to_units(cost), spent_tokens=usage.total_tokens)
 
     async def close(self) -> None:
         """Free the run's concurrency slot (its attempts are settled already)."""
@@ -419,6 +242,7 @@ def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: A
         budgets=budgets,
         cost=registry.cost,
         output_cap=int(settings.MAX_OUTPUT_TOKENS),
+        rates=rates_for(registry),
     )
 
 
@@ -461,27 +285,6 @@ def precheck(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> No
 
 
 aprecheck = sync_to_async(precheck)
-
-
-# ---------------------------------------------------------------------- the reaper's part
-def release_orphaned(
-    *, lost: Iterable[Any] = (), now: datetime | None = None, grace: timedelta, sweep: bool = True
-) -> int:
-    """Release the reservations no live process will settle: those of runs the reaper just found lost
-    (their worker is dead), and those of any ended run older than `grace` (a process that ended its run
-    settles first; one whose row was ended under it, e.g. timed out, gets `grace` to settle its last
-    attempt itself, with its real usage)."""
-    from apps.agents.models import TERMINAL_STATUSES
-
-    now = now or timezone.now()
-    orphaned = Q(pk__in=[])
-    if sweep:
-        orphaned |= Q(execution__status__in=list(TERMINAL_STATUSES), created_at__lt=now - grace)
-        orphaned |= Q(execution__isnull=True, created_at__lt=now - grace)
-    lost = [str(pk) for pk in lost]
-    if lost:
-        orphaned |= Q(execution_id__in=lost)
-    return release(BudgetReservation.objects.filter(orphaned).order_by("id")[:1000])
 
 
 # ---------------------------------------------------------------------- editing budgets

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 
 from apps.agents.engine.spend import AttemptSpec, attempt_spec
 from apps.agents.models import Budget, BudgetReservation, BudgetUsage
-from apps.agents.models_budget import units_to_usd, usd_to_units
+from apps.agents.models_budget import units_to_usd
 from apps.platforms.base import ChatMessage, CompletionRequest
 
 SYSTEM = "You are a helpful assistant."
@@ -26,7 +26,10 @@ def worst_case(
 
 
 def cost_units(registry, spec: AttemptSpec) -> int:  # type: ignore[no-untyped-def]
-    return usd_to_units(registry.cost(spec.platform, spec.model, spec.usage))
+    """What the guard reserves for `spec` (its worst-case rates), in units of 1e-10 USD."""
+    from apps.agents.services.budgets import rates_for
+
+    return rates_for(registry).units(spec.platform, spec.model, spec.usage)
 
 
 def usage_of(budget: Budget) -> BudgetUsage:

@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from apps.agents.models import AgentExecution, Budget, BudgetUsage
-from apps.agents.models_budget import units_to_usd
+from apps.agents.models_budget import units_to_usd, usd_to_units
 from tests.agents.api.conftest import token_for
 from tests.agents.budgets.conftest import aopen_reservations, cost_units, worst_case
 from tests.factories import AgentFactory
@@ -63,7 +63,8 @@ async def test_fifty_concurrent_runs_against_a_budget_for_ten(
         assert "budget '" in refused.json()["error"]["message"]
         assert int(refused.headers["Retry-After"]) >= 1
     usage = await BudgetUsage.objects.aget(budget=budget)
-    assert usage.spent_units == AFFORDED * each <= budget.limit_usd * 10**10
+    exact = usd_to_units(fake_registry.cost("openai", "gpt-4o-mini", spec.usage))  # what each answer cost
+    assert usage.spent_units == AFFORDED * exact <= usd_to_units(budget.limit_usd)
     assert usage.spent_tokens == AFFORDED * spec.usage.total_tokens == budget.limit_tokens
     assert (usage.reserved_units, usage.reserved_tokens) == (0, 0)
     assert await aopen_reservations() == 0
