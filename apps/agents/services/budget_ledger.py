@@ -311,6 +311,40 @@ def release_slot(hold: Hold) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A budget window as read at admission (a snapshot: only the reservation decides)."""
+
+    spent_units: int = 0
+    reserved_units: int = 0
+    spent_tokens: int = 0
+    reserved_tokens: int = 0
+    active_runs: int = 0
+
+
+Windows = dict[tuple[int, str], Window]
+
+
+def window_key(budget_id: int, start: datetime) -> tuple[int, str]:
+    return budget_id, str(_when(start))
+
+
+def read_windows(budgets: Sequence[BudgetLimits], now: datetime) -> Windows:
+    """The current windows (and concurrency counters) of `budgets`, in one SELECT."""
+    starts = {period_start(b.period, now) for b in budgets} | {EPOCH}
+    if not budgets:
+        return {}
+    ids = [b.id for b in budgets]
+    sql = (
+        "SELECT budget_id, period_start, spent_units, reserved_units, spent_tokens, reserved_tokens,"
+        f" active_runs FROM {USAGE_TABLE} WHERE budget_id IN ({', '.join(['%s'] * len(ids))})"
+        f" AND period_start IN ({', '.join(['%s'] * len(starts))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*ids, *(_when(start) for start in starts)])
+        return {(int(row[0]), str(row[1])): Window(*row[2:]) for row in cursor.fetchall()}
+
+
 def _hold_of(row: BudgetReservation) -> Hold:
     windows = tuple((int(budget_id), datetime.fromisoformat(start)) for budget_id, start in row.windows)
     return Hold(row.pk, row.amount_units, row.tokens, windows)

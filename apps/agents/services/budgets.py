@@ -30,21 +30,25 @@ from django.utils import timezone
 
 from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
-from apps.agents.models import Budget, BudgetUsage
+from apps.agents.models import Budget
 from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, usd_to_units
 from apps.agents.services.budget_ledger import (  # noqa: F401 - the service's API, re-exported
     BudgetLimits,
     Hold,
+    Window,
+    Windows,
     acquire_slot,
     concurrency_refusal,
     period_reset,
     period_start,
+    read_windows,
     refusal,
     release,
     release_orphaned,
     release_slot,
     reserve,
     settle,
+    window_key,
 )
 from apps.platforms.base import Usage
 
@@ -98,9 +102,6 @@ def default_user_budget(user: Any) -> Budget | None:
         },
     )
     return budget
-
-
-aapplicable_budgets = sync_to_async(applicable_budgets)
 
 
 # ---------------------------------------------------------------------- the engine's hook
@@ -251,29 +252,32 @@ def as_application_error(refused: SpendRefused) -> BudgetExceeded:
     return BudgetExceeded(refused.message, retry_after=refused.retry_after, budget=refused.budget)
 
 
-def precheck(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> None:
+def load_budgets(*, user: Any, agent: Any) -> tuple[tuple[BudgetLimits, ...], Windows]:
+    """The budgets that apply to a run and their current windows: read together, in the run's preparation
+    (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
+    budgets = tuple(applicable_budgets(user=user, agent=agent))
+    return budgets, (read_windows(budgets, timezone.now()) if budgets else {})
+
+
+aload_budgets = sync_to_async(load_budgets)
+
+
+def precheck(budgets: Sequence[BudgetLimits], windows: Windows, now: datetime | None = None) -> None:
     """Refuse (BudgetExceeded, 429) a run that a budget could not admit even one attempt of: exhausted,
-    held in full by runs in flight, or at its concurrency limit. One read, before the execution row is
-    written. Only a fast path: the reservation before each attempt is what guarantees the limit."""
+    held in full by runs in flight, or at its concurrency limit, as `windows` (read in the run's
+    preparation) show it. Before the execution row is written. Only a fast path: the reservation before
+    each attempt is what guarantees the limit."""
     if not budgets:
         return
     now = now or timezone.now()
-    wanted = {(b.id, period_start(b.period, now)) for b in budgets if b.limits_spend}
-    wanted |= {(b.id, EPOCH) for b in budgets if b.max_concurrent is not None}
-    if not wanted:
-        return
-    where = Q()
-    for budget_id, start in wanted:
-        where |= Q(budget_id=budget_id, period_start=start)
-    rows = {(row.budget_id, row.period_start): row for row in BudgetUsage.objects.filter(where)}
     for budget in budgets:
         if budget.max_concurrent is not None:
-            slot = rows.get((budget.id, EPOCH))
-            if budget.max_concurrent == 0 or (slot is not None and slot.active_runs >= budget.max_concurrent):
+            slots = windows.get(window_key(budget.id, EPOCH)) or Window()
+            if slots.active_runs >= budget.max_concurrent:
                 raise as_application_error(concurrency_refusal(budget))
         if not budget.limits_spend:
             continue
-        row = rows.get((budget.id, period_start(budget.period, now))) or BudgetUsage()
+        row = windows.get(window_key(budget.id, period_start(budget.period, now))) or Window()
         limit_units, limit_tokens = budget.limit_units, budget.limit_tokens
         full_usd = limit_units is not None and row.spent_units + row.reserved_units >= limit_units
         full_tokens = limit_tokens is not None and row.spent_tokens + row.reserved_tokens >= limit_tokens
@@ -282,9 +286,6 @@ def precheck(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> No
                 limit_tokens is not None and row.spent_tokens >= limit_tokens
             )
             raise as_application_error(refusal(budget, now, held=not spent_out))
-
-
-aprecheck = sync_to_async(precheck)
 
 
 # ---------------------------------------------------------------------- editing budgets

@@ -40,7 +40,7 @@ from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
-from apps.agents.services.budgets import aprecheck, guard_for
+from apps.agents.services.budgets import guard_for, precheck
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import record_outcome, result_from_row, shielded, status_body
 from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
@@ -117,7 +117,7 @@ class ExecutionEngine:
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
         # A budget already exhausted (or at its concurrency limit) refuses the request before any row exists.
-        await aprecheck(prepared.budgets)
+        precheck(prepared.budgets, prepared.budget_windows)
         admission = await aadmit_execution(
             **prepared.create_kwargs(mode=mode, running=running),
             idempotency_key=idempotency_key,

@@ -7,7 +7,7 @@ field named in `fields`) and nothing is written.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from apps.agents.engine import AgentConfig, AgentContext
 from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
-from apps.agents.services.budgets import BudgetLimits, aapplicable_budgets
+from apps.agents.services.budgets import BudgetLimits, Windows, aload_budgets
 from apps.agents.services.limits import acheck_run_limits
 
 
@@ -56,6 +56,8 @@ class PreparedRun:
     positions: tuple[int, ...] = ()
     #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py).
     budgets: tuple[BudgetLimits, ...] = ()
+    #: Their current windows as read with them (what admission checks; the reservations decide).
+    budget_windows: Windows = field(default_factory=dict)
 
     def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
         """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""
@@ -148,7 +150,7 @@ async def prepare_run(
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
     )
-    budgets = tuple(await aapplicable_budgets(user=user, agent=agent))
+    budgets, windows = await aload_budgets(user=user, agent=agent)
     return PreparedRun(
-        agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions, budgets
+        agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions, budgets, windows
     )
