@@ -11,7 +11,8 @@ alternate, so drift on a noisy machine hits both alike. Each engine run is a rea
 `running`, the provider call, one final UPDATE with attempts, tokens and cost. "(2 writes alone)" times
 just those two writes (StateManager create + complete) for scale. "budget vs none" pairs a sync run under a
 USD + token budget with the same run under none: its overhead is the spend control's (one reservation and
-one settlement per attempt); "+slots vs none" adds a concurrency limit (a slot taken and freed per run). On PostgreSQL everything is measured twice:
+one settlement per attempt); "+slots vs none" adds a concurrency limit (a slot taken and freed per run);
+"(hold+settle alone)" times one attempt's reservation and settlement by themselves. On PostgreSQL everything is measured twice:
 as configured, then with synchronous_commit=off (a commit no longer waits for the disk's fsync; at most the
 last few hundred ms of commits can be lost if PostgreSQL itself crashes, never corrupted). Prints a table
 and writes bench/results/engine.json.
@@ -29,6 +30,7 @@ import pstats
 import statistics
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,6 +52,7 @@ LABELS = {
     "db_writes": "(2 writes alone)",
     "budget": "budget vs none",  # "direct" = the same engine run with no budget
     "budget_slots": "+slots vs none",
+    "budget_writes": "(hold+settle alone)",
 }
 
 
@@ -154,6 +157,21 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
         result = await execution_engine.execute_agent(agent, {"task": "Say hello"}, slots_user)
         assert result.success, result.error
 
+    from apps.agents.engine.spend import AttemptSpec
+    from apps.agents.services.budgets import applicable_budgets, guard_for
+    from apps.platforms.base import Usage
+    from apps.platforms.registry import get_registry
+
+    budgets = await asyncio.to_thread(applicable_budgets, user=budget_user, agent=agent)
+    spec = AttemptSpec("openai", "gpt-4o-mini", 60, 256)
+
+    async def budget_writes() -> None:
+        # One attempt's reservation and settlement alone, as the engine makes them (two thread hops).
+        guard = guard_for(execution_id=None, budgets=budgets, registry=get_registry())
+        assert guard is not None
+        reserved = await guard.reserve(spec)
+        await guard.settle(reserved, Usage(11, 7), Decimal("0.0000060000"))
+
     async def db_writes() -> None:
         # The two writes every sync run makes, alone: the INSERT (already running) and the final UPDATE.
         execution = await state_manager.acreate_execution(
@@ -173,6 +191,7 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
         # column is then the engine without a budget): the difference is the reservation + settlement.
         ("budget", engine_sync, engine_budget),
         ("budget_slots", engine_sync, engine_budget_slots),
+        ("budget_writes", nothing, budget_writes),
     ):
         for _ in range(warmup):
             await direct()
@@ -268,7 +287,7 @@ def main() -> None:
     print("-" * len(header))
     for commits, table in results.items():
         assert isinstance(table, dict)
-        for mode in ("sync", "stream", "db_writes", "budget", "budget_slots"):
+        for mode in ("sync", "stream", "db_writes", "budget", "budget_slots", "budget_writes"):
             row = table[mode]
             direct, engine = row["direct_sdk"], row["engine"]
             label = LABELS.get(mode, mode)
