@@ -194,9 +194,29 @@ def test_agent_writes_are_checked_against_the_deployment_limits(alice_client, se
         ("timeout_seconds", 301),
     ]:
         response = post_json(alice_client, "/api/v1/agents/", {**base, field: value})
-        assert set(assert_envelope(response, 400, "limit_exceeded")["fields"]) == {field}
+        assert response.status_code == 400, response.content
+        assert set(response.json()["error"]["fields"]) == {field}
     ok = post_json(alice_client, "/api/v1/agents/", {**base, "model": "gpt-4o-mini", "max_tokens": 1000})
     assert ok.status_code == 201, ok.content
+
+
+def test_the_service_refuses_what_the_serializer_did_not_see(alice, settings):
+    """The admin and the catalog write through the service, which checks the same limits."""
+    from apps.agents.errors import ApplicationError
+    from apps.agents.services.agents import agent_create
+
+    settings.NON_STAFF_MAX_RETRIES = 1
+    with pytest.raises(ApplicationError) as raised:
+        agent_create(owner=alice, data={"name": "A", "agent_id": "svc-limited", "max_retries": 2})
+    assert raised.value.code == "limit_exceeded" and set(raised.value.fields) == {"max_retries"}
+
+
+def test_the_schema_states_the_deployment_limits(alice_client, settings):
+    settings.NON_STAFF_MAX_TIMEOUT_SECONDS = 321
+    schema = alice_client.get("/api/schema/?format=json").json()
+    fields = schema["components"]["schemas"]["AgentInputRequest"]["properties"]
+    assert fields["timeout_seconds"]["maximum"] == 321
+    assert fields["max_tokens"]["maximum"] == settings.MAX_OUTPUT_TOKENS
 
 
 def test_staff_agents_may_exceed_the_non_staff_ceilings(staff_client, settings):
