@@ -9,7 +9,10 @@ server (bench/compare/fake.py: the tests' FakeOpenAIServer on uvloop + httptools
 that it does not share this process's GIL. Direct and engine calls
 alternate, so drift on a noisy machine hits both alike. Each engine run is a real run: a row inserted
 `running`, the provider call, one final UPDATE with attempts, tokens and cost. "(2 writes alone)" times
-just those two writes (StateManager create + complete) for scale. On PostgreSQL everything is measured twice:
+just those two writes (StateManager create + complete) for scale. "budget vs none" pairs a sync run under a
+USD + token budget with the same run under none: its overhead is the spend control's (one reservation and
+one settlement per attempt); "+slots vs none" adds a concurrency limit (a slot taken and freed per run);
+"(hold+settle alone)" times one attempt's reservation and settlement by themselves. On PostgreSQL everything is measured twice:
 as configured, then with synchronous_commit=off (a commit no longer waits for the disk's fsync; at most the
 last few hundred ms of commits can be lost if PostgreSQL itself crashes, never corrupted). Prints a table
 and writes bench/results/engine.json.
@@ -27,6 +30,7 @@ import pstats
 import statistics
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,11 +48,43 @@ from apps.platforms.pricing import Pricing  # noqa: E402
 from apps.platforms.registry import PlatformRegistry, set_registry  # noqa: E402
 
 KEY = "sk-bench-not-a-secret"
+LABELS = {
+    "db_writes": "(2 writes alone)",
+    "budget": "budget vs none",  # "direct" = the same engine run with no budget
+    "budget_slots": "+slots vs none",
+    "budget_writes": "(hold+settle alone)",
+}
 
 
 def summary(samples: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in samples]
     return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 0.95), "mean_ms": statistics.fmean(ms)}
+
+
+def budgeted_users() -> tuple[object, object]:
+    """Two more users: one under a USD + token budget, one whose budget also limits concurrent runs (each
+    run then also takes and frees a slot). Limits far above what the bench spends: every run is admitted."""
+    from decimal import Decimal
+
+    from django.contrib.auth import get_user_model
+
+    from apps.agents.models import Budget, BudgetUsage
+
+    users = []
+    for name, concurrent in (("bench-engine-budget", None), ("bench-engine-budget-slots", 8)):
+        user, _ = get_user_model().objects.get_or_create(username=name)
+        Budget.objects.filter(user=user).delete()
+        Budget.objects.create(
+            scope="user",
+            user=user,
+            period="month",
+            limit_usd=Decimal("1000000"),
+            limit_tokens=10**12,
+            max_concurrent=concurrent,
+        )
+        users.append(user)
+    BudgetUsage.objects.filter(budget__user__in=users).delete()
+    return users[0], users[1]
 
 
 def prepare_agent() -> tuple[Agent, object]:
@@ -111,6 +147,31 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
             pass
         assert last is not None and last.name == "execution.completed", last
 
+    budget_user, slots_user = await asyncio.to_thread(budgeted_users)
+
+    async def engine_budget() -> None:
+        result = await execution_engine.execute_agent(agent, {"task": "Say hello"}, budget_user)
+        assert result.success, result.error
+
+    async def engine_budget_slots() -> None:
+        result = await execution_engine.execute_agent(agent, {"task": "Say hello"}, slots_user)
+        assert result.success, result.error
+
+    from apps.agents.engine.spend import AttemptSpec
+    from apps.agents.services.budgets import applicable_budgets, guard_for
+    from apps.platforms.base import Usage
+    from apps.platforms.registry import get_registry
+
+    budgets = await asyncio.to_thread(applicable_budgets, user=budget_user, agent=agent)
+    spec = AttemptSpec("openai", "gpt-4o-mini", 60, 256)
+
+    async def budget_writes() -> None:
+        # One attempt's reservation and settlement alone, as the engine makes them (two thread hops).
+        guard = guard_for(execution_id=None, budgets=budgets, registry=get_registry())
+        assert guard is not None
+        reserved = await guard.reserve(spec)
+        await guard.settle(reserved, Usage(11, 7), Decimal("0.0000060000"))
+
     async def db_writes() -> None:
         # The two writes every sync run makes, alone: the INSERT (already running) and the final UPDATE.
         execution = await state_manager.acreate_execution(
@@ -126,6 +187,11 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
         ("sync", direct_sync, engine_sync),
         ("stream", direct_stream, engine_stream),
         ("db_writes", nothing, db_writes),
+        # Spend control: the same sync run with a budget active, paired with a run with none (the "direct"
+        # column is then the engine without a budget): the difference is the reservation + settlement.
+        ("budget", engine_sync, engine_budget),
+        ("budget_slots", engine_sync, engine_budget_slots),
+        ("budget_writes", nothing, budget_writes),
     ):
         for _ in range(warmup):
             await direct()
@@ -221,10 +287,10 @@ def main() -> None:
     print("-" * len(header))
     for commits, table in results.items():
         assert isinstance(table, dict)
-        for mode in ("sync", "stream", "db_writes"):
+        for mode in ("sync", "stream", "db_writes", "budget", "budget_slots", "budget_writes"):
             row = table[mode]
             direct, engine = row["direct_sdk"], row["engine"]
-            label = "(2 writes alone)" if mode == "db_writes" else mode
+            label = LABELS.get(mode, mode)
             print(
                 f"{commits:<24}{label:<18}{direct['p50_ms']:>9.2f} ms{engine['p50_ms']:>9.2f} ms"
                 f"{row['overhead_p50_ms']:>11.2f} ms{direct['p95_ms']:>9.2f} ms{engine['p95_ms']:>9.2f} ms"

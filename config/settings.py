@@ -230,6 +230,18 @@ MODEL_PRICES = env.json("MODEL_PRICES", default={})
 # --- Tools ---------------------------------------------------------------------------------------------------
 # Modules imported at startup whose @agent_tool functions agents may allowlist (comma-separated).
 AGENT_TOOL_MODULES = env.list("AGENT_TOOL_MODULES", default=[])
+# --- Spend control (README "Budgets and limits") ---------------------------------------------------------
+# A budget every user gets unless they have one of their own: JSON {"usd": "5", "tokens": 2000000,
+# "period": "day"|"month"|"total", "max_concurrent": 4}, any key optional. Empty: no default budget.
+BUDGET_DEFAULT_USER = env.json("BUDGET_DEFAULT_USER", default={})
+# The largest max_tokens an agent (or a /v1/chat/completions request) may ask for; also the max_tokens sent
+# when a budget applies and the agent sets none, so that every attempt's reservation is a true upper bound.
+MAX_OUTPUT_TOKENS = env.int("MAX_OUTPUT_TOKENS", default=32_768)
+# JSON {"platform": ["model", ...]}: the models a user may pick per platform. A platform not listed: any.
+MODEL_ALLOWLIST = env.json("MODEL_ALLOWLIST", default={})
+# Ceilings for agents that non-staff users create or run (staff agents are not capped).
+NON_STAFF_MAX_RETRIES = env.int("NON_STAFF_MAX_RETRIES", default=5)
+NON_STAFF_MAX_TIMEOUT_SECONDS = env.int("NON_STAFF_MAX_TIMEOUT_SECONDS", default=600)
 
 # --- Background runs -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="")

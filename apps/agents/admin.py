@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from apps.agents.models import Agent, AgentExecution, Conversation, McpServer, Message
+from apps.agents.models import Agent, AgentExecution, Budget, Conversation, McpServer, Message
 
 
 @admin.register(Agent)
@@ -98,3 +98,51 @@ class McpServerAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     )
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    """Budgets are edited here (or with `manage.py set_budget` / POST /api/v1/budgets/). Usage is not: it
+    is what the runs' reservations and settlements wrote, and an edit would race them."""
+
+    list_display = (
+        "label",
+        "scope",
+        "user",
+        "agent",
+        "period",
+        "limit_usd",
+        "limit_tokens",
+        "max_concurrent",
+    )
+    list_filter = ("scope", "period", "is_active")
+    search_fields = ("name", "user__username", "agent__agent_id")
+    raw_id_fields = ("user", "agent")
+    readonly_fields = ("from_default", "created_at", "updated_at", "current_usage")
+    fields = (
+        "name",
+        "scope",
+        "user",
+        "agent",
+        "period",
+        "limit_usd",
+        "limit_tokens",
+        "max_concurrent",
+        "is_active",
+        "current_usage",
+        "from_default",
+        "created_at",
+        "updated_at",
+    )
+
+    @admin.display(description="Current period")
+    def current_usage(self, budget: Budget) -> str:
+        if budget.pk is None:
+            return "-"
+        from apps.agents.budget_selectors import budget_statuses
+
+        status = budget_statuses([budget])[0]
+        return (
+            f"spent {status.spent_usd} USD / {status.spent_tokens} tokens, held {status.reserved_usd} USD / "
+            f"{status.reserved_tokens} tokens, {status.active_runs} runs in flight (since {status.period_start:%Y-%m-%d})"
+        )

@@ -16,6 +16,7 @@ class ApplicationError(Exception):
         code: str = "invalid",
         status: int | None = None,
         fields: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -23,6 +24,20 @@ class ApplicationError(Exception):
         if status is not None:
             self.status = status
         self.fields = fields
+        #: Extra response headers, e.g. Retry-After of a budget refusal.
+        self.headers = dict(headers or {})
+
+
+class BudgetExceeded(ApplicationError):
+    """A budget (or its concurrency limit) refuses the run: 429 with Retry-After when the budget resets."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int | None = None, budget: str = "") -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(message, code="budget_exceeded", headers=headers)
+        self.retry_after = retry_after
+        self.budget = budget
 
 
 class IllegalTransition(ApplicationError):

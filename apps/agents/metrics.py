@@ -13,6 +13,8 @@ Everything is derived from the recorded row, attempts included:
     agents_retries_total{platform}                       calls repeated on the same platform after a failure
     agents_fallbacks_total{from,to}                      moves to the next platform after a failure or skip
     agents_cooldowns_total{platform}                     times a platform was skipped while cooling down
+    agents_budget_refusals_total{budget,reason}          refusals by a budget (spend | concurrency)
+    agents_budget_*{budget,scope,period}                 spend, holds and limits per budget (BudgetCollector)
 
 `platform` is the platform that answered ("none" when none did). Rows ended by another process (the reaper's
 `worker_lost`, a queued run cancelled before it started) made no provider calls here and are not counted.
@@ -107,6 +109,71 @@ COOLDOWNS = Counter(
     namespace=NAMESPACE,
     registry=REGISTRY,
 )
+
+BUDGET_REFUSALS = Counter(
+    "budget_refusals",
+    "Runs or attempts a budget refused (reason: spend or concurrency), before anything was sent.",
+    ["budget", "reason"],
+    namespace=NAMESPACE,
+    registry=REGISTRY,
+)
+
+
+class BudgetCollector:
+    """Spend per budget in its current period, read from the database at scrape time (so every process
+    reports the same numbers, unlike the per-process counters above):
+
+        agents_budget_spent_usd{budget,scope,period}     agents_budget_reserved_usd{...}
+        agents_budget_spent_tokens{...}                  agents_budget_reserved_tokens{...}
+        agents_budget_limit_usd{...}, agents_budget_limit_tokens{...} (budgets that have that limit)
+        agents_budget_active_runs{...}
+    """
+
+    def describe(self) -> list[Any]:
+        return []  # nothing at registration: collect() reads the database
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from apps.agents.budget_selectors import all_budgets
+
+        labels = ["budget", "scope", "period"]
+        families = {
+            name: GaugeMetricFamily(f"{NAMESPACE}_budget_{name}", text, labels=labels)
+            for name, text in (
+                ("spent_usd", "USD spent in the budget's current period."),
+                ("reserved_usd", "USD held by attempts in flight."),
+                ("limit_usd", "The budget's USD limit per period."),
+                ("spent_tokens", "Tokens used in the budget's current period."),
+                ("reserved_tokens", "Tokens held by attempts in flight."),
+                ("limit_tokens", "The budget's token limit per period."),
+                ("active_runs", "Runs in flight within the budget's scope."),
+            )
+        }
+        try:
+            statuses = [status for status in all_budgets() if status.is_active]
+        except Exception:  # a scrape must answer even when the database does not
+            logger.exception("reading budgets for /metrics failed")
+            statuses = []
+        for status in statuses:
+            values = [status.name, status.scope, status.period]
+            families["spent_usd"].add_metric(values, float(status.spent_usd))
+            families["reserved_usd"].add_metric(values, float(status.reserved_usd))
+            families["spent_tokens"].add_metric(values, status.spent_tokens)
+            families["reserved_tokens"].add_metric(values, status.reserved_tokens)
+            families["active_runs"].add_metric(values, status.active_runs)
+            if status.limit_usd is not None:
+                families["limit_usd"].add_metric(values, float(status.limit_usd))
+            if status.limit_tokens is not None:
+                families["limit_tokens"].add_metric(values, status.limit_tokens)
+        return list(families.values())
+
+
+REGISTRY.register(BudgetCollector())  # type: ignore[arg-type]
+
+
+def record_budget_refusal(budget: str, reason: str) -> None:
+    BUDGET_REFUSALS.labels(budget or "unnamed", reason).inc()
 
 
 def _field(attempt: Any, name: str) -> Any:

@@ -136,6 +136,7 @@ class ErrorCode(models.TextChoices):
     WORKER_LOST = "worker_lost", "Worker lost"
     LIMIT_EXCEEDED = "limit_exceeded", "Limit exceeded"
     NO_PLATFORM = "no_platform", "No platform"
+    BUDGET_EXCEEDED = "budget_exceeded", "Budget exceeded"
 
 
 class ExecutionMode(models.TextChoices):
@@ -422,3 +423,7 @@ class McpServer(TimeStamped):
             raise ValidationError({"command": "a stdio server needs a command"})
         if self.transport == McpTransport.HTTP and not self.url:
             raise ValidationError({"url": "an HTTP server needs a URL"})
+
+
+# Spend control lives in its own module; imported here so that Django registers its models with the app.
+from apps.agents.models_budget import Budget, BudgetReservation, BudgetUsage  # noqa: E402, F401

@@ -102,6 +102,7 @@ def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
         retry_after = getattr(exc, "retry_after", None)  # a 429 says when to come back (a login lockout)
         if retry_after is not None:
             headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+        headers.update(exc.headers)
         return _response(exc.status, error_body(exc.code, exc.message, exc.fields), headers)
     if isinstance(exc, drf.ValidationError):
         fields = flatten_fields(exc.detail)

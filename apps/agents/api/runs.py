@@ -40,7 +40,11 @@ MAX_IDEMPOTENCY_KEY = 255
 # (ARCHITECTURE.md):
 # 504 when it timed out, 502 for everything else (provider errors after retries and fallbacks, no platform,
 # invalid output, cancelled meanwhile); `error.code` says which. Any other status carries the error envelope.
-FAILURE_STATUS = {"timeout": status.HTTP_504_GATEWAY_TIMEOUT}
+FAILURE_STATUS = {
+    "timeout": status.HTTP_504_GATEWAY_TIMEOUT,
+    # A budget refused an attempt (the run lost the race for the budget's last room): nothing was sent.
+    "budget_exceeded": status.HTTP_429_TOO_MANY_REQUESTS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,18 @@ async def run(request: Request, command: ExecuteCommand) -> HttpResponseBase:
     if result.success:
         return Response(body, status=status.HTTP_200_OK)
     code = result.error.code if result.error is not None else ""
-    return Response(body, status=FAILURE_STATUS.get(code, status.HTTP_502_BAD_GATEWAY))
+    return Response(
+        body, status=FAILURE_STATUS.get(code, status.HTTP_502_BAD_GATEWAY), headers=retry_after_header(result)
+    )
+
+
+def retry_after_header(result: Any) -> dict[str, str]:
+    """Retry-After of a run a budget refused (the budget's reset, or a few seconds for room held in flight)."""
+    budget = (result.metadata or {}).get("budget") or {}
+    retry_after = (
+        budget.get("retry_after") if result.error and result.error.code == "budget_exceeded" else None
+    )
+    return {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
 
 async def _run_in_background(request: Request, command: ExecuteCommand, engine: Any) -> Response:

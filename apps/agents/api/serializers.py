@@ -6,6 +6,7 @@ contract. Every input serializer is strict: unknown keys and wrong JSON types ar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,7 +151,50 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
         field_class, kwargs = super().build_standard_field(field_name, model_field)
         # Keep the model's validators (slug pattern) but drop DRF's UniqueValidator: full_clean checks once.
         kwargs["validators"] = [v for v in kwargs.get("validators", []) if not hasattr(v, "queryset")]
+        cap = self._deployment_caps().get(field_name)
+        if cap is not None:
+            kwargs["max_value"] = min(kwargs.get("max_value", cap), cap)
         return field_class, kwargs
+
+    def _deployment_caps(self) -> dict[str, int]:
+        """Deployment limits (README "Budgets and limits") as the fields' maxima, so the schema states them:
+        MAX_OUTPUT_TOKENS for every agent; the non-staff ceilings unless the agent's owner (the caller, for
+        a new agent) is staff. Without a request (the schema) the non-staff ones apply."""
+        caps = {"max_tokens": int(settings.MAX_OUTPUT_TOKENS)}
+        request = self.context.get("request")
+        owner = getattr(self.instance, "owner", None) or getattr(request, "user", None)
+        if not getattr(owner, "is_staff", False):
+            caps["max_retries"] = int(settings.NON_STAFF_MAX_RETRIES)
+            caps["timeout_seconds"] = int(settings.NON_STAFF_MAX_TIMEOUT_SECONDS)
+        return caps
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The model allowlist (MODEL_ALLOWLIST), for non-staff owners: 400 naming `model`."""
+        from apps.agents.services.limits import limit_errors
+
+        if "model" in attrs or "preferred_platform" in attrs:
+            merged = {
+                "model": attrs.get("model", getattr(self.instance, "model", "")),
+                "preferred_platform": attrs.get(
+                    "preferred_platform", getattr(self.instance, "preferred_platform", "")
+                ),
+            }
+            if "max_retries" in self._deployment_caps():
+                errors = limit_errors(_AgentLimitsView(**merged), staff=False)
+                if "model" in errors:
+                    raise serializers.ValidationError({"model": errors["model"]})
+        return attrs
+
+
+@dataclasses.dataclass(frozen=True)
+class _AgentLimitsView:
+    """Just what the allowlist check reads; the other limits are the fields' maxima above."""
+
+    model: str
+    preferred_platform: str
+    max_tokens: int | None = None
+    max_retries: int = 0
+    timeout_seconds: int = 0
 
 
 class AgentOutputSerializer(serializers.ModelSerializer):

@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from apps.agents.api import tools, views
+from apps.agents.api import budget_views, tools, views
 
 router = SimpleRouter()
 router.register("agents", views.AgentViewSet, basename="agent")
@@ -14,5 +14,7 @@ urlpatterns = [
     path("auth/token/", views.AuthTokenView.as_view(), name="auth-token"),
     path("health/", views.HealthView.as_view(), name="health"),
     path("tools/", tools.ToolListView.as_view(), name="tool-list"),
+    path("usage/", budget_views.UsageView.as_view(), name="usage"),
+    path("budgets/", budget_views.BudgetListView.as_view(), name="budget-list"),
     *router.urls,
 ]

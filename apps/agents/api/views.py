@@ -250,7 +250,7 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         return self.get_paginated_response(AgentOutputSerializer(page, many=True).data)
 
     def create(self, request: Request) -> Response:
-        data = AgentInputSerializer(data=request.data)
+        data = AgentInputSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         agent = agent_services.agent_create(owner=request.user, data=data.validated_data)
         return Response(AgentOutputSerializer(agent).data, status=status.HTTP_201_CREATED)
@@ -260,7 +260,9 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
     def partial_update(self, request: Request, pk: str) -> Response:
         agent = self.get_object()
-        data = AgentInputSerializer(instance=agent, data=request.data, partial=True)
+        data = AgentInputSerializer(
+            instance=agent, data=request.data, partial=True, context={"request": request}
+        )
         data.is_valid(raise_exception=True)
         agent = agent_services.agent_update(agent=agent, data=data.validated_data, actor=request.user)
         return Response(AgentOutputSerializer(agent).data)

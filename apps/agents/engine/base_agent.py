@@ -42,6 +42,7 @@ from apps.agents.engine.events import (
 )
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
+from apps.agents.engine.spend import SpendGuard, SpendRefused, attempt_spec, settle_shielded
 from apps.agents.engine.streaming import stream_completion
 from apps.agents.engine.tools import ToolRegistry, tool_registry
 from apps.platforms.base import (
@@ -86,6 +87,7 @@ class BaseAgent:
         rng: Callable[[], float] = random.random,
         retry_policy: RetryPolicy | None = None,
         tools: ToolRegistry | None = None,
+        spend_guard: SpendGuard | None = None,
     ) -> None:
         self.config = config
         # A PlatformRegistry (duck-typed: chain, get, cost), never imported here so the engine stays pure.
@@ -98,6 +100,8 @@ class BaseAgent:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
+        #: Asked before every provider attempt (budgets); None: nothing limits what runs spend.
+        self.spend_guard = spend_guard
         self._pre_hooks: list[PreHook] = []
         self._post_hooks: list[PostHook] = []
         #: The progress of the most recent run started on this instance.
@@ -305,7 +309,7 @@ class BaseAgent:
                 messages=tuple(messages),
                 system_prompt=config.system_prompt if system_prompt is None else system_prompt,
                 temperature=self.temperature if temperature is None else temperature,
-                max_tokens=config.max_tokens if max_tokens is None else max_tokens,
+                max_tokens=self._max_tokens(config.max_tokens if max_tokens is None else max_tokens),
                 json_schema=json_schema,
                 tools=tuple(tools),
             )
@@ -326,14 +330,12 @@ class BaseAgent:
         """Up to 1 + max_retries attempts on one platform: (completion, None) or (None, the last error)."""
         max_retries = max(0, self.config.max_retries)
         for retry in range(max_retries + 1):
-            started = self._clock()
             scope.sent_output = False
+            reservation = await self._reserve(scope, name, request)
+            started = self._clock()
             try:
                 try:
-                    if stream:
-                        completion = await stream_completion(scope, platform, request)
-                    else:
-                        completion = await platform.generate(request)
+                    completion = await self._call(scope, name, platform, request, stream, reservation)
                 except PlatformError:
                     raise
                 except (asyncio.CancelledError, GeneratorExit):
@@ -394,11 +396,71 @@ class BaseAgent:
             scope.record_attempt(name, model, "ok", started, completion=completion)
             self.cooldowns.record_success(name)
             state = scope.state
-            state.add_usage(completion.usage, self.registry.cost(name, model, completion.usage))
+            cost = scope.attempt_cost
+            state.add_usage(
+                completion.usage,
+                cost if cost is not None else self.registry.cost(name, model, completion.usage),
+            )
             state.platform_used, state.model_used = name, model
             state.last_text = completion.text
             return completion, None
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+    # ------------------------------------------------------------------ spend control
+    def _max_tokens(self, max_tokens: int | None) -> int | None:
+        """With a spend guard, every request carries a max_tokens: an output with no bound could not be
+        reserved, and the provider's own default may be far above the deployment's cap."""
+        if max_tokens is None and self.spend_guard is not None:
+            return self.spend_guard.output_cap
+        return max_tokens
+
+    async def _reserve(self, scope: RunScope, name: str, request: CompletionRequest) -> Any:
+        """The guard's reservation for this attempt (None without a guard). A refusal fails the run before
+        anything is sent: it is recorded as an attempt that made no call."""
+        guard = self.spend_guard
+        if guard is None:
+            return None
+        try:
+            return await guard.reserve(attempt_spec(name, request, output_cap=guard.output_cap))
+        except SpendRefused as refused:
+            scope.record_attempt(name, request.model, "budget_exceeded", None, error=refused.message)
+            scope.state.metadata["budget"] = {"name": refused.budget, "retry_after": refused.retry_after}
+            raise
+
+    async def _call(
+        self,
+        scope: RunScope,
+        platform_name: str,
+        platform: Platform,
+        request: CompletionRequest,
+        stream: bool,
+        reservation: Any,
+    ) -> Completion:
+        """One request to one platform; its reservation is settled with the usage it reported, whatever the
+        outcome: the completion's, an error's (`usage`, when the adapter knows it), or the last usage a
+        stream announced before it was cut or cancelled (zero if none)."""
+        scope.attempt_usage = None
+        scope.attempt_cost = None
+        usage = None
+        try:
+            if stream:
+                completion = await stream_completion(scope, platform, request)
+            else:
+                completion = await platform.generate(request)
+            usage = completion.usage
+            # Priced once, here: the run's record and the budget's settlement take the same figure.
+            model = completion.model or request.model
+            scope.attempt_cost = self.registry.cost(platform_name, model, usage)
+            return completion
+        except PlatformError as error:
+            usage = getattr(error, "usage", None) or scope.attempt_usage
+            raise
+        except BaseException:
+            usage = scope.attempt_usage
+            raise
+        finally:
+            if reservation is not None and self.spend_guard is not None:
+                await settle_shielded(self.spend_guard, reservation, usage, scope.attempt_cost)
 
     # ------------------------------------------------------------------ logs
     def _public(self, scope: RunScope, name: str, error: PlatformError) -> str:

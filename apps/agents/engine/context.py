@@ -23,6 +23,7 @@ ErrorCode = Literal[
     "worker_lost",
     "limit_exceeded",
     "no_platform",
+    "budget_exceeded",
 ]
 
 

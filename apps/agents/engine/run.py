@@ -113,6 +113,10 @@ class RunScope:
     timer: asyncio.Timeout | None = None
     #: Set once the current request has sent text to the client: from then on it may not be retried.
     sent_output: bool = False
+    #: The last usage the current attempt's stream announced (a cut or cancelled stream's partial usage).
+    attempt_usage: Usage | None = None
+    #: What the current attempt's answer cost (set once it answered).
+    attempt_cost: Decimal | None = None
 
     @property
     def streaming(self) -> bool:

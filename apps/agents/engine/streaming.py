@@ -29,6 +29,8 @@ async def stream_completion(scope: RunScope, platform: Platform, request: Comple
                 scope.sent_output = True
                 scope.state.streamed.append(chunk.text)
                 await scope.send(OutputDelta(chunk.text))
+            if chunk.usage is not None:  # settled even if the stream never finishes (spend control)
+                scope.attempt_usage = chunk.usage
             if chunk.finish_reason is not None:
                 final = chunk
     finally:

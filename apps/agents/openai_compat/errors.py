@@ -77,7 +77,20 @@ def model_not_found(model: object) -> OpenAIError:
 def from_application_error(exc: ApplicationError, *, param: str | None = None) -> OpenAIError:
     """An engine refusal (bad input 400, agent inactive 409, ...) in OpenAI's shape; `param` names the part of
     the client's request at fault (the engine names its own fields, e.g. "input_data.task")."""
+    if exc.code == "budget_exceeded":
+        return insufficient_quota(exc.message, exc.headers.get("Retry-After"))
     return OpenAIError(exc.message, status=exc.status, code=exc.code, param=param)
+
+
+def insufficient_quota(message: str, retry_after: object = None) -> OpenAIError:
+    """A budget refusal as OpenAI words an exhausted quota: 429, type and code `insufficient_quota`. The
+    OpenAI SDKs do not retry it on their own unless told to; Retry-After says when the budget resets."""
+    headers = {"x-should-retry": "false"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return OpenAIError(
+        message, status=429, code="insufficient_quota", type="insufficient_quota", headers=headers
+    )
 
 
 def run_failure(result: AgentResult | None, execution_id: str) -> OpenAIError:
@@ -90,6 +103,11 @@ def run_failure(result: AgentResult | None, execution_id: str) -> OpenAIError:
     error = result.error if result is not None else None
     code = error.code if error is not None else "provider_error"
     message = error.message if error is not None else "the run ended without an answer"
+    if code == "budget_exceeded" and result is not None:
+        budget = (result.metadata or {}).get("budget") or {}
+        refusal = insufficient_quota(message, budget.get("retry_after"))
+        refusal.headers["X-Execution-Id"] = execution_id
+        return refusal
     return OpenAIError(
         f"The agent run failed: {message}",
         status=504 if code == "timeout" else 502,

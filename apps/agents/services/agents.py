@@ -21,6 +21,7 @@ from apps.agents.catalog.slugs import is_catalog_slug
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
 from apps.agents.selectors import SHARE_PERMISSION, agent_can_share
+from apps.agents.services.limits import check_agent_limits
 from apps.agents.services.tools import unknown_tool_names
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
@@ -67,6 +68,8 @@ def _save(agent: Agent, *, creating: bool) -> Agent:
         agent.full_clean()
     except ValidationError as exc:
         raise _invalid(exc) from exc
+    owner = agent.owner if agent.owner_id is not None else None
+    check_agent_limits(agent, staff=bool(owner is not None and owner.is_staff))
     try:
         # The savepoint keeps a failed INSERT (two clients racing for one slug) from breaking an outer
         # transaction.

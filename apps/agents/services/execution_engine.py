@@ -38,6 +38,7 @@ from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
+from apps.agents.services.budgets import guard_for, precheck
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import (
     record_outcome,
@@ -126,6 +127,8 @@ class ExecutionEngine:
         """The one place a row is created: idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
+        # A budget already exhausted (or at its concurrency limit) refuses the request before any row exists.
+        precheck(prepared.budgets, prepared.budget_windows)
         admission = await aadmit_execution(
             **prepared.create_kwargs(mode=mode, running=running),
             idempotency_key=idempotency_key,
@@ -313,6 +316,8 @@ class ExecutionEngine:
         # MCP tools need their servers' schemas (cached per session); a server that is down still gives
         # its tools, whose calls tell the model why they failed.
         agent = self.build_agent(prepared.config, tools=await tools_for_run(prepared.config.tools))
+        guard = guard_for(execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry)
+        agent.spend_guard = guard
         queue: asyncio.Queue[Any] = asyncio.Queue()
         emit = queue.put if stream else None
         run_task = asyncio.create_task(
@@ -349,6 +354,8 @@ class ExecutionEngine:
         finally:
             watcher.cancel()
             self._local.pop(execution_id, None)
+            if guard is not None:  # the run is over: its concurrency slot is free
+                await shielded(guard.close())
         if run_task.cancelled():
             result = run.partial_result("cancelled_by_user", control.reason or "cancelled")
             recorded = await shielded(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +20,8 @@ from apps.agents.engine.schema_policy import SchemaLimits, SchemaRefused, build_
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
 from apps.agents.schema_policy import refusal_text, schema_limits
+from apps.agents.services.budgets import BudgetLimits, Windows, aload_budgets
+from apps.agents.services.limits import acheck_run_limits
 
 
 def agent_config(agent: Agent, limits: SchemaLimits | None = None) -> AgentConfig:
@@ -56,6 +58,10 @@ class PreparedRun:
     conversation: Conversation | None = None
     #: Positions of the conversation's messages in `context.conversation_history`, in the same order.
     positions: tuple[int, ...] = ()
+    #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py).
+    budgets: tuple[BudgetLimits, ...] = ()
+    #: Their current windows as read with them (what admission checks; the reservations decide).
+    budget_windows: Windows = field(default_factory=dict)
 
     def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
         """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""
@@ -131,6 +137,7 @@ async def prepare_run(
     limits = schema_limits()
     if agent.output_schema:
         await _check_stored_schema(agent, limits)
+    await acheck_run_limits(agent)
     max_chars = int(settings.MAX_TASK_CHARS)
     max_messages = int(settings.MAX_HISTORY_MESSAGES)
     try:
@@ -165,6 +172,16 @@ async def prepare_run(
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
     )
+    budgets, windows = await aload_budgets(user=user, agent=agent)
     return PreparedRun(
-        agent, agent_config(agent, limits), data, engine_context, ctx, user, conversation, positions
+        agent,
+        agent_config(agent, limits),
+        data,
+        engine_context,
+        ctx,
+        user,
+        conversation,
+        positions,
+        budgets,
+        windows,
     )

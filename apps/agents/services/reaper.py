@@ -20,6 +20,9 @@ Then, while the run queue is empty, every background row still pending PENDING_R
 was queued is sent to the workers again (apps/agents/services/dispatch.py): its message was lost or is held
 by a dead worker. That is the one thing the reaper restarts, and only because the row never started.
 
+Budget reservations (spend control) of rows ended here as lost are released at once; those of any other
+ended row after EXECUTION_STALE_SECONDS (its process may still settle its last attempt with the real usage).
+
 Each row is ended by one conditional UPDATE that repeats the condition it was selected by, so a row that
 finished, heartbeated or was picked up in the meantime is left alone. A started run is never restarted here:
 its provider call may already have been made (and billed).
@@ -54,6 +57,8 @@ class ReapReport:
     timed_out: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)  # sent again, not ended: not in `total`
+    #: Budget reservations released (apps/agents/services/budgets.py), held by runs that no longer run.
+    released: int = 0
 
     @property
     def total(self) -> int:
@@ -151,6 +156,12 @@ def reap(now: datetime | None = None, *, execution_id: Any = None) -> ReapReport
                 (report.timed_out if is_timeout else report.lost).append(str(execution.pk))
     if idle:
         report.redispatched = dispatch.redispatch(now)
+    # Spend control: what lost runs had reserved goes back to their budgets.
+    from apps.agents.services.budgets import release_orphaned
+
+    report.released = release_orphaned(
+        lost=report.lost, now=now, grace=stale_after(), sweep=execution_id is None
+    )
     if report.total:
         counts = (len(report.lost), len(report.timed_out), len(report.cancelled))
         logger.info("reaper: %d lost, %d timed out, %d cancelled", *counts)

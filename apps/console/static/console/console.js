@@ -8,6 +8,7 @@ import { ExecutionDialog, ExecutionList, cancelExecution } from "./executions.js
 import { formatCost, formatOutput, formatSeconds } from "./format.js";
 import { readEventStream } from "./sse.js";
 import { StatsPanel } from "./stats.js";
+import { UsagePanel } from "./usage.js";
 
 const root = document.getElementById("console");
 const API = root.dataset.apiRoot;
@@ -42,6 +43,7 @@ const list = new ExecutionList(
   (id, opener) => dialog.open(id, opener),
 );
 const stats = new StatsPanel(API, root.dataset.dailyUrl, Number(root.dataset.chartDays) || 14);
+const usage = new UsagePanel(API);
 
 // ------------------------------------------------------------------------------------------ agents
 async function loadAgents() {
@@ -235,6 +237,7 @@ async function runAgent(event) {
     setRunning(false);
     list.load();
     stats.load(selectedAgent());
+    usage.load();
   }
 }
 
@@ -268,6 +271,7 @@ ui.onlyAgent.addEventListener("change", () => list.load());
 ui.refresh.addEventListener("click", () => {
   list.load();
   stats.load(selectedAgent());
+  usage.load();
 });
 
 root.dataset.ready = "loading";
@@ -276,5 +280,5 @@ try {
 } catch (error) {
   setText(ui.error, `Could not load agents: ${error.message}`);
 }
-await list.load();
+await Promise.all([list.load(), usage.load()]);
 root.dataset.ready = "true";

@@ -1,0 +1,357 @@
+"""Spend control (writes): which budgets apply to a run, the engine's SpendGuard that reserves each provider
+attempt's worst case and settles it, the admission check, and editing budgets.
+
+    admission (before the row exists)   precheck(): a budget already exhausted or full -> 429, nothing written
+    each attempt                         BudgetGuard.reserve(): budget_ledger.reserve, one conditional UPDATE
+                                         per budget window (`spent + reserved + amount <= limit`), one transaction
+    after each attempt                   BudgetGuard.settle(): the exact cost moves from reserved to spent
+    end of the run                       BudgetGuard.close(): the run's concurrency slot is freed
+    a worker died                        budget_ledger.release_orphaned(): called by the reaper
+
+Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.agents.engine.spend import AttemptSpec, SpendRefused
+from apps.agents.errors import BudgetExceeded
+from apps.agents.models import Budget
+from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, usd_to_units
+from apps.agents.services.budget_ledger import (  # noqa: F401 - the service's API, re-exported
+    BudgetLimits,
+    Hold,
+    Window,
+    Windows,
+    acquire_slot,
+    concurrency_refusal,
+    period_reset,
+    period_start,
+    read_windows,
+    refusal,
+    release,
+    release_orphaned,
+    release_slot,
+    reserve,
+    settle,
+    window_key,
+)
+from apps.platforms.base import Usage
+
+logger = logging.getLogger(__name__)
+
+Cost = Callable[[str, str, Usage], Decimal]
+
+
+# ---------------------------------------------------------------------- which budgets apply
+def applicable_query(*, user: Any, agent: Any) -> Q:
+    condition = Q(scope=BudgetScope.DEPLOYMENT)
+    if agent is not None and getattr(agent, "pk", None) is not None:
+        condition |= Q(scope=BudgetScope.AGENT, agent_id=agent.pk)
+    if getattr(user, "is_authenticated", False):
+        condition |= Q(scope=BudgetScope.USER, user_id=user.pk)
+        if agent is not None and getattr(agent, "pk", None) is not None:
+            condition |= Q(scope=BudgetScope.USER_AGENT, user_id=user.pk, agent_id=agent.pk)
+    return condition
+
+
+def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
+    """Every active budget that applies to `user` running `agent`, ordered by id (the order in which rows
+    are locked, so two runs never wait on each other in a cycle). A user without a budget of their own gets
+    one from BUDGET_DEFAULT_USER, written once and editable like any other."""
+    rows = list(
+        Budget.objects.filter(applicable_query(user=user, agent=agent))
+        .select_related("user", "agent")
+        .order_by("id")
+    )
+    if getattr(user, "is_authenticated", False) and not any(b.scope == BudgetScope.USER for b in rows):
+        default = default_user_budget(user)
+        if default is not None:
+            rows = sorted([*rows, default], key=lambda b: b.pk)
+    return [BudgetLimits.of(budget) for budget in rows if budget.is_active]
+
+
+def default_user_budget(user: Any) -> Budget | None:
+    spec = settings.BUDGET_DEFAULT_USER or {}
+    if not spec:
+        return None
+    period = str(spec.get("period", BudgetPeriod.MONTH))
+    budget, _ = Budget.objects.get_or_create(
+        scope=BudgetScope.USER,
+        user=user,
+        period=period,
+        defaults={
+            "limit_usd": Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
+            "limit_tokens": int(spec["tokens"]) if spec.get("tokens") is not None else None,
+            "max_concurrent": int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
+            "from_default": True,
+        },
+    )
+    return budget
+
+
+# ---------------------------------------------------------------------- the engine's hook
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What the guard hands the engine for one attempt: the hold, and what to price the real usage at."""
+
+    hold: Hold | None
+    platform: str
+    model: str
+
+
+#: Seconds a worst-case rate is reused: prices change by date (genai-prices), not by the minute.
+RATE_TTL_SECONDS = 3600.0
+_PER_MILLION = 1_000_000
+
+
+class WorstCaseRates:
+    """USD per token of a (platform, model) at its most expensive tier, for reservations.
+
+    Pricing a usage through genai-prices costs a third of a millisecond; per attempt that would be most of the
+    spend control's overhead. A reservation only needs an upper bound, and a linear one is exact for flat
+    prices. Tiered prices (a higher rate above a context size) only rise with size, so the rate measured at a
+    million input tokens (and, for output, with a million input tokens beside it) is at least the rate at any
+    smaller size: the bound holds for every attempt."""
+
+    def __init__(self, cost: Cost) -> None:
+        self.cost = cost
+        self._rates: dict[tuple[str, str], tuple[Decimal, Decimal, float]] = {}
+
+    def units(self, platform: str, model: str, usage: Usage) -> int:
+        key = (platform, model)
+        rates = self._rates.get(key)
+        if rates is None or rates[2] < time.monotonic():
+            million = _PER_MILLION
+            inputs = self.cost(platform, model, Usage(million, 0))
+            both = self.cost(platform, model, Usage(million, million))
+            rates = (
+                inputs / million,
+                max(Decimal(0), both - inputs) / million,
+                time.monotonic() + RATE_TTL_SECONDS,
+            )
+            self._rates[key] = rates
+        return usd_to_units(usage.input_tokens * rates[0] + usage.output_tokens * rates[1])
+
+
+#: One WorstCaseRates per platform registry (tests install registries with other prices).
+_rates_by_registry: weakref.WeakKeyDictionary[Any, WorstCaseRates] = weakref.WeakKeyDictionary()
+
+
+def rates_for(registry: Any) -> WorstCaseRates:
+    rates = _rates_by_registry.get(registry)
+    if rates is None:
+        rates = _rates_by_registry[registry] = WorstCaseRates(registry.cost)
+    return rates
+
+
+class BudgetGuard:
+    """The engine's SpendGuard for one run: prices each attempt's worst case, holds it, settles it."""
+
+    def __init__(
+        self,
+        *,
+        execution_id: Any,
+        budgets: Sequence[BudgetLimits],
+        cost: Cost,
+        output_cap: int,
+        rates: WorstCaseRates | None = None,
+    ) -> None:
+        self.execution_id = execution_id
+        self.budgets = tuple(budgets)
+        self.cost = cost
+        self.rates = rates or WorstCaseRates(cost)
+        self.output_cap = output_cap
+        self._slot: Hold | None = None
+        self._needs_slot = any(b.max_concurrent is not None for b in self.budgets)
+        self._spends = any(b.limits_spend for b in self.budgets)
+
+    def worst_case_units(self, attempt: AttemptSpec) -> int:
+        return self.rates.units(attempt.platform, attempt.model, attempt.usage)
+
+    def _reserve_sync(self, attempt: AttemptSpec) -> Reserved:
+        if self._needs_slot and self._slot is None:
+            self._slot = acquire_slot(execution_id=self.execution_id, budgets=self.budgets)
+        hold = None
+        if self._spends:
+            hold = reserve(
+                execution_id=self.execution_id,
+                budgets=self.budgets,
+                units=self.worst_case_units(attempt),
+                tokens=attempt.usage.total_tokens,
+            )
+        return Reserved(hold, attempt.platform, attempt.model)
+
+    async def reserve(self, attempt: AttemptSpec) -> Reserved:
+        return await sync_to_async(self._reserve_sync)(attempt)
+
+    async def settle(self, reservation: Reserved, usage: Usage, cost: Decimal | None = None) -> None:
+        """`cost`: what the engine priced the attempt at (an answered one); else priced here from `usage`."""
+        if reservation.hold is None:
+            return
+        try:
+            await sync_to_async(self._settle_sync)(reservation, usage, cost)
+        except Exception:  # the reaper releases it; the run's own outcome must not be lost to this
+            logger.exception(
+                "settling reservation %s failed",
+                reservation.hold.id,
+                extra={"execution_id": str(self.execution_id)},
+            )
+
+    def _settle_sync(self, reservation: Reserved, usage: Usage, cost: Decimal | None) -> None:
+        assert reservation.hold is not None
+        if cost is None:
+            cost = (
+                self.cost(reservation.platform, reservation.model, usage)
+                if usage.total_tokens
+                else Decimal(0)
+            )
+        settle(reservation.hold, spent_units=usd_to_units(cost), spent_tokens=usage.total_tokens)
+
+    async def close(self) -> None:
+        """Free the run's concurrency slot (its attempts are settled already)."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            try:
+                await sync_to_async(release_slot)(slot)
+            except Exception:
+                logger.exception(
+                    "releasing a run slot failed", extra={"execution_id": str(self.execution_id)}
+                )
+
+
+def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:
+    """The run's guard, or None when no budget applies (then the engine reserves nothing)."""
+    if not budgets:
+        return None
+    return BudgetGuard(
+        execution_id=execution_id,
+        budgets=budgets,
+        cost=registry.cost,
+        output_cap=int(settings.MAX_OUTPUT_TOKENS),
+        rates=rates_for(registry),
+    )
+
+
+# ---------------------------------------------------------------------- admission
+def as_application_error(refused: SpendRefused) -> BudgetExceeded:
+    return BudgetExceeded(refused.message, retry_after=refused.retry_after, budget=refused.budget)
+
+
+def load_budgets(*, user: Any, agent: Any) -> tuple[tuple[BudgetLimits, ...], Windows]:
+    """The budgets that apply to a run and their current windows: read together, in the run's preparation
+    (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
+    budgets = tuple(applicable_budgets(user=user, agent=agent))
+    return budgets, (read_windows(budgets, timezone.now()) if budgets else {})
+
+
+aload_budgets = sync_to_async(load_budgets)
+
+
+def precheck(budgets: Sequence[BudgetLimits], windows: Windows, now: datetime | None = None) -> None:
+    """Refuse (BudgetExceeded, 429) a run that a budget could not admit even one attempt of: exhausted,
+    held in full by runs in flight, or at its concurrency limit, as `windows` (read in the run's
+    preparation) show it. Before the execution row is written. Only a fast path: the reservation before
+    each attempt is what guarantees the limit."""
+    if not budgets:
+        return
+    now = now or timezone.now()
+    for budget in budgets:
+        if budget.max_concurrent is not None:
+            slots = windows.get(window_key(budget.id, EPOCH)) or Window()
+            if slots.active_runs >= budget.max_concurrent:
+                raise as_application_error(concurrency_refusal(budget))
+        if not budget.limits_spend:
+            continue
+        row = windows.get(window_key(budget.id, period_start(budget.period, now))) or Window()
+        limit_units, limit_tokens = budget.limit_units, budget.limit_tokens
+        full_usd = limit_units is not None and row.spent_units + row.reserved_units >= limit_units
+        full_tokens = limit_tokens is not None and row.spent_tokens + row.reserved_tokens >= limit_tokens
+        if full_usd or full_tokens:
+            spent_out = (limit_units is not None and row.spent_units >= limit_units) or (
+                limit_tokens is not None and row.spent_tokens >= limit_tokens
+            )
+            raise as_application_error(refusal(budget, now, held=not spent_out))
+
+
+# ---------------------------------------------------------------------- editing budgets
+UNSET: Any = object()
+
+
+def set_budget(
+    *,
+    user: Any = None,
+    agent: Any = None,
+    period: str,
+    limit_usd: Decimal | None = UNSET,
+    limit_tokens: int | None = UNSET,
+    max_concurrent: int | None = UNSET,
+    name: str = UNSET,
+    is_active: bool = UNSET,
+) -> tuple[Budget, bool]:
+    """Create or change the budget of (user, agent, period): both -> that user on that agent, one -> that
+    user or agent, none -> the whole deployment. Arguments left UNSET keep their value. (budget, created)."""
+    from django.core.exceptions import ValidationError
+
+    from apps.agents.errors import ApplicationError
+
+    if user is not None and agent is not None:
+        scope = BudgetScope.USER_AGENT
+    elif user is not None:
+        scope = BudgetScope.USER
+    elif agent is not None:
+        scope = BudgetScope.AGENT
+    else:
+        scope = BudgetScope.DEPLOYMENT
+    with transaction.atomic():
+        budget = (
+            Budget.objects.select_for_update()
+            .filter(scope=scope, user=user, agent=agent, period=period)
+            .first()
+        )
+        created = budget is None
+        if budget is None:
+            budget = Budget(scope=scope, user=user, agent=agent, period=period)
+        changes = {
+            "limit_usd": limit_usd,
+            "limit_tokens": limit_tokens,
+            "max_concurrent": max_concurrent,
+            "name": name,
+            "is_active": is_active,
+        }
+        for field, value in changes.items():
+            if value is not UNSET:
+                setattr(budget, field, value)
+        if not created and any(value is not UNSET for value in changes.values()):
+            budget.from_default = False  # set by hand now: no longer the settings' copy
+        try:
+            budget.full_clean()
+        except ValidationError as exc:
+            fields = {key: [str(m) for m in messages] for key, messages in exc.message_dict.items()}
+            raise ApplicationError(
+                f"Invalid budget: {', '.join(sorted(fields))}.", code="invalid", fields=fields
+            ) from exc
+        budget.save()
+    logger.info(
+        "budget %s %s: usd=%s tokens=%s concurrent=%s",
+        budget.label,
+        "created" if created else "changed",
+        budget.limit_usd,
+        budget.limit_tokens,
+        budget.max_concurrent,
+    )
+    return budget, created

@@ -1,0 +1,74 @@
+"""50 concurrent runs over HTTP against a budget that affords exactly 10 attempts: the conditional UPDATE
+admits 10, the other 40 get 429 budget_exceeded, nothing else reaches the provider, spend stays within the
+limit. Runs on SQLite by default; with DATABASE_URL=postgres://... the same test runs on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+
+from apps.agents.models import AgentExecution, Budget, BudgetUsage
+from apps.agents.models_budget import units_to_usd, usd_to_units
+from tests.agents.api.conftest import token_for
+from tests.agents.budgets.conftest import aopen_reservations, cost_units, worst_case
+from tests.factories import AgentFactory
+from tests.fakes.server import Reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUNS = 50
+AFFORDED = 10
+MAX_TOKENS = 64
+
+
+async def test_fifty_concurrent_runs_against_a_budget_for_ten(
+    live_server_url, fake_registry, fake_openai, alice
+):
+    agent = await sync_to_async(AgentFactory)(
+        owner=alice, agent_id="budgeted", preferred_platform="openai", max_retries=0, max_tokens=MAX_TOKENS
+    )
+    spec = worst_case("hi", max_tokens=MAX_TOKENS)
+    each = cost_units(fake_registry, spec)
+    assert each > 0
+    budget = await Budget.objects.acreate(
+        scope="agent",
+        agent=agent,
+        period="day",
+        limit_usd=units_to_usd(AFFORDED * each),
+        limit_tokens=AFFORDED * spec.usage.total_tokens,
+    )
+    # Every answer reports exactly the worst case, so a settled run frees no room: exactly 10 fit.
+    for _ in range(RUNS):
+        fake_openai.reply(Reply(input_tokens=spec.input_tokens, output_tokens=spec.output_tokens))
+    headers = {"Authorization": f"Token {await sync_to_async(token_for)(alice)}"}
+
+    async with httpx.AsyncClient(base_url=live_server_url, timeout=60) as client:
+
+        async def one() -> httpx.Response:
+            return await client.post(
+                "/api/v1/agents/budgeted/execute/", json={"input_data": {"task": "hi"}}, headers=headers
+            )
+
+        responses = await asyncio.gather(*(one() for _ in range(RUNS)))
+
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: AFFORDED, 429: RUNS - AFFORDED}, statuses
+    assert len(fake_openai.requests) == AFFORDED
+    for refused in (r for r in responses if r.status_code == 429):
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        assert "budget '" in refused.json()["error"]["message"]
+        assert int(refused.headers["Retry-After"]) >= 1
+    usage = await BudgetUsage.objects.aget(budget=budget)
+    exact = usd_to_units(fake_registry.cost("openai", "gpt-4o-mini", spec.usage))  # what each answer cost
+    assert usage.spent_units == AFFORDED * exact <= usd_to_units(budget.limit_usd)
+    assert usage.spent_tokens == AFFORDED * spec.usage.total_tokens == budget.limit_tokens
+    assert (usage.reserved_units, usage.reserved_tokens) == (0, 0)
+    assert await aopen_reservations() == 0
+    # No row is left running: refused runs are recorded as failed with the budget's code.
+    rows = Counter([(e.status, e.error_code) async for e in AgentExecution.objects.all()])
+    assert rows[("running", "")] == 0 and rows[("pending", "")] == 0
+    assert rows[("completed", "")] == AFFORDED
