@@ -19,6 +19,7 @@ Pure Python: the registry is passed in; nothing here imports Django.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import random
@@ -50,6 +51,7 @@ from apps.platforms.base import (
     CompletionRequest,
     Platform,
     ToolDefinition,
+    Usage,
 )
 from apps.platforms.errors import PlatformError
 
@@ -304,6 +306,9 @@ class BaseAgent:
                 max_tokens=config.max_tokens if max_tokens is None else max_tokens,
                 json_schema=json_schema,
                 tools=tuple(tools),
+                # Each attempt gets what is left of the run's deadline: a platform that cannot answer in time
+                # says so at once (the local model refuses) or times out itself, reporting what it used.
+                timeout=_attempt_timeout(scope.remaining()),
             )
             completion, error = await self._try_platform(scope, name, platform, request, stream)
             if completion is not None:
@@ -324,6 +329,8 @@ class BaseAgent:
         for retry in range(max_retries + 1):
             started = self._clock()
             scope.sent_output = False
+            reported = _ReportedUsage()
+            request = dataclasses.replace(request, on_usage=reported.update)
             try:
                 try:
                     if stream:
@@ -340,6 +347,7 @@ class BaseAgent:
                         f"{type(exc).__name__}: {exc}", provider=name, kind="server_error", retryable=False
                     ) from exc
             except PlatformError as error:
+                used = error.usage or reported.usage
                 scope.record_attempt(
                     name,
                     request.model,
@@ -347,7 +355,9 @@ class BaseAgent:
                     started,
                     error=error.message,
                     http_status=error.status,
+                    usage=used,
                 )
+                self._charge(scope, name, request.model, used)
                 self.cooldowns.record_failure(name, error)
                 if scope.sent_output:
                     raise RunFailure(
@@ -383,7 +393,8 @@ class BaseAgent:
                 status, why = (
                     ("timeout", "the run's deadline passed") if expired else ("cancelled", "cancelled")
                 )
-                scope.record_attempt(name, request.model, status, started, error=why)
+                scope.record_attempt(name, request.model, status, started, error=why, usage=reported.usage)
+                self._charge(scope, name, request.model, reported.usage)
                 raise
             model = completion.model or request.model
             scope.record_attempt(name, model, "ok", started, completion=completion)
@@ -395,10 +406,31 @@ class BaseAgent:
             return completion, None
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
+    def _charge(self, scope: RunScope, name: str, model: str, usage: Usage | None) -> None:
+        """Add what a failed, timed-out or cancelled attempt used (as reported) to the run's usage."""
+        if usage is not None and usage.total_tokens:
+            scope.state.add_usage(usage, self.registry.cost(name, model, usage))
+
     # ------------------------------------------------------------------ logs
     def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:
         execution_id = scope.context.execution_id or current_execution_id.get() or "-"
         logger.log(level, message, *args, extra={"execution_id": execution_id, "agent": self.config.agent_id})
+
+
+class _ReportedUsage:
+    """The latest usage a platform reported for the attempt in flight (see CompletionRequest.on_usage)."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+    def update(self, usage: Usage) -> None:
+        self.usage = usage
+
+
+def _attempt_timeout(remaining: float | None) -> float | None:
+    return None if remaining is None else max(remaining, 0.001)
 
 
 __all__ = ["AgentError", "BaseAgent", "HookVeto", "PostHook", "PreHook", "RunFailure", "RunState"]
