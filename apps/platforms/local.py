@@ -132,7 +132,7 @@ class LocalPlatform(Platform):
         model_path: str | None = None,
         default_model: str,
         n_ctx: int = 2048,
-        n_threads: int = 2,
+        n_threads: int = 1,
         seed: int | None = None,
     ) -> None:
         self.default_model = default_model
@@ -214,7 +214,7 @@ class LocalPlatform(Platform):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout if request.timeout else None
         tools = tuple(request.tools)
-        grammar = await self._grammar(request)
+        grammars = await self._grammars(request)
         messages = _to_llama_messages(request)
         if tools:
             from apps.platforms.local_tools import tools_instructions
@@ -225,7 +225,7 @@ class LocalPlatform(Platform):
             messages=messages,
             max_tokens=request.max_tokens,
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-            grammar=grammar,
+            grammars=grammars,
             emit=lambda item: None,
             seed=self.seed if self.seed is not None else random.getrandbits(32),
             deadline=None if deadline is None else time.monotonic() + (deadline - loop.time()),
@@ -297,8 +297,9 @@ class LocalPlatform(Platform):
                 if request.on_usage is not None and (usage_so_far := _usage_so_far(job)) is not None:
                     request.on_usage(usage_so_far)
 
-    async def _grammar(self, request: CompletionRequest) -> JsonGrammar | None:
-        """The request's grammar, built off the event loop within GRAMMAR_TIMEOUT (cached per schema)."""
+    async def _grammars(self, request: CompletionRequest) -> tuple[JsonGrammar, ...] | None:
+        """The request's grammars (loosest caps first), built off the event loop within GRAMMAR_TIMEOUT and
+        cached per schema; the model's thread picks the one its token limit and deadline afford."""
         if request.tools:
             from apps.platforms.local_tools import tools_schema
 
@@ -310,9 +311,7 @@ class LocalPlatform(Platform):
         try:
             # Not sort_keys: the grammar writes properties in the schema's order, so the cache key keeps it.
             key = json.dumps(schema)
-            return await asyncio.wait_for(
-                asyncio.to_thread(_grammar_for, key, request.max_tokens), GRAMMAR_TIMEOUT
-            )
+            return await asyncio.wait_for(asyncio.to_thread(_grammar_for, key), GRAMMAR_TIMEOUT)
         except TimeoutError:
             raise PlatformError(
                 f"the output schema is too complex: no grammar within {GRAMMAR_TIMEOUT:g} s",

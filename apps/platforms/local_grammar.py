@@ -58,18 +58,28 @@ class JsonGrammar:
     caps: Caps
 
 
-def build(schema: Mapping[str, Any], max_tokens: int | None) -> JsonGrammar:
-    """The grammar for `schema` with the loosest caps whose budget fits `max_tokens` (or DEFAULT_BUDGET).
-
-    When even the tightest caps do not fit (a large `minItems`, many required fields), the tightest are used
-    and the budget says what they need: the caller refuses or cuts, never the grammar silently."""
-    limit = max_tokens if max_tokens and max_tokens > 0 else DEFAULT_BUDGET
-    caps = Caps(*CAP_STEPS[-1])
+def build_steps(schema: Mapping[str, Any]) -> tuple[JsonGrammar, ...]:
+    """The grammar of `schema` under each of CAP_STEPS, loosest first (duplicates dropped): the generation
+    picks the loosest whose budget fits its token limit and its deadline (`pick`)."""
+    steps: list[JsonGrammar] = []
     for string, array in CAP_STEPS:
-        if token_budget(schema, Caps(string, array)) <= limit:
-            caps = Caps(string, array)
-            break
-    return JsonGrammar(grammar_text(schema, caps), token_budget(schema, caps), caps)
+        caps = Caps(string, array)
+        budget = token_budget(schema, caps)
+        if steps and steps[-1].budget == budget:
+            continue
+        steps.append(JsonGrammar(grammar_text(schema, caps), budget, caps))
+    return tuple(steps)
+
+
+def pick(steps: tuple[JsonGrammar, ...], limit: int) -> JsonGrammar | None:
+    """The loosest grammar whose budget is at most `limit` tokens; None when even the tightest is over."""
+    return next((g for g in steps if g.budget <= limit), None)
+
+
+def build(schema: Mapping[str, Any], max_tokens: int | None) -> JsonGrammar:
+    """The loosest grammar whose budget fits `max_tokens` (or DEFAULT_BUDGET), else the tightest one."""
+    steps = build_steps(schema)
+    return pick(steps, max_tokens if max_tokens and max_tokens > 0 else DEFAULT_BUDGET) or steps[-1]
 
 
 def capped_schema(schema: Any, caps: Caps = Caps()) -> Any:

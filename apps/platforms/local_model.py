@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from apps.platforms.base import Usage
 from apps.platforms.errors import PlatformError
@@ -36,9 +36,10 @@ PROVIDER = "local"
 DEFAULT_TEMPERATURE = 0.2
 #: At most one text chunk per this many seconds (the first one at once).
 EMIT_EVERY = 0.03
-#: Output tokens a free-text request without max_tokens is expected to need, for the fail-fast estimate
-#: (its real bound is the deadline: a timeout keeps the tokens it used).
-TEXT_ESTIMATE = 128
+#: The fewest output tokens a free-text answer is worth starting for (else the request is refused).
+MIN_TEXT_TOKENS = 32
+#: Share of the calibrated speed counted on (the machine's load varies between calibration and the run).
+SAFETY = 0.8
 #: Tokens allowed past a grammar's estimated budget before generation is cut (the estimate is an average).
 BUDGET_MARGIN = 64
 CALIBRATION_PROMPT = 96
@@ -79,7 +80,8 @@ class _Job:
     messages: list[dict[str, str]]
     max_tokens: int | None
     temperature: float
-    grammar: JsonGrammar | None
+    #: The schema's grammars, loosest caps first (local_grammar.build_steps); None for free text.
+    grammars: tuple[JsonGrammar, ...] | None
     emit: Callable[[tuple[Any, ...]], None]
     seed: int = 0
     #: time.monotonic() by which the answer is due (None: no deadline); checked before any decoding.
@@ -196,31 +198,56 @@ class _SharedModel:
                 kind="bad_request",
                 retryable=False,
             )
-        # Same cap as llama-cpp-python: never past the end of the context window. A grammar's budget is the
-        # default for structured output (a runaway string would otherwise fill the whole window).
+        # Never past the end of the context window (llama-cpp-python's cap too), and never past what the
+        # deadline affords at the calibrated speeds: structured output gets the loosest grammar caps whose
+        # budget fits, free text is cut ("length") before the deadline. What cannot fit is refused now.
         room = self.n_ctx - len(prompt)
         limit = job.max_tokens if job.max_tokens and job.max_tokens > 0 else None
-        if limit is None and job.grammar is not None:
-            limit = job.grammar.budget + BUDGET_MARGIN
-        max_tokens = room if limit is None else min(limit, room)
-        self._refuse_if_too_slow(job, llama, prompt, max_tokens if limit is not None else TEXT_ESTIMATE)
-        return self._decode(job, llama, prompt, max_tokens, rendered.stop)
+        affordable = self._affordable(job, llama, prompt)
+        grammar = None
+        if job.grammars:
+            from apps.platforms.local_grammar import DEFAULT_BUDGET, pick
 
-    def _refuse_if_too_slow(self, job: _Job, llama: Llama, prompt: list[int], output_tokens: int) -> None:
-        """Fail fast: refuse a run whose estimated time (calibrated speeds) exceeds its deadline."""
+            target = min(limit or DEFAULT_BUDGET, affordable or room)
+            grammar = pick(job.grammars, target)
+            if grammar is None:
+                if affordable is not None:
+                    self._refuse(job, llama, prompt, job.grammars[-1].budget)
+                grammar = job.grammars[-1]
+            max_tokens = min(room, limit or grammar.budget + BUDGET_MARGIN)
+        else:
+            max_tokens = min(room, limit) if limit else room
+            if affordable is not None:
+                if affordable < MIN_TEXT_TOKENS:
+                    self._refuse(job, llama, prompt, MIN_TEXT_TOKENS)
+                max_tokens = min(max_tokens, affordable)
+        return self._decode(job, llama, prompt, max_tokens, rendered.stop, grammar)
+
+    def _affordable(self, job: _Job, llama: Llama, prompt: list[int]) -> int | None:
+        """Output tokens that fit before the job's deadline at calibrated speeds (None: no deadline)."""
         if job.deadline is None:
-            return
+            return None
         from apps.platforms.local_sampling import cached_prefix
 
         assert self.speed is not None
+        left = (
+            job.deadline
+            - time.monotonic()
+            - self.speed.seconds(len(prompt) - cached_prefix(llama, prompt), 0)
+        )
+        return max(0, int(left * self.speed.decode_tps * SAFETY))
+
+    def _refuse(self, job: _Job, llama: Llama, prompt: list[int], output_tokens: int) -> NoReturn:
+        """Fail fast: the run cannot finish by its deadline at this machine's calibrated speeds."""
+        from apps.platforms.local_sampling import cached_prefix
+
+        assert self.speed is not None and job.deadline is not None
         to_evaluate = len(prompt) - cached_prefix(llama, prompt)
-        need = self.speed.seconds(to_evaluate, output_tokens)
+        need = self.speed.seconds(to_evaluate, output_tokens) / SAFETY
         left = job.deadline - time.monotonic()
-        if need <= left:
-            return
         raise PlatformError(
             f"{REFUSAL_PREFIX}: {Path(self.path).name} would need about {need:.0f} s for this request "
-            f"({to_evaluate} prompt tokens at {self.speed.prompt_tps:.0f}/s, up to {output_tokens} output "
+            f"({to_evaluate} prompt tokens at {self.speed.prompt_tps:.0f}/s, at least {output_tokens} output "
             f"tokens at {self.speed.decode_tps:.0f}/s) but {max(left, 0):.0f} s are left. Configure a "
             "provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY), point LOCAL_MODEL_PATH "
             f"at a bigger or faster GGUF model, or raise the agent's timeout_seconds to {math.ceil(need) + 5} "
@@ -231,7 +258,13 @@ class _SharedModel:
         )
 
     def _decode(
-        self, job: _Job, llama: Llama, prompt: list[int], max_tokens: int, stops: Sequence[str] | None
+        self,
+        job: _Job,
+        llama: Llama,
+        prompt: list[int],
+        max_tokens: int,
+        stops: Sequence[str] | None,
+        grammar: JsonGrammar | None,
     ) -> GenerationRecord:
         import llama_cpp
 
@@ -244,7 +277,7 @@ class _SharedModel:
             llama,
             temperature=job.temperature,
             seed=job.seed,
-            grammar=job.grammar.text if job.grammar is not None else None,
+            grammar=grammar.text if grammar is not None else None,
         )
         text = ""
         emitted = 0
@@ -316,6 +349,8 @@ def calibrate(llama: Llama) -> Speed:
     text = ("The quick brown fox jumps over the lazy dog. " * 12).encode()
     prompt = llama.tokenize(text, add_bos=True)[:CALIBRATION_PROMPT]
     llama.reset()
+    llama.eval(prompt[:8])  # the first decode allocates llama.cpp's compute buffers: not part of the speed
+    llama.reset()
     started = time.perf_counter()
     llama.eval(prompt)
     prompt_seconds = time.perf_counter() - started
@@ -373,7 +408,7 @@ def _map_llama_error(exc: Exception) -> PlatformError:
 
 
 @functools.lru_cache(maxsize=64)
-def _grammar_for(schema_json: str, max_tokens: int | None) -> JsonGrammar:
-    from apps.platforms.local_grammar import build
+def _grammar_for(schema_json: str) -> tuple[JsonGrammar, ...]:
+    from apps.platforms.local_grammar import build_steps
 
-    return build(json.loads(schema_json), max_tokens)
+    return build_steps(json.loads(schema_json))
