@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from apps.platforms.base import ChatMessage, CompletionRequest, ToolDefinition
+from apps.platforms.base import ChatMessage, CompletionRequest
 from apps.platforms.errors import PlatformError
 from apps.platforms.local import LocalPlatform, bundled_model_path
 from apps.platforms.local_model import Speed
@@ -217,15 +217,6 @@ async def test_prompt_longer_than_the_context_window_is_a_bad_request() -> None:
 
     assert caught.value.kind == "bad_request" and not caught.value.retryable
     assert "LOCAL_CONTEXT_TOKENS" in caught.value.message
-
-
-async def test_tools_are_refused_not_silently_ignored(local: LocalPlatform) -> None:
-    tool = ToolDefinition(name="get_time", description="now", parameters={"type": "object", "properties": {}})
-    with pytest.raises(PlatformError) as caught:
-        await local.generate(request("What time is it?", tools=[tool]))
-
-    assert caught.value.kind == "bad_request" and caught.value.provider == "local"
-    assert "tool" in caught.value.message
 
 
 async def test_missing_model_file_is_unavailable(tmp_path) -> None:
