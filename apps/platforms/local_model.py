@@ -36,6 +36,8 @@ PROVIDER = "local"
 DEFAULT_TEMPERATURE = 0.2
 #: At most one text chunk per this many seconds (the first one at once).
 EMIT_EVERY = 0.03
+#: Seconds before the deadline at which free text stops, so that the answer arrives in time.
+END_MARGIN = 0.5
 #: The fewest output tokens a free-text answer is worth starting for (else the request is refused).
 MIN_TEXT_TOKENS = 32
 #: Share of the calibrated speed counted on (the machine's load varies between calibration and the run).
@@ -273,26 +275,42 @@ class _SharedModel:
         stops = [s for s in (stops or []) if s]
         vocab = llama_cpp.llama_model_get_vocab(llama.model)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        text = ""
+        emitted = 0
+        last_emit = 0.0
+        outcome: Literal["stop", "length", "cancelled"] = "length"
+        n = 0
+        deadline = job.deadline
+
+        def prompt_progress(done: int) -> bool:
+            job.prompt_tokens = done  # what the model has processed: reported if a timeout cuts it here
+            return not job.cancel.is_set() and (deadline is None or time.monotonic() < deadline)
+
+        started = time.perf_counter()
+        evaluated = evaluate_prompt(llama, prompt, prompt_progress)
+        if evaluated < 0:
+            return GenerationRecord("cancelled", job.prompt_tokens, 0)
+        job.prompt_tokens = len(prompt)
+        prompt_done = time.perf_counter()
+        self._learn_speed(evaluated, prompt_done - started, 0, 0.0)
+        if deadline is not None:
+            # The prompt took what it took: what is left now decides the output's size (or refusal).
+            max_tokens, grammar = self._fit_after_prompt(job, llama, prompt, max_tokens, grammar)
         sampler = Sampler(
             llama,
             temperature=job.temperature,
             seed=job.seed,
             grammar=grammar.text if grammar is not None else None,
         )
-        text = ""
-        emitted = 0
-        last_emit = 0.0
-        outcome: Literal["stop", "length", "cancelled"] = "length"
-        n = 0
         try:
-            started = time.perf_counter()
-            evaluated = evaluate_prompt(llama, prompt)
-            job.prompt_tokens = len(prompt)
-            prompt_done = time.perf_counter()
             while n < max_tokens:
                 # Checked once per token: a cancelled request stops within one decode step (milliseconds).
                 if job.cancel.is_set():
                     outcome = "cancelled"
+                    break
+                # Free text ends ("length") just before the deadline rather than being cut by it: the
+                # answer so far is an answer. JSON cut short is not; the platform's timeout handles that.
+                if grammar is None and deadline is not None and time.monotonic() > deadline - END_MARGIN:
                     break
                 token = sampler.sample()
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -318,7 +336,7 @@ class _SharedModel:
                         emitted, last_emit = safe, now
                 if n < max_tokens:
                     llama.eval([token])
-            self._learn_speed(evaluated, prompt_done - started, n, time.perf_counter() - prompt_done)
+            self._learn_speed(0, 0.0, n, time.perf_counter() - prompt_done)
         finally:
             sampler.close()
         record = GenerationRecord(outcome, len(prompt), n, sampler.rejections)
@@ -329,6 +347,26 @@ class _SharedModel:
             job.emit(("text", text[emitted:]))
         job.emit(("done", outcome, Usage(len(prompt), n)))
         return record
+
+    def _fit_after_prompt(
+        self, job: _Job, llama: Llama, prompt: list[int], max_tokens: int, grammar: JsonGrammar | None
+    ) -> tuple[int, JsonGrammar | None]:
+        """Output limit (and grammar caps) that the time left after the prompt affords; refuse if none."""
+        assert self.speed is not None and job.deadline is not None
+        affordable = int((job.deadline - time.monotonic()) * self.speed.decode_tps * SAFETY)
+        if grammar is None:
+            if affordable < MIN_TEXT_TOKENS:
+                self._refuse(job, llama, prompt, MIN_TEXT_TOKENS)
+            return min(max_tokens, affordable), None
+        if grammar.budget <= affordable:
+            return max_tokens, grammar
+        from apps.platforms.local_grammar import pick
+
+        assert job.grammars is not None
+        tighter = pick(job.grammars, affordable)
+        if tighter is None:
+            self._refuse(job, llama, prompt, job.grammars[-1].budget)
+        return min(max_tokens, tighter.budget + BUDGET_MARGIN), tighter
 
     def _learn_speed(self, prompt_tokens: int, prompt_seconds: float, tokens: int, seconds: float) -> None:
         """Blend a run's measured speeds into the estimate (the machine's load changes; so does ours)."""

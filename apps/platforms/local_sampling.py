@@ -16,6 +16,7 @@ Everything here runs on the model's own thread (a llama.cpp context is not threa
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import llama_cpp
@@ -123,14 +124,27 @@ def cached_prefix(llama: Llama, prompt: list[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-def evaluate_prompt(llama: Llama, prompt: list[int]) -> int:
+#: Prompt tokens evaluated between two checks of the stop flag (llama.cpp cannot be interrupted mid-batch).
+PROMPT_CHUNK = 128
+
+
+def evaluate_prompt(
+    llama: Llama, prompt: list[int], progress: Callable[[int], bool] = lambda done: True
+) -> int:
     """Evaluate `prompt`, reusing the longest cached prefix (as `Llama.generate` does); returns how many
-    prompt tokens were actually evaluated. At least one token is evaluated, so fresh logits exist."""
+    prompt tokens were actually evaluated. At least one token is evaluated, so fresh logits exist.
+
+    Evaluates PROMPT_CHUNK tokens at a time and calls `progress(tokens of the prompt now in the cache)`
+    after each chunk; when it returns False evaluation stops there (a cancel, a deadline) and -1 is
+    returned."""
     reuse = min(cached_prefix(llama, prompt), len(prompt) - 1)
     if reuse > 0 and llama._ctx.kv_cache_seq_rm(-1, reuse, -1):
         llama.n_tokens = reuse
     else:
         llama.reset()
-    todo = prompt[llama.n_tokens :]
-    llama.eval(todo)
-    return len(todo)
+    start = llama.n_tokens
+    for i in range(start, len(prompt), PROMPT_CHUNK):
+        llama.eval(prompt[i : i + PROMPT_CHUNK])
+        if not progress(llama.n_tokens):
+            return -1
+    return len(prompt) - start
