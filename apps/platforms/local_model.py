@@ -210,12 +210,13 @@ class _SharedModel:
         if job.grammars:
             from apps.platforms.local_grammar import DEFAULT_BUDGET, pick
 
-            target = min(limit or DEFAULT_BUDGET, affordable or room)
+            target = min(limit or DEFAULT_BUDGET, room if affordable is None else affordable)
             grammar = pick(job.grammars, target)
             if grammar is None:
-                if affordable is not None:
-                    self._refuse(job, llama, prompt, job.grammars[-1].budget)
+                # Even the tightest caps are over the limit: refuse only if the deadline is the reason.
                 grammar = job.grammars[-1]
+                if affordable is not None and grammar.budget > affordable:
+                    self._refuse(job, llama, prompt, grammar.budget)
             max_tokens = min(room, limit or grammar.budget + BUDGET_MARGIN)
         else:
             max_tokens = min(room, limit) if limit else room
@@ -385,7 +386,9 @@ def calibrate(llama: Llama) -> Speed:
     from apps.platforms.local_sampling import Sampler
 
     text = ("The quick brown fox jumps over the lazy dog. " * 12).encode()
-    prompt = llama.tokenize(text, add_bos=True)[:CALIBRATION_PROMPT]
+    # Within any context window (tests load tiny ones): room for the prompt and the sampled tokens.
+    size = max(8, min(CALIBRATION_PROMPT, len(llama.input_ids) - CALIBRATION_TOKENS - 8))
+    prompt = llama.tokenize(text, add_bos=True)[:size]
     llama.reset()
     llama.eval(prompt[:8])  # the first decode allocates llama.cpp's compute buffers: not part of the speed
     llama.reset()

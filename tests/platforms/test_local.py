@@ -34,6 +34,15 @@ def request(text: str, *, max_tokens: int = 16, **kwargs: Any) -> CompletionRequ
     )
 
 
+LONG_JSON = {
+    "type": "object",
+    "properties": {
+        "chapters": {"type": "array", "minItems": 30, "items": {"type": "string", "minLength": 100}}
+    },
+    "required": ["chapters"],
+}
+
+
 def long_story(**kwargs: Any) -> CompletionRequest:
     """A request that would run for many seconds if nothing stopped it."""
     return request("Write a very long story about a dragon.", max_tokens=1500, **kwargs)
@@ -185,9 +194,10 @@ async def test_closing_the_stream_early_stops_generation(local: LocalPlatform) -
 @local_model
 async def test_timeout_becomes_a_retryable_platform_error_and_stops_generation(local: LocalPlatform) -> None:
     await local.load()  # so the timeout measures generation, not loading
-    pretend_fast(local)  # else the fail-fast check refuses the request before it starts (tested below)
+    pretend_fast(local)  # else the fail-fast check refuses the request before it starts (tested elsewhere)
     with pytest.raises(PlatformError) as caught:
-        await local.generate(long_story(timeout=1.5))
+        # JSON that needs ~1,000 tokens: free text would end by itself just before the deadline instead.
+        await local.generate(long_story(timeout=1.5, json_schema=LONG_JSON))
     await asyncio.wait_for(barrier(local), 60)
 
     assert caught.value.kind == "timeout" and caught.value.retryable and caught.value.provider == "local"

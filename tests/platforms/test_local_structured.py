@@ -130,10 +130,19 @@ async def test_an_agent_run_is_refused_in_under_five_seconds(local: LocalPlatfor
 async def test_a_run_that_times_out_records_the_tokens_it_used(local: LocalPlatform) -> None:
     await local.load()
     set_speed(local, Speed(1e9, 1e9))  # not refused up front: this is about the deadline itself
+    chapters = {"type": "array", "minItems": 30, "items": {"type": "string", "minLength": 100}}
     agent = TaskAgent(
-        AgentConfig(agent_id="writer", name="Writer", timeout_seconds=4, max_retries=0), registry(local)
+        AgentConfig(
+            agent_id="writer",
+            name="Writer",
+            timeout_seconds=15,
+            max_retries=0,
+            output_schema={"type": "object", "properties": {"chapters": chapters}, "required": ["chapters"]},
+        ),
+        registry(local),
     )
-    result = await agent.execute({"task": "Write a very long story about a dragon, in many chapters."})
+    # ~1,000 tokens of JSON: structured output is not cut short at the deadline (it would not parse).
+    result = await agent.execute({"task": "Write a long story about a dragon, in thirty chapters."})
     await local.run_on_model(lambda llama: None)  # the worker has let go
 
     assert not result.success and result.error is not None and result.error.code == "timeout"
@@ -141,6 +150,15 @@ async def test_a_run_that_times_out_records_the_tokens_it_used(local: LocalPlatf
     (attempt,) = result.attempts
     assert attempt.status == "timeout"
     assert (attempt.input_tokens, attempt.output_tokens) == (result.input_tokens, result.output_tokens)
+
+
+async def test_free_text_ends_before_the_deadline_with_what_it_wrote(local: LocalPlatform) -> None:
+    await local.load()
+    set_speed(local, Speed(1e9, 1e9))
+    completion = await local.generate(ask("Write a very long story about a dragon.", timeout=4))
+
+    assert completion.finish_reason == "length" and completion.text
+    assert completion.usage.output_tokens > 0
 
 
 CALCULATOR = ToolDefinition(
