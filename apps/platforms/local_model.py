@@ -233,11 +233,10 @@ class _SharedModel:
         from apps.platforms.local_sampling import cached_prefix
 
         assert self.speed is not None
-        left = (
-            job.deadline
-            - time.monotonic()
-            - self.speed.seconds(len(prompt) - cached_prefix(llama, prompt), 0)
-        )
+        # Both speeds discounted: a long prompt evaluates slower per token than the calibration's short one,
+        # and the machine's load may have risen since.
+        prompt_seconds = self.speed.seconds(len(prompt) - cached_prefix(llama, prompt), 0) / SAFETY
+        left = job.deadline - time.monotonic() - prompt_seconds
         return max(0, int(left * self.speed.decode_tps * SAFETY))
 
     def _refuse(self, job: _Job, llama: Llama, prompt: list[int], output_tokens: int) -> NoReturn:
