@@ -42,8 +42,9 @@ END_MARGIN = 0.5
 MIN_TEXT_TOKENS = 32
 #: Share of the calibrated speed counted on (the machine's load varies between calibration and the run).
 SAFETY = 0.8
-#: Tokens allowed past a grammar's estimated budget before generation is cut (the estimate is an average).
-BUDGET_MARGIN = 64
+#: Tokens allowed past a grammar's estimated budget (plus a quarter of it) before generation is cut: the
+#: budget converts characters to tokens at an average rate.
+BUDGET_MARGIN = 32
 CALIBRATION_PROMPT = 96
 CALIBRATION_TOKENS = 12
 #: Every fail-fast refusal starts with this.
@@ -217,7 +218,7 @@ class _SharedModel:
                 grammar = job.grammars[-1]
                 if affordable is not None and grammar.budget > affordable:
                     self._refuse(job, llama, prompt, grammar.budget)
-            max_tokens = min(room, limit or grammar.budget + BUDGET_MARGIN)
+            max_tokens = min(room, limit or grammar.budget + grammar.budget // 4 + BUDGET_MARGIN)
         else:
             max_tokens = min(room, limit) if limit else room
             if affordable is not None:
@@ -366,7 +367,7 @@ class _SharedModel:
         tighter = pick(job.grammars, affordable)
         if tighter is None:
             self._refuse(job, llama, prompt, job.grammars[-1].budget)
-        return min(max_tokens, tighter.budget + BUDGET_MARGIN), tighter
+        return min(max_tokens, tighter.budget + tighter.budget // 4 + BUDGET_MARGIN), tighter
 
     def _learn_speed(self, prompt_tokens: int, prompt_seconds: float, tokens: int, seconds: float) -> None:
         """Blend a run's measured speeds into the estimate (the machine's load changes; so does ours)."""

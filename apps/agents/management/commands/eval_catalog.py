@@ -77,7 +77,9 @@ def outcome_of(entry: CatalogEntry, result: AgentResult) -> tuple[str, str]:
     assert result.error is not None
     message = result.error.message
     if REFUSAL_PREFIX in message:
-        return "refused", message
+        # Refused up front, or only when re-asked after an answer that failed validation.
+        answered = any(a.status == "ok" for a in result.attempts)
+        return ("invalid", f"re-ask refused: {message}") if answered else ("refused", message)
     if result.error.code == "timeout":
         return "timeout", message
     if result.error.code == "invalid_output":
