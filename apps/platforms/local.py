@@ -9,16 +9,18 @@ Default model: SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI pack
   serialised FIFO by that one thread. This is used instead of an asyncio.Lock on purpose: the platform lives
   for the whole process while event loops do not (Celery runs a loop per task, tests a loop per test), and an
   asyncio primitive is bound to the loop that first used it.
-- Generation drives `Llama.generate()` token by token in our own loop (prompt rendered with the model's own
-  chat template, exactly like `Llama.create_chat_completion` does), because that is the only way to get
-  all of: a cancel flag checked on every token, text streamed as it is produced, and exact token counts in a
-  stream (llama-cpp-python reports usage only for non-streamed completions). Counting follows llama.cpp's
-  own: prompt tokens = the tokenized rendered prompt; completion tokens = sampled tokens except the final
-  end-of-generation token (tests check both against `create_chat_completion`).
-- JSON output: `request.json_schema` becomes a llama.cpp grammar (`LlamaGrammar.from_json_schema`), so the
-  output is syntactically valid JSON of the schema's shape. Grammars do not enforce everything a schema says
-  (numeric ranges, string formats, uniqueItems, ...) and `max_tokens` can cut the JSON short, so the engine
-  must still validate the output against the schema (it does, for every platform).
+- Generation runs our own token loop on llama.cpp's low-level API (local_model.py, local_sampling.py): prompt
+  rendered with the model's own chat template (as `Llama.create_chat_completion` does), evaluated in chunks,
+  then one token at a time, because that is the only way to get all of: a cancel flag and the deadline
+  checked on every token, text streamed as it is produced, and exact token counts in a stream. Counting
+  follows llama.cpp's own: prompt tokens = the tokenized rendered prompt; completion tokens = sampled tokens
+  except the final end-of-generation token (tests check both against `create_chat_completion`).
+- JSON output: `request.json_schema` becomes a grammar over a capped copy of the schema (local_grammar.py),
+  checked after sampling rather than over the whole vocabulary. The engine still validates the output
+  against the full schema (it does, for every platform).
+- Time: the model measures its speed when it loads; a request gets the grammar caps and output length its
+  deadline (`request.timeout`) affords, or is refused at once when nothing fits (local_model.py).
+- Tools: a grammar over the offered tools' argument schemas (local_tools.py).
 """
 
 from __future__ import annotations
