@@ -117,6 +117,10 @@ class AnthropicPlatform(Platform):
             # On normal end, error, aclose() or cancellation alike: close the HTTP response so that the
             # provider stops generating for a consumer that went away.
             await sdk_stream.close()
+            # Input tokens come with message_start and output as a running total: a stream cut short by a
+            # timeout or cancel still reports what Anthropic counted so far.
+            if request.on_usage is not None and (state.input_tokens or state.output_tokens):
+                request.on_usage(state.usage())
         if not state.stopped or state.stop_reason is None:
             raise _http.incomplete_stream(
                 PROVIDER, "no message_stop" if not state.stopped else "no stop_reason"

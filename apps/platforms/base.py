@@ -7,7 +7,7 @@ dataclasses exhaustively so that the engine never sees an SDK type.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +53,10 @@ class CompletionRequest:
     tools: Sequence[ToolDefinition] = ()
     # Seconds for the whole request (connect + response); None means the platform default.
     timeout: float | None = None
+    # Called with the usage so far whenever the platform learns more of it (counts the provider reported, or
+    # the local model's own), so that a request cut short by a timeout or a cancel still accounts for what it
+    # used. Never called with an estimate.
+    on_usage: Callable[[Usage], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from apps.platforms.base import Usage
 
 ErrorKind = Literal[
     "rate_limited",  # 429
@@ -30,6 +33,7 @@ class PlatformError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +42,9 @@ class PlatformError(Exception):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        #: What the request used before it failed (a timeout, a stream cut short), as the provider or the local
+        #: model counted it; None when nothing was reported. Never estimated.
+        self.usage = usage
 
     @property
     def may_fall_back(self) -> bool:

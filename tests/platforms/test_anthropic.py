@@ -321,6 +321,28 @@ async def test_cancelling_the_consumer_closes_the_upstream_request(platform, fak
     assert fake_anthropic.completed_responses == 0
 
 
+async def test_a_cancelled_stream_reports_the_usage_anthropic_sent_so_far(platform, fake_anthropic):
+    fake_anthropic.reply(text=" ".join(["word"] * 200), chunk_delay=0.05, input_tokens=321)
+    reported: list[Usage] = []
+    first_two = asyncio.Event()
+
+    async def consume() -> None:
+        count = 0
+        async for _ in platform.stream(ask(on_usage=reported.append)):
+            count += 1
+            if count == 2:
+                first_two.set()
+
+    task = asyncio.create_task(consume())
+    await first_two.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    # message_start's counts (input 321, output 1 so far): what Anthropic reported, nothing estimated.
+    assert reported == [Usage(321, 1)]
+
+
 async def test_closing_the_stream_closes_the_upstream_request(platform, fake_anthropic):
     fake_anthropic.reply(text=" ".join(["word"] * 200), chunk_delay=0.05)
     stream = platform.stream(ask())

@@ -16,9 +16,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from apps.platforms.base import ChatMessage, CompletionRequest, ToolDefinition
+from apps.platforms.base import ChatMessage, CompletionRequest
 from apps.platforms.errors import PlatformError
 from apps.platforms.local import LocalPlatform, bundled_model_path
+from apps.platforms.local_model import Speed
 
 local_model = pytest.mark.local_model
 
@@ -31,6 +32,15 @@ def request(text: str, *, max_tokens: int = 16, **kwargs: Any) -> CompletionRequ
         temperature=0.0,
         **kwargs,
     )
+
+
+LONG_JSON = {
+    "type": "object",
+    "properties": {
+        "chapters": {"type": "array", "minItems": 30, "items": {"type": "string", "minLength": 100}}
+    },
+    "required": ["chapters"],
+}
 
 
 def long_story(**kwargs: Any) -> CompletionRequest:
@@ -75,6 +85,11 @@ async def cold(platform: LocalPlatform) -> LocalPlatform:
     of this small model (seen on an AVX2 build: "🌟🌟🌟" cold, "I'm glad you're here!" warm)."""
     await platform.run_on_model(lambda llama: llama.reset())
     return platform
+
+
+def pretend_fast(platform: LocalPlatform) -> None:
+    """Make the fail-fast estimate think this machine is very fast (for tests of what happens after it)."""
+    platform._shared().speed = Speed(1e9, 1e9)
 
 
 async def barrier(platform: LocalPlatform) -> None:
@@ -179,12 +194,18 @@ async def test_closing_the_stream_early_stops_generation(local: LocalPlatform) -
 @local_model
 async def test_timeout_becomes_a_retryable_platform_error_and_stops_generation(local: LocalPlatform) -> None:
     await local.load()  # so the timeout measures generation, not loading
+    pretend_fast(local)  # else the fail-fast check refuses the request before it starts (tested elsewhere)
     with pytest.raises(PlatformError) as caught:
-        await local.generate(long_story(timeout=0.05))
+        # JSON that needs ~1,000 tokens: free text would end by itself just before the deadline instead.
+        await local.generate(long_story(timeout=1.5, json_schema=LONG_JSON))
     await asyncio.wait_for(barrier(local), 60)
 
     assert caught.value.kind == "timeout" and caught.value.retryable and caught.value.provider == "local"
     assert local.last_run is not None and local.last_run.outcome == "cancelled"
+    # The tokens the model used before the deadline are on the error, as the model counted them.
+    assert caught.value.usage is not None
+    assert caught.value.usage.input_tokens == local.last_run.prompt_tokens > 0
+    assert 0 < caught.value.usage.output_tokens <= local.last_run.completion_tokens
 
 
 @local_model
@@ -206,15 +227,6 @@ async def test_prompt_longer_than_the_context_window_is_a_bad_request() -> None:
 
     assert caught.value.kind == "bad_request" and not caught.value.retryable
     assert "LOCAL_CONTEXT_TOKENS" in caught.value.message
-
-
-async def test_tools_are_refused_not_silently_ignored(local: LocalPlatform) -> None:
-    tool = ToolDefinition(name="get_time", description="now", parameters={"type": "object", "properties": {}})
-    with pytest.raises(PlatformError) as caught:
-        await local.generate(request("What time is it?", tools=[tool]))
-
-    assert caught.value.kind == "bad_request" and caught.value.provider == "local"
-    assert "tool" in caught.value.message
 
 
 async def test_missing_model_file_is_unavailable(tmp_path) -> None:

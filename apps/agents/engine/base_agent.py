@@ -19,6 +19,7 @@ Pure Python: the registry is passed in; nothing here imports Django.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import random
@@ -51,6 +52,7 @@ from apps.platforms.base import (
     CompletionRequest,
     Platform,
     ToolDefinition,
+    Usage,
 )
 from apps.platforms.errors import PlatformError, public_message
 
@@ -312,6 +314,9 @@ class BaseAgent:
                 max_tokens=self._max_tokens(config.max_tokens if max_tokens is None else max_tokens),
                 json_schema=json_schema,
                 tools=tuple(tools),
+                # Each attempt gets what is left of the run's deadline: a platform that cannot answer in time
+                # says so at once (the local model refuses) or times out itself, reporting what it used.
+                timeout=_attempt_timeout(scope.remaining()),
             )
             completion, error = await self._try_platform(scope, name, platform, request, stream)
             if completion is not None:
@@ -331,11 +336,15 @@ class BaseAgent:
         max_retries = max(0, self.config.max_retries)
         for retry in range(max_retries + 1):
             scope.sent_output = False
+            reported = _ReportedUsage()
+            request = dataclasses.replace(request, on_usage=reported.update)
             reservation = await self._reserve(scope, name, request)
             started = self._clock()
             try:
                 try:
-                    completion = await self._call(scope, name, platform, request, stream, reservation)
+                    completion = await self._call(
+                        scope, name, platform, request, stream, reservation, reported
+                    )
                 except PlatformError:
                     raise
                 except (asyncio.CancelledError, GeneratorExit):
@@ -347,6 +356,7 @@ class BaseAgent:
                     ) from exc
             except PlatformError as error:
                 shown = self._public(scope, name, error)
+                used = error.usage or reported.usage
                 scope.record_attempt(
                     name,
                     request.model,
@@ -354,7 +364,9 @@ class BaseAgent:
                     started,
                     error=shown,
                     http_status=error.status,
+                    usage=used,
                 )
+                self._charge(scope, name, request.model, used)
                 self.cooldowns.record_failure(name, error)
                 if scope.sent_output:
                     raise RunFailure(
@@ -390,7 +402,8 @@ class BaseAgent:
                 status, why = (
                     ("timeout", "the run's deadline passed") if expired else ("cancelled", "cancelled")
                 )
-                scope.record_attempt(name, request.model, status, started, error=why)
+                scope.record_attempt(name, request.model, status, started, error=why, usage=reported.usage)
+                self._charge(scope, name, request.model, reported.usage)
                 raise
             model = completion.model or request.model
             scope.record_attempt(name, model, "ok", started, completion=completion)
@@ -435,6 +448,7 @@ class BaseAgent:
         request: CompletionRequest,
         stream: bool,
         reservation: Any,
+        reported: _ReportedUsage,
     ) -> Completion:
         """One request to one platform; its reservation is settled with the usage it reported, whatever the
         outcome: the completion's, an error's (`usage`, when the adapter knows it), or the last usage a
@@ -453,14 +467,19 @@ class BaseAgent:
             scope.attempt_cost = self.registry.cost(platform_name, model, usage)
             return completion
         except PlatformError as error:
-            usage = getattr(error, "usage", None) or scope.attempt_usage
+            usage = error.usage or reported.usage or scope.attempt_usage
             raise
         except BaseException:
-            usage = scope.attempt_usage
+            usage = reported.usage or scope.attempt_usage
             raise
         finally:
             if reservation is not None and self.spend_guard is not None:
                 await settle_shielded(self.spend_guard, reservation, usage, scope.attempt_cost)
+
+    def _charge(self, scope: RunScope, name: str, model: str, usage: Usage | None) -> None:
+        """Add what a failed, timed-out or cancelled attempt used (as reported) to the run's usage."""
+        if usage is not None and usage.total_tokens:
+            scope.state.add_usage(usage, self.registry.cost(name, model, usage))
 
     # ------------------------------------------------------------------ logs
     def _public(self, scope: RunScope, name: str, error: PlatformError) -> str:
@@ -480,6 +499,22 @@ class BaseAgent:
     def _log(self, scope: RunScope, level: int, message: str, *args: Any) -> None:
         execution_id = scope.context.execution_id or current_execution_id.get() or "-"
         logger.log(level, message, *args, extra={"execution_id": execution_id, "agent": self.config.agent_id})
+
+
+class _ReportedUsage:
+    """The latest usage a platform reported for the attempt in flight (see CompletionRequest.on_usage)."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+    def update(self, usage: Usage) -> None:
+        self.usage = usage
+
+
+def _attempt_timeout(remaining: float | None) -> float | None:
+    return None if remaining is None else max(remaining, 0.001)
 
 
 __all__ = ["AgentError", "BaseAgent", "HookVeto", "PostHook", "PreHook", "RunFailure", "RunState"]

@@ -142,9 +142,12 @@ class RunScope:
         error: str | None = None,
         http_status: int | None = None,
         completion: Completion | None = None,
+        usage: Usage | None = None,
     ) -> None:
-        """One attempt on the run's record; `started` is the clock reading when it began (None: no call)."""
-        usage = completion.usage if completion is not None else None
+        """One attempt on the run's record; `started` is the clock reading when it began (None: no call).
+        A failed attempt's `usage` is what the platform reported before it ended (a timeout, a cancel)."""
+        if completion is not None:
+            usage = completion.usage
         self.state.attempts.append(
             Attempt(
                 platform=platform,

@@ -229,6 +229,27 @@ async def test_deadline_covers_the_whole_run_and_gives_timeout(fake_platforms, m
     assert fake_platforms.openai.cancelled == 1
 
 
+async def test_an_attempt_cut_by_the_deadline_records_and_charges_the_usage_reported_so_far(
+    fake_platforms, make_agent
+):
+    fake_platforms.openai.reply("never", hang=True, usage_so_far=Usage(700, 40))
+    result = await make_agent(timeout_seconds=0.2).execute(TASK)
+
+    assert result.error.code == "timeout"
+    (attempt,) = result.attempts
+    assert (attempt.status, attempt.input_tokens, attempt.output_tokens) == ("timeout", 700, 40)
+    assert (result.input_tokens, result.output_tokens) == (700, 40)
+    assert result.cost == fake_cost("openai", "", Usage(700, 40)) > 0
+
+
+async def test_each_attempt_gets_the_time_left_of_the_run(fake_platforms, make_agent):
+    fake_platforms.openai.fail("server_error").reply("ok")
+    await make_agent(timeout_seconds=30).execute(TASK)
+
+    first, second = (r.timeout for r in fake_platforms.openai.requests)
+    assert first is not None and second is not None and 0 < second <= first <= 30
+
+
 async def test_deadline_while_streaming_keeps_partial_output(fake_platforms, make_agent):
     fake_platforms.openai.reply("one two three four", chunk_delay=0.15)
     events = await collect(make_agent(timeout_seconds=0.2), TASK)
