@@ -1,0 +1,64 @@
+"""Units of database work that give their connection back at once (README: Scaling out).
+
+Under ASGI every `sync_to_async` call of a request runs in that request's one thread, and Django keeps the
+thread's connection open until the request ends (`request_finished`). A streamed or synchronous run lasts as
+long as its provider takes, so without this each open run held a PostgreSQL connection for 30 s of waiting:
+`max_connections` (100) was the ceiling on concurrent runs, and the 101st got a 500.
+
+With the connection pool (config/settings.py, DB_POOL_*), closing a connection hands it back to the pool,
+which costs microseconds. So each unit of a run's database work (admission, heartbeat, the final write, a
+poll of the row) runs as `db_unit(fn)`: one thread hop, then the thread's connection goes back to the pool.
+Without the pool (SQLite, or DB_POOL_MAX_SIZE=0) closing would mean reconnecting for every unit, so the
+connection is kept as before. Inside a transaction (a caller's `atomic()`, a test's) it is never closed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Model, QuerySet
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def pooled(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether `alias` uses a connection pool (PostgreSQL with OPTIONS["pool"])."""
+    return bool(connections[alias].settings_dict.get("OPTIONS", {}).get("pool"))
+
+
+def release_connection(alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Give this thread's pooled connection back to the pool, unless a transaction is open on it."""
+    connection = connections[alias]
+    if connection.connection is not None and not connection.in_atomic_block and pooled(alias):
+        connection.close()
+
+
+def db_unit(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`fn` (sync, ORM work) as an awaitable that runs in the request's thread (one hop, like Django's own
+    async ORM methods) and releases the connection when it returns or raises."""
+
+    @functools.wraps(fn)
+    def unit(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_connection()
+
+    return sync_to_async(unit)
+
+
+def _first(queryset: QuerySet[Any]) -> Any:
+    return queryset.first()
+
+
+_afirst = db_unit(_first)
+
+
+async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
+    """`await queryset.afirst()` as a unit of its own: for reads repeated while waiting (polls)."""
+    return await _afirst(queryset)
