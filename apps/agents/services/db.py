@@ -22,6 +22,8 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Model, QuerySet
 
+from apps.agents.errors import ApplicationError
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -62,3 +64,39 @@ _afirst = db_unit(_first)
 async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
     """`await queryset.afirst()` as a unit of its own: for reads repeated while waiting (polls)."""
     return await _afirst(queryset)
+
+
+# ------------------------------------------------------------------------------------------- overload
+#: Retry-After (seconds) of a 503 `overloaded`: every pooled connection stayed busy for DB_POOL_TIMEOUT.
+OVERLOADED_RETRY_AFTER_SECONDS = 5
+
+
+class Overloaded(ApplicationError):
+    """No database connection came free in time: the server is beyond its capacity. A 503 with Retry-After,
+    never a 500: nothing is broken and the same request will work a little later."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is overloaded (no database connection came free in time); retry shortly.",
+            code="overloaded",
+        )
+        self.retry_after = OVERLOADED_RETRY_AFTER_SECONDS
+
+
+def pool_exhausted(exc: BaseException | None) -> bool:
+    """Whether `exc` is (or was caused by) the pool's "no connection in time" (PoolTimeout) or "too many
+    waiting" (TooManyRequests) error. Django wraps it into its own OperationalError (`raise ... from`), so
+    the chain is walked; any other database error is not an overload."""
+    try:
+        from psycopg_pool import PoolTimeout, TooManyRequests
+    except ImportError:
+        return False
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, PoolTimeout | TooManyRequests):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
