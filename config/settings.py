@@ -145,7 +145,10 @@ else:
     # DB_POOL_MAX_SIZE=0 switches the pool off (a connection per request, held for the whole request).
     DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
     if DB_POOL_MAX_SIZE > 0:
-        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        if DATABASES["default"]["CONN_MAX_AGE"] != 0:
+            raise ImproperlyConfigured(
+                "CONN_MAX_AGE must be 0 with the connection pool (or DB_POOL_MAX_SIZE=0)."
+            )
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": min(env.int("DB_POOL_MIN_SIZE", default=2), DB_POOL_MAX_SIZE),
             "max_size": DB_POOL_MAX_SIZE,
