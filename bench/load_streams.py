@@ -42,6 +42,7 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connections  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from apps.agents.models import Agent  # noqa: E402
@@ -88,6 +89,7 @@ def start_server(env: dict[str, str], workers: int) -> procs.Server:
 async def one_stream(client: httpx.AsyncClient, token: str, deltas: int) -> dict[str, Any]:
     started = time.perf_counter()
     got = 0
+    answered: float | None = None
     completed = False
     try:
         async with client.stream(
@@ -96,25 +98,28 @@ async def one_stream(client: httpx.AsyncClient, token: str, deltas: int) -> dict
             json={"input_data": {"task": "stream please"}, "stream": True},
             headers={"Authorization": f"Token {token}", "Accept": "text/event-stream"},
         ) as response:
+            answered = time.perf_counter()
             if response.status_code != 200:
                 body = (await response.aread())[:200].decode(errors="replace")
-                return {"status": str(response.status_code), "body": body, "deltas": 0}
+                return {"status": str(response.status_code), "body": body, "deltas": 0, "answered": answered}
             async for line in response.aiter_lines():
                 if line == "event: output.delta":
                     got += 1
                 elif line == "event: execution.completed":
                     completed = True
                 elif line in ("event: execution.failed", "event: execution.cancelled"):
-                    return {"status": line.removeprefix("event: "), "deltas": got}
+                    return {"status": line.removeprefix("event: "), "deltas": got, "answered": answered}
     except httpx.HTTPError as exc:
-        return {"status": type(exc).__name__, "deltas": got}
+        return {"status": type(exc).__name__, "deltas": got, "answered": answered}
     status = "200" if completed else "200 without execution.completed"
-    return {"status": status, "deltas": got, "seconds": time.perf_counter() - started, "full": got == deltas}
+    seconds = time.perf_counter() - started
+    return {"status": status, "deltas": got, "seconds": seconds, "full": got == deltas, "answered": answered}
 
 
 async def sampler(base: str, path: str, headers: dict[str, str], stop: asyncio.Event) -> dict[str, Any]:
     """GET `path` every SAMPLE_SECONDS (or back to back when slower) until `stop`."""
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (start, ms)
     statuses: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         while not stop.is_set():
@@ -125,6 +130,7 @@ async def sampler(base: str, path: str, headers: dict[str, str], stop: asyncio.E
                 status = type(exc).__name__
             elapsed = time.perf_counter() - began
             latencies.append(elapsed * 1000)
+            timeline.append((began, elapsed * 1000))
             statuses[status] += 1
             await asyncio.sleep(max(0.0, SAMPLE_SECONDS - elapsed))
     return {
@@ -133,6 +139,7 @@ async def sampler(base: str, path: str, headers: dict[str, str], stop: asyncio.E
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies), 1) if latencies else None,
         "statuses": dict(statuses),
+        "timeline": timeline,
     }
 
 
@@ -186,16 +193,36 @@ async def run_load(base: str, token: str, server_pid: int, database: str, args: 
         asyncio.create_task(watch_rss(server_pid, stop)),
     ]
     await asyncio.sleep(1.0)  # a baseline before the burst
+    cpu_before = {"server": procs.cpu_seconds(server_pid), "client": time.process_time()}
+    postmaster = procs.postmaster_pid()
+    cpu_before["postgres"] = procs.cpu_seconds(postmaster) if postmaster else 0.0
     limits = httpx.Limits(max_connections=args.streams + 10, max_keepalive_connections=0)
     timeout = httpx.Timeout(connect=60, read=args.deltas * args.delta_ms / 1000 + 120, write=60, pool=120)
     began = time.perf_counter()
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
         results = await asyncio.gather(*(one_stream(client, token, args.deltas) for _ in range(args.streams)))
     wall = time.perf_counter() - began
+    cpu = {
+        "server": procs.cpu_seconds(server_pid) - cpu_before["server"],
+        "client": time.process_time() - cpu_before["client"],
+        "postgres": (procs.cpu_seconds(postmaster) - cpu_before["postgres"]) if postmaster else None,
+    }
     await asyncio.sleep(1.0)
     stop.set()
     health, plain_get, postgres, peak_rss = await asyncio.gather(*watchers)
     full = [r for r in results if r["status"] == "200" and r.get("full")]
+    # The admission burst: until the last stream got its answer's headers. Latencies after it are the
+    # steady state of N open streams.
+    admitted = max((r["answered"] for r in results if r.get("answered")), default=began)
+    for sampled in (health, plain_get):
+        timeline = sampled.pop("timeline")
+        after = [ms for at, ms in timeline if at >= admitted]
+        sampled["after_admission"] = {
+            "samples": len(after),
+            "p50_ms": round(statistics.median(after), 1) if after else None,
+            "p99_ms": round(percentile(after, 0.99), 1),
+            "max_ms": round(max(after), 1) if after else None,
+        }
     return {
         "streams": args.streams,
         "completed_with_every_delta": len(full),
@@ -204,6 +231,8 @@ async def run_load(base: str, token: str, server_pid: int, database: str, args: 
         "stream_seconds_p50": round(statistics.median([r["seconds"] for r in full]), 2) if full else None,
         "stream_seconds_max": round(max(r["seconds"] for r in full), 2) if full else None,
         "wall_seconds": round(wall, 1),
+        "admission_seconds": round(admitted - began, 1),
+        "cpu_seconds": {k: round(v, 1) if v is not None else None for k, v in cpu.items()},
         "health": health,
         "get_agents": plain_get,
         **postgres,
@@ -226,6 +255,7 @@ def main() -> None:
     database = URL.rsplit("/", 1)[1]
 
     token = prepare()
+    connections.close_all()  # this process holds none during the run: pg_stat_activity counts the server
     fake = procs.start_fake()
     env = server_env(f"{fake.url}/stream/{args.deltas}x{args.delta_ms}/v1", URL)
     env.update({"THROTTLE_ANON_RATE": "10000000/min", "DJANGO_SETTINGS_MODULE": "config.settings"})
@@ -272,6 +302,16 @@ def print_table(row: dict[str, Any]) -> None:
         ("health statuses", ", ".join(f"{k}: {v}" for k, v in sorted(health["statuses"].items()))),
         ("GET agents p50 / p99 / max", f"{get['p50_ms']} / {get['p99_ms']} / {get['max_ms']} ms"),
         ("GET agents statuses", ", ".join(f"{k}: {v}" for k, v in sorted(get["statuses"].items()))),
+        ("admission burst (all answered)", f"{row['admission_seconds']} s"),
+        (
+            "after it: health / GET p99",
+            f"{health['after_admission']['p99_ms']} / {get['after_admission']['p99_ms']} ms "
+            f"(max {health['after_admission']['max_ms']} / {get['after_admission']['max_ms']})",
+        ),
+        (
+            "CPU s: server / PostgreSQL / client",
+            " / ".join(str(row["cpu_seconds"][k]) for k in ("server", "postgres", "client")),
+        ),
         ("PostgreSQL connections, most used", f"{row['max_connections_used']} of {row['max_connections']}"),
         ("server RSS, peak", f"{row['server_rss_peak_mb']} MB"),
         ("load average at end", str(row["load_average_at_end"])),
