@@ -241,6 +241,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
+# How often a running execution checks its row for a cancel request made in another process (one query per
+# open run each time: bench/load_streams.py measures what it costs with hundreds of open streams).
+EXECUTION_CANCEL_POLL_SECONDS = env.float("EXECUTION_CANCEL_POLL_SECONDS", default=1.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
 # A background run whose heartbeat is older than this lost its worker: the reaper fails it (worker_lost).

@@ -362,10 +362,10 @@ class ExecutionEngine:
             run_task.cancel()
 
     async def _watch(self, execution: AgentExecution, run_task: asyncio.Task[Any], control: _Control) -> None:
-        """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; at least every second, stop the run when a cancel was
-        requested (from any process) or the row was ended elsewhere (the reaper)."""
+        """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; every EXECUTION_CANCEL_POLL_SECONDS (default 1), stop
+        the run when a cancel was requested (from any process) or the row was ended elsewhere (the reaper)."""
         beat = max(0.05, float(settings.EXECUTION_HEARTBEAT_SECONDS))
-        poll = min(1.0, beat)
+        poll = min(float(getattr(settings, "EXECUTION_CANCEL_POLL_SECONDS", 1.0)), beat)
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + beat
         while not run_task.done():
