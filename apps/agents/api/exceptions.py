@@ -155,7 +155,11 @@ def json_server_error(request: HttpRequest) -> HttpResponse:
     # DRF view (a middleware's query) is a 503 too.
     if pool_exhausted(sys.exc_info()[1]):
         overloaded = Overloaded()
-        response = JsonResponse(error_body(overloaded.code, overloaded.message), status=overloaded.status)
+        response: HttpResponse
+        if _is_api(request):
+            response = JsonResponse(error_body(overloaded.code, overloaded.message), status=overloaded.status)
+        else:
+            response = HttpResponse(overloaded.message, status=overloaded.status, content_type="text/plain")
         response["Retry-After"] = str(overloaded.retry_after)
         return response
     if _is_api(request):

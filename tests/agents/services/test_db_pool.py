@@ -25,7 +25,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
-from django.test import AsyncClient
+from django.test import AsyncClient, Client
 from psycopg_pool import PoolTimeout
 
 from apps.agents.models import AgentExecution, ExecutionStatus
@@ -215,3 +215,16 @@ def test_other_database_errors_stay_500(alice, monkeypatch):
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "server_error"
     assert "Retry-After" not in response
+
+
+def test_an_exhausted_pool_outside_the_api_views_is_a_503_too(pool_exhausted):
+    """Django's own error path (handler500): here the admin loading the session of a logged-in cookie."""
+    client = Client(raise_request_exception=False)
+    client.cookies["sessionid"] = "a" * 32
+    pool_exhausted()
+
+    response = client.get("/admin/")
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(db.OVERLOADED_RETRY_AFTER_SECONDS)
+    assert b"overloaded" in response.content
