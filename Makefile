@@ -53,10 +53,12 @@ run: export SECURE_SSL_REDIRECT ?= false
 run: export SESSION_COOKIE_SECURE ?= false
 run: export CSRF_COOKIE_SECURE ?= false
 # Forwarded headers are believed only from TRUSTED_PROXIES (default none), by uvicorn as by the app.
+# WEB_CONCURRENCY: server processes (default 1), each with its own DB_POOL_MAX_SIZE connections.
 run: seed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	proxy_args=$$($(BIN)/python config/launch.py proxy-args) && \
-	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log $$proxy_args
+	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log $$proxy_args \
+	  --workers $${WEB_CONCURRENCY:-1}
 
 # The web console is tested in a real headless Chromium: Debian's package, since browsers cannot be
 # downloaded here. Installed once; later runs find it.
@@ -85,5 +87,6 @@ beat: migrate
 	$(BIN)/celery -A config beat --loglevel=INFO
 
 # Side by side with the raw SDK, LiteLLM and pydantic-ai (bench/run.py; contenders live in .venv-bench).
+# Our server and the LiteLLM proxy both run WEB_CONCURRENCY processes (default: one per core).
 bench: install secret-key
 	$(BIN)/python bench/run.py

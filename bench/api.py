@@ -9,11 +9,10 @@ keep-alive connections, one per concurrent client). Every request is a real run:
 validation, a row inserted `running`, the provider call through the OpenAI SDK, the final UPDATE.
 
 Database connection setups measured side by side (`--variants`):
-- "default": the settings as shipped (CONN_MAX_AGE=0 on PostgreSQL: under ASGI each request's ORM work runs
-  in a thread of its own, so each request opens a connection and closes it at the end);
-- "persistent": CONN_MAX_AGE=60 (the connections of finished request threads linger until collected);
-- "pool": psycopg's pool (bench/_api_pool_settings.py; only when psycopg_pool is installed:
-  `.venv/bin/pip install psycopg-pool`).
+- "no-pool": DB_POOL_MAX_SIZE=0 (under ASGI each request's ORM work runs in a thread of its own, so each
+  request opens a connection and closes it at the end);
+- "persistent": no pool, CONN_MAX_AGE=60 (the connections of finished request threads linger until collected);
+- "pool": the settings as shipped, psycopg's pool (DB_POOL_*; README: Scaling out).
 
 `--profile` samples the server with py-spy (from the bench venv, made by `make bench`) during one
 concurrency-1 run and prints where its time goes: by package (self time) and the hottest frames of this
@@ -176,10 +175,12 @@ async def load(base: str, path: str, token: str, concurrency: int, total: int) -
 
 
 def variant_env(variant: str) -> dict[str, str]:
-    if variant == "pool":
-        return {"DJANGO_SETTINGS_MODULE": "bench._api_pool_settings"}
+    """pool: the default settings (psycopg pool, DB_POOL_*); no-pool: a connection per request;
+    persistent: no pool, CONN_MAX_AGE=60."""
+    if variant == "no-pool":
+        return {"DJANGO_SETTINGS_MODULE": "config.settings", "DB_POOL_MAX_SIZE": "0"}
     if variant == "persistent":
-        return {"DJANGO_SETTINGS_MODULE": "config.settings", "CONN_MAX_AGE": "60"}
+        return {"DJANGO_SETTINGS_MODULE": "config.settings", "DB_POOL_MAX_SIZE": "0", "CONN_MAX_AGE": "60"}
     return {"DJANGO_SETTINGS_MODULE": "config.settings"}
 
 
@@ -271,7 +272,7 @@ def profile_run(provider_url: str, token: str, path: str, total: int) -> str:
     if not PY_SPY.exists():
         raise SystemExit(f"--profile needs py-spy: {PY_SPY} (run `make bench` once to create the bench venv)")
     raw = LOGS / "api-profile.raw"
-    api, base = start_api({**server_env(provider_url, URL), **variant_env("default")})
+    api, base = start_api({**server_env(provider_url, URL), **variant_env("pool")})
     try:
         asyncio.run(load(base, path, token, 4, 40))  # warm-up: imports, first connections, caches
         spy = subprocess.Popen(
@@ -294,7 +295,7 @@ def main() -> None:
         "--requests", type=int, default=400, help="requests per concurrency level (at least 10 x c)"
     )
     parser.add_argument("--profile", action="store_true", help="also profile the server (py-spy) at c=1")
-    parser.add_argument("--variants", default="default,persistent,pool")
+    parser.add_argument("--variants", default="no-pool,persistent,pool")
     args = parser.parse_args()
 
     token, path = prepare()

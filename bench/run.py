@@ -12,8 +12,8 @@
    `Agent.run` / `run_stream`.
 4. Over HTTP, each server in its own process, loaded by an async httpx generator at concurrency 1, 16, 64
    (bounded in requests and seconds): the fake itself (the floor), our execute endpoint under uvicorn on
-   PostgreSQL (DEBUG off, log level warning, token auth), the LiteLLM proxy (one worker, no database,
-   master key auth).
+   PostgreSQL (DEBUG off, log level warning, token auth), the LiteLLM proxy (no database, master key
+   auth), each with WEB_CONCURRENCY server processes (default: one per core).
 5. Writes bench/results/latest.md, latest.json, latest.png (overhead and throughput) and prints the table.
 """
 
@@ -258,6 +258,7 @@ def start_ours(fake: procs.Server, variant: str) -> procs.Server:
     port = procs.free_port()
     argv = [str(ROOT / ".venv" / "bin" / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    argv += ["--workers", str(procs.web_workers())]  # as many as the proxy's (README: Scaling out)
     env = ours_env(fake.url + VARIANTS[variant])
     return procs.start(f"ours-uvicorn-{variant}", argv, env, port=port, health="/api/v1/health/", timeout=60)
 
@@ -269,7 +270,7 @@ def launch_proxy(fake: procs.Server) -> procs.Server:
     config = procs.LOGS / "litellm-proxy.yaml"
     config.write_text(report.proxy_config(fake.url, VARIANTS, PROXY_MODELS, API_KEY, MASTER_KEY))
     argv = [str(procs.BENCH_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--num_workers", "1"]
+    argv += ["--port", str(port), "--num_workers", str(procs.web_workers())]
     return procs.launch("litellm-proxy", argv, bench_env(), port=port)
 
 

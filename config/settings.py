@@ -133,9 +133,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # 0, not 60: under uvicorn each request's ORM work runs in a thread of its own, so a kept connection is
     # never reused; every request opened a new one and left it open until garbage collection (97 open after
-    # 180 requests; "too many clients" under `make bench`). 0 closes it at the end of the request.
+    # 180 requests; "too many clients" under `make bench`). 0 closes it at the end of the request, which with
+    # the pool below means giving it back to the pool (Django refuses a pool with CONN_MAX_AGE != 0).
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # PostgreSQL connection pool (Django's native one, psycopg_pool), per server or worker process: at most
+    # DB_POOL_MAX_SIZE connections, however many requests are open, because a run gives its connection back
+    # after each unit of database work (apps/agents/services/db.py) instead of holding it while it waits on
+    # the provider. A request that finds every connection busy for DB_POOL_TIMEOUT seconds is answered
+    # 503 `overloaded` with Retry-After. README (Scaling out): max size x processes < max_connections.
+    # DB_POOL_MAX_SIZE=0 switches the pool off (a connection per request, held for the whole request).
+    DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
+    if DB_POOL_MAX_SIZE > 0:
+        if DATABASES["default"]["CONN_MAX_AGE"] != 0:
+            raise ImproperlyConfigured(
+                "CONN_MAX_AGE must be 0 with the connection pool (or DB_POOL_MAX_SIZE=0)."
+            )
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": min(env.int("DB_POOL_MIN_SIZE", default=2), DB_POOL_MAX_SIZE),
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -252,6 +270,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
+# How often a running execution checks its row for a cancel request made in another process (one query per
+# open run each time: bench/load_streams.py measures what it costs with hundreds of open streams).
+EXECUTION_CANCEL_POLL_SECONDS = env.float("EXECUTION_CANCEL_POLL_SECONDS", default=1.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
 # A background row that no worker started within this many seconds of being queued is sent again by the

@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/compare/fake.py          # prints {"port": N} once listening
 
-The same FakeOpenAIServer the tests use (tests/fakes/openai_server.py), on uvloop + httptools, with two
+The same FakeOpenAIServer the tests use (tests/fakes/openai_server.py), on uvloop + httptools, with three
 variants on one port: `/v1/...` answers at once, `/slow50/v1/...` waits 50 ms before the first byte (JSON and
-SSE alike). Requests are not kept (a bounded deque), so memory stays flat over a long run.
+SSE alike), `/stream/60x500/v1/...` streams 60 words, one every 500 ms (bench/load_streams.py). Requests are
+not kept (a bounded deque), so memory stays flat over a long run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
 import socket
 import sys
 from collections import deque
@@ -20,10 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import uvicorn
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.fakes.server import Exchange, Fault, RecordedRequest
+from tests.fakes.server import Exchange, Fault, RecordedRequest, Reply
 
 SLOW_PREFIX = "/slow50"
 SLOW_SECONDS = 0.050
+
+
+# `/stream/<deltas>x<milliseconds>/v1/...`: a streamed answer of <deltas> words, one every <milliseconds>
+# (bench/load_streams.py: 60 x 500 ms, a 30 s stream). Per request, so concurrent streams do not share it.
+STREAM_PREFIX = re.compile(r"^/stream/(\d{1,4})x(\d{1,6})(/.*)$")
+_stream_reply: contextvars.ContextVar[Reply | None] = contextvars.ContextVar("stream_reply", default=None)
 
 
 class BenchOpenAIServer(FakeOpenAIServer):
@@ -35,7 +44,14 @@ class BenchOpenAIServer(FakeOpenAIServer):
         if request.path.startswith(SLOW_PREFIX + "/"):
             request.path = request.path[len(SLOW_PREFIX) :]
             await exchange.sleep(SLOW_SECONDS)
+        elif match := STREAM_PREFIX.match(request.path):
+            deltas, milliseconds, request.path = int(match[1]), int(match[2]), match[3]
+            text = " ".join(f"w{i}" for i in range(deltas))
+            _stream_reply.set(Reply(text=text, chunk_delay=milliseconds / 1000, output_tokens=deltas))
         await super().handle(request, exchange, fault)
+
+    def next_reply(self) -> Reply:
+        return _stream_reply.get() or super().next_reply()
 
 
 def main() -> None:

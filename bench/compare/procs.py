@@ -137,6 +137,11 @@ def stop(server: Server) -> None:
         pass
 
 
+def web_workers() -> int:
+    """Server processes for our API and the LiteLLM proxy alike: WEB_CONCURRENCY, else one per core."""
+    return max(1, int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1))
+
+
 def free_port() -> int:
     import socket
 

@@ -12,6 +12,7 @@ goes to the log only.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
 from apps.agents.errors import ApplicationError
+from apps.agents.services.db import Overloaded, pool_exhausted
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ def _response(status: int, body: dict[str, Any], headers: Mapping[str, str] | No
 def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
     """Render any exception as the error envelope. Never None: nothing escapes as Django's HTML page."""
     set_rollback()
+    if pool_exhausted(exc):  # beyond capacity: 503 + Retry-After, not a 500 (services/db.py)
+        exc = Overloaded()
     if isinstance(exc, ApplicationError):
         # A 401 names the scheme to use (RFC 9110), as DRF's own 401s do.
         headers = {"WWW-Authenticate": "Token"} if exc.status == 401 else {}
@@ -148,6 +152,17 @@ def json_page_not_found(request: HttpRequest, exception: Exception) -> HttpRespo
 
 
 def json_server_error(request: HttpRequest) -> HttpResponse:
+    # Called while Django handles the exception, so sys.exc_info() is the error: pool exhaustion outside a
+    # DRF view (a middleware's query) is a 503 too.
+    if pool_exhausted(sys.exc_info()[1]):
+        overloaded = Overloaded()
+        response: HttpResponse
+        if _is_api(request):
+            response = JsonResponse(error_body(overloaded.code, overloaded.message), status=overloaded.status)
+        else:
+            response = HttpResponse(overloaded.message, status=overloaded.status, content_type="text/plain")
+        response["Retry-After"] = str(overloaded.retry_after)
+        return response
     if _is_api(request):
         return JsonResponse(error_body("server_error", "Internal server error."), status=500)
     return defaults.server_error(request)

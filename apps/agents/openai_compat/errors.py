@@ -23,6 +23,7 @@ ERROR_TYPES = {
     409: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
+    503: "server_error",
     504: "upstream_error",
 }
 
@@ -113,4 +114,15 @@ def run_failure(result: AgentResult | None, execution_id: str) -> OpenAIError:
         status=504 if code == "timeout" else 502,
         code=code,
         headers={"x-should-retry": "false", "X-Execution-Id": execution_id},
+    )
+
+
+def overloaded() -> OpenAIError:
+    """No database connection came free in time (apps/agents/services/db.py): 503 with Retry-After, which
+    the OpenAI SDKs honour when they retry."""
+    from apps.agents.services.db import Overloaded
+
+    exc = Overloaded()
+    return OpenAIError(
+        exc.message, status=exc.status, code=exc.code, headers={"Retry-After": str(exc.retry_after)}
     )

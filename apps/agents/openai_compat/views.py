@@ -26,11 +26,13 @@ from apps.agents.openai_compat.errors import (
     from_application_error,
     invalid,
     model_not_found,
+    overloaded,
     run_failure,
 )
 from apps.agents.openai_compat.responses import chat_completion, model_list, model_object
 from apps.agents.openai_compat.schemas import ChatRequest, parse_chat_request
 from apps.agents.openai_compat.streaming import stream_chat
+from apps.agents.services.db import pool_exhausted
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,9 @@ def _openai_errors(view: Any) -> Any:
             return await view(request, *args, **kwargs)
         except OpenAIError as exc:
             return exc.response()
-        except Exception:
+        except Exception as exc:
+            if pool_exhausted(exc):  # beyond capacity: 503 + Retry-After, never a 500
+                return overloaded().response()
             logger.exception("unhandled error in %s", view.__name__)
             return SERVER_ERROR.response()
 

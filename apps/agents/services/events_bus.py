@@ -34,6 +34,7 @@ from django.utils import timezone
 from apps.agents.engine.context import AgentError, AgentResult
 from apps.agents.engine.serialize import result_body
 from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode, ExecutionStatus
+from apps.agents.services.db import afirst
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +372,7 @@ def result_from_row(execution: AgentExecution) -> AgentResult:
 
 async def terminal_event_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
     """The outcome from the database when the bus has none; None while the run is live (or just ended)."""
-    execution = await AgentExecution.objects.filter(pk=execution_id).afirst()
+    execution = await afirst(AgentExecution.objects.filter(pk=execution_id))  # polled: a unit of its own
     if execution is None:
         return _MISSING
     if execution.status not in TERMINAL_STATUSES:

@@ -23,7 +23,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.utils import timezone
 
 from apps.agents.engine import AGENT_CLASSES, AgentConfig, AgentResult, BaseAgent, RunState, TaskAgent
 from apps.agents.engine.context import current_execution_id
@@ -383,25 +382,20 @@ class ExecutionEngine:
             run_task.cancel()
 
     async def _watch(self, execution: AgentExecution, run_task: asyncio.Task[Any], control: _Control) -> None:
-        """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; at least every second, stop the run when a cancel was
-        requested (from any process) or the row was ended elsewhere (the reaper)."""
+        """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; every EXECUTION_CANCEL_POLL_SECONDS (default 1), stop
+        the run when a cancel was requested (from any process) or the row was ended elsewhere (the reaper)."""
         beat = max(0.05, float(settings.EXECUTION_HEARTBEAT_SECONDS))
-        poll = min(1.0, beat)
+        poll = min(float(getattr(settings, "EXECUTION_CANCEL_POLL_SECONDS", 1.0)), beat)
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + beat
-        live = None
         while not run_task.done():
             await asyncio.sleep(poll)
-            if live is None:  # built on first use: most runs end before the first poll, and a filter() costs
-                live = AgentExecution.objects.filter(
-                    pk=execution.pk, status=Status.RUNNING, cancel_requested_at=None
-                )
             try:
-                if loop.time() >= next_beat:
+                due = loop.time() >= next_beat
+                if due:
                     next_beat = loop.time() + beat
-                    alive = await live.aupdate(heartbeat_at=timezone.now()) == 1
-                else:
-                    alive = await live.aexists()
+                # Its own unit of work: no connection is held between polls (services/db.py).
+                alive = await self.state.astill_wanted(execution, beat=due)
             except Exception:  # a database hiccup must not kill the run; the reaper covers a dead process
                 logger.warning("heartbeat failed", exc_info=True, extra={"execution_id": str(execution.pk)})
                 continue

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -19,6 +18,7 @@ from apps.agents.engine.context import AgentError
 from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
+from apps.agents.services.db import db_unit
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.state_manager import StateManager
 
@@ -57,7 +57,7 @@ async def record_outcome(
     lost = False
     try:
         if target == ExecutionStatus.COMPLETED and conversation is not None:
-            await sync_to_async(_complete_conversation_run)(states, prepared, execution, result, outcome, run)
+            await db_unit(_complete_conversation_run)(states, prepared, execution, result, outcome, run)
         elif target == ExecutionStatus.COMPLETED:
             await states.acomplete_execution(execution, **outcome)
         elif target == ExecutionStatus.FAILED:
@@ -83,9 +83,9 @@ async def record_outcome(
             )
     if conversation is not None and (lost or target != ExecutionStatus.COMPLETED):
         # Free the conversation for the next run (a completed run does this inside its transaction).
-        await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
-            active_execution=None
-        )
+        await db_unit(
+            Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).update
+        )(active_execution=None)
     metrics.record_execution(execution)  # counts only if this write made the row terminal
     if lost:
         row = await states.aget_execution(execution.pk)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -39,6 +38,7 @@ from apps.agents.engine.events import (
 from apps.agents.errors import ApplicationError
 from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionStatus
 from apps.agents.services.conversation_lock import claim_conversation
+from apps.agents.services.db import afirst, db_unit
 from apps.agents.services.state_manager import DEADLINE_GRACE, state_manager
 
 logger = logging.getLogger(__name__)
@@ -135,8 +135,10 @@ def admit_execution(
     return Admission(execution, created=True)
 
 
-# One thread hop for the whole admission (several queries in one transaction).
-aadmit_execution = sync_to_async(admit_execution)
+# One thread hop for the whole admission (several queries in one transaction), after which the request's
+# connection goes back to the pool: the run that follows waits on its provider without holding one
+# (services/db.py). This also returns the connection that authentication and the agent lookup used.
+aadmit_execution = db_unit(admit_execution)
 
 
 async def await_outcome(execution_id: Any, *, wait_seconds: float) -> AgentExecution | None:
@@ -145,7 +147,7 @@ async def await_outcome(execution_id: Any, *, wait_seconds: float) -> AgentExecu
     deadline = time.monotonic() + wait_seconds
     delay = 0.05
     while True:
-        execution = await AgentExecution.objects.select_related("agent").filter(pk=execution_id).afirst()
+        execution = await afirst(AgentExecution.objects.select_related("agent").filter(pk=execution_id))
         if execution is None or execution.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
             return execution
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from django.db.models import Q
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
+from apps.agents.services.db import db_unit
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +93,7 @@ class StateManager:
         return execution
 
     async def acreate_execution(self, **kwargs: Any) -> AgentExecution:
-        execution = self._new_execution(**kwargs)
-        await execution.asave(force_insert=True)
-        return execution
+        return await _units.create_execution(self, **kwargs)
 
     # ---------------------------------------------------------------- transitions
     def _plan(
@@ -136,14 +136,8 @@ class StateManager:
         return self._applied(execution, fields)
 
     async def atransition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
-        where, fields = self._plan(execution, target, fields)
-        if await AgentExecution.objects.filter(where).aupdate(**fields) != 1:
-            current = (
-                await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
-            )
-            raise IllegalTransition(execution.pk, current, target)
-        logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
-        return self._applied(execution, fields)
+        # One unit of work (services/db.py): the connection goes back to the pool as soon as it is written.
+        return await _units.transition(self, execution, target, **fields)
 
     @staticmethod
     def _outcome_fields(
@@ -243,10 +237,18 @@ class StateManager:
         )
 
     async def aheartbeat(self, execution: AgentExecution) -> bool:
-        updated = await AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).aupdate(
-            heartbeat_at=timezone.now()
-        )
-        return updated == 1
+        return await _units.heartbeat(self, execution)
+
+    def still_wanted(self, execution: AgentExecution, *, beat: bool) -> bool:
+        """The running row's watcher (execution_engine._watch): False once the row is no longer running or
+        a cancel was requested. `beat` also records the heartbeat, in the same query."""
+        live = AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING, cancel_requested_at=None)
+        if beat:
+            return live.update(heartbeat_at=timezone.now()) == 1
+        return live.exists()
+
+    async def astill_wanted(self, execution: AgentExecution, *, beat: bool) -> bool:
+        return await _units.still_wanted(self, execution, beat=beat)
 
     def request_cancel(self, execution: AgentExecution) -> bool:
         """Flag a live row for cancellation by whichever process holds it. False if it is already terminal."""
@@ -263,7 +265,7 @@ class StateManager:
         return AgentExecution.objects.select_related("agent").filter(pk=execution_id).first()
 
     async def aget_execution(self, execution_id: Any) -> AgentExecution | None:
-        return await AgentExecution.objects.select_related("agent").filter(pk=execution_id).afirst()
+        return await _units.get_execution(self, execution_id)
 
     def get_agent_executions(self, agent: Agent, limit: int = 50) -> list[AgentExecution]:
         return list(AgentExecution.objects.filter(agent=agent).order_by("-created_at")[:limit])
@@ -279,6 +281,17 @@ class StateManager:
                 status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now
             ).select_related("agent")
         )
+
+
+# The async twins' work: each a sync method run as one unit that releases its connection (services/db.py).
+# A namespace, not class attributes: asgiref's wrappers would bind as methods there.
+_units = SimpleNamespace(
+    create_execution=db_unit(StateManager.create_execution),
+    transition=db_unit(StateManager.transition),
+    heartbeat=db_unit(StateManager.heartbeat),
+    still_wanted=db_unit(StateManager.still_wanted),
+    get_execution=db_unit(StateManager.get_execution),
+)
 
 
 state_manager = StateManager()

@@ -1,0 +1,102 @@
+"""Units of database work that give their connection back at once (README: Scaling out).
+
+Under ASGI every `sync_to_async` call of a request runs in that request's one thread, and Django keeps the
+thread's connection open until the request ends (`request_finished`). A streamed or synchronous run lasts as
+long as its provider takes, so without this each open run held a PostgreSQL connection for 30 s of waiting:
+`max_connections` (100) was the ceiling on concurrent runs, and the 101st got a 500.
+
+With the connection pool (config/settings.py, DB_POOL_*), closing a connection hands it back to the pool,
+which costs microseconds. So each unit of a run's database work (admission, heartbeat, the final write, a
+poll of the row) runs as `db_unit(fn)`: one thread hop, then the thread's connection goes back to the pool.
+Without the pool (SQLite, or DB_POOL_MAX_SIZE=0) closing would mean reconnecting for every unit, so the
+connection is kept as before. Inside a transaction (a caller's `atomic()`, a test's) it is never closed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Model, QuerySet
+
+from apps.agents.errors import ApplicationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def pooled(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether `alias` uses a connection pool (PostgreSQL with OPTIONS["pool"])."""
+    return bool(connections[alias].settings_dict.get("OPTIONS", {}).get("pool"))
+
+
+def release_connection(alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Give this thread's pooled connection back to the pool, unless a transaction is open on it."""
+    connection = connections[alias]
+    if connection.connection is not None and not connection.in_atomic_block and pooled(alias):
+        connection.close()
+
+
+def db_unit(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`fn` (sync, ORM work) as an awaitable that runs in the request's thread (one hop, like Django's own
+    async ORM methods) and releases the connection when it returns or raises."""
+
+    @functools.wraps(fn)
+    def unit(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_connection()
+
+    return sync_to_async(unit)
+
+
+def _first(queryset: QuerySet[Any]) -> Any:
+    return queryset.first()
+
+
+_afirst = db_unit(_first)
+
+
+async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
+    """`await queryset.afirst()` as a unit of its own: for reads repeated while waiting (polls)."""
+    return await _afirst(queryset)
+
+
+# ------------------------------------------------------------------------------------------- overload
+#: Retry-After (seconds) of a 503 `overloaded`: every pooled connection stayed busy for DB_POOL_TIMEOUT.
+OVERLOADED_RETRY_AFTER_SECONDS = 5
+
+
+class Overloaded(ApplicationError):
+    """No database connection came free in time: the server is beyond its capacity. A 503 with Retry-After,
+    never a 500: nothing is broken and the same request will work a little later."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is overloaded (no database connection came free in time); retry shortly.",
+            code="overloaded",
+        )
+        self.retry_after = OVERLOADED_RETRY_AFTER_SECONDS
+
+
+def pool_exhausted(exc: BaseException | None) -> bool:
+    """Whether `exc` is (or was caused by) the pool's "no connection in time" (PoolTimeout) or "too many
+    waiting" (TooManyRequests) error. Django wraps it into its own OperationalError (`raise ... from`), so
+    the chain is walked; any other database error is not an overload."""
+    try:
+        from psycopg_pool import PoolTimeout, TooManyRequests
+    except ImportError:
+        return False
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, PoolTimeout | TooManyRequests):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
