@@ -5,7 +5,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from apps.agents.engine.request_options import RequestOptions
 
 #: Set by the service layer for the duration of a run so that every log line carries the execution id.
 current_execution_id: ContextVar[str | None] = ContextVar("current_execution_id", default=None)
@@ -55,6 +58,8 @@ class AgentContext:
     conversation_history: list[dict[str, Any]] = field(default_factory=list)
     conversation_summary: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: What the request asks beyond its input (OpenAI-compatible facade only); see request_options.py.
+    options: RequestOptions | None = None
 
 
 @dataclass(slots=True)

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apps.agents.engine.base_agent import BaseAgent
+from apps.agents.engine.request_options import client_conversation
 from apps.agents.engine.run import RunFailure, RunScope
-from apps.agents.engine.tool_loop import complete_with_tools
+from apps.agents.engine.tool_loop import complete_with_tools, handed_back
 from apps.platforms.base import ChatMessage, ToolCall
 
 SUMMARY_SYSTEM_PROMPT = (
@@ -106,7 +107,9 @@ class ConversationalAgent(BaseAgent):
 
     async def respond(self, scope: RunScope) -> Any:
         context = scope.context
-        history = history_messages(context.conversation_history)
+        options = context.options
+        client_messages = options.messages if options is not None else None
+        history = history_messages(context.conversation_history) if client_messages is None else []
         summary = context.conversation_summary
         start = window_start(history, self.config.history_window)
         if start:
@@ -119,12 +122,19 @@ class ConversationalAgent(BaseAgent):
                 self._log(scope, logging.WARNING, "conversation summary failed: %s", failure.message)
                 scope.state.metadata["summary_error"] = failure.message
         prompt = await self.prepare_prompt(scope.input_data, context)
-        user = ChatMessage(role="user", content=prompt)
-        scope.state.transcript.append(user)
-        messages = [*history[start:], user]
+        if client_messages is not None:
+            # An OpenAI-style client sends the whole conversation each time: it is the window.
+            messages, user = client_conversation(client_messages, prompt)
+        else:
+            user = ChatMessage(role="user", content=prompt)
+            messages = [*history[start:], user]
+        if user is not None:
+            scope.state.transcript.append(user)
         completion = await complete_with_tools(
             self, scope, messages, system_prompt=self.system_prompt_with(summary)
         )
+        if completion.tool_calls:
+            return await handed_back(scope, completion)
         scope.state.transcript.append(ChatMessage(role="assistant", content=completion.text))
         scope.state.metadata["finish_reason"] = completion.finish_reason
         return await self.process_response(completion, scope.input_data, context)

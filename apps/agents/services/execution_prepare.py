@@ -15,6 +15,7 @@ from django.conf import settings
 
 from apps.agents.engine import AgentConfig, AgentContext
 from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
+from apps.agents.engine.request_options import RequestOptions
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
 
@@ -99,6 +100,7 @@ async def prepare_run(
     context: Any = None,
     *,
     conversation: Conversation | None = None,
+    options: RequestOptions | None = None,
 ) -> PreparedRun:
     """Validate a request and load its conversation (one query for the messages the summary does not cover).
 
@@ -142,5 +144,6 @@ async def prepare_run(
         conversation_history=history,
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
+        options=options,
     )
     return PreparedRun(agent, agent_config(agent), data, engine_context, ctx, user, conversation, positions)
