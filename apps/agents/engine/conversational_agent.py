@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apps.agents.engine.base_agent import BaseAgent
-from apps.agents.engine.request_options import client_conversation
+from apps.agents.engine.request_options import new_turns
 from apps.agents.engine.run import RunFailure, RunScope
 from apps.agents.engine.tool_loop import complete_with_tools, handed_back
 from apps.platforms.base import ChatMessage, ToolCall
@@ -108,8 +108,7 @@ class ConversationalAgent(BaseAgent):
     async def respond(self, scope: RunScope) -> Any:
         context = scope.context
         options = context.options
-        client_messages = options.messages if options is not None else None
-        history = history_messages(context.conversation_history) if client_messages is None else []
+        history = history_messages(context.conversation_history)
         summary = context.conversation_summary
         start = window_start(history, self.config.history_window)
         if start:
@@ -122,14 +121,9 @@ class ConversationalAgent(BaseAgent):
                 self._log(scope, logging.WARNING, "conversation summary failed: %s", failure.message)
                 scope.state.metadata["summary_error"] = failure.message
         prompt = await self.prepare_prompt(scope.input_data, context)
-        if client_messages is not None:
-            # An OpenAI-style client sends the whole conversation each time: it is the window.
-            messages, user = client_conversation(client_messages, prompt)
-        else:
-            user = ChatMessage(role="user", content=prompt)
-            messages = [*history[start:], user]
-        if user is not None:
-            scope.state.transcript.append(user)
+        turns = new_turns(options.messages if options is not None else None, prompt)
+        scope.state.transcript.extend(turns)
+        messages = [*history[start:], *turns]
         completion = await complete_with_tools(
             self, scope, messages, system_prompt=self.system_prompt_with(summary)
         )

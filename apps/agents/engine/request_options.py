@@ -22,8 +22,8 @@ class RequestOptions:
     #: A per-request response schema; replaces the agent's output_schema for this run.
     json_schema: Mapping[str, Any] | None = None
     json_schema_strict: bool = False
-    #: The conversation as the client sent it (tool turns and images included), ending with the user's
-    #: message or with tool results. When set, the model sees this instead of the context's history.
+    #: This request's messages as the client sent them (tool turns and images included), after the context's
+    #: history, ending with the user's message or with tool results (see new_turns).
     messages: tuple[ChatMessage, ...] | None = None
 
     @property
@@ -31,15 +31,14 @@ class RequestOptions:
         return frozenset(tool.name for tool in self.client_tools)
 
 
-def client_conversation(
-    messages: Sequence[ChatMessage], prompt: str
-) -> tuple[list[ChatMessage], ChatMessage | None]:
-    """(the messages for the model, the new user message or None). A conversation ending with the user's
-    message gets that message's text replaced by the agent's prompt for it (which may add output
-    instructions), keeping its images; one ending with tool results continues from them as it is."""
-    conversation = list(messages)
-    if not conversation or conversation[-1].role != "user":
-        return conversation, None
-    user = replace(conversation[-1], content=prompt)
-    conversation[-1] = user
-    return conversation, user
+def new_turns(messages: Sequence[ChatMessage] | None, prompt: str) -> list[ChatMessage]:
+    """This request's turns, which follow the context's history: the client's messages when it sent them
+    (a conversation ending with the user's message gets that message's text replaced by the agent's prompt
+    for it, which may add output instructions, keeping its images; one ending with tool results continues
+    from them as it is), otherwise just the user's prompt."""
+    if messages is None:
+        return [ChatMessage(role="user", content=prompt)]
+    turns = list(messages)
+    if turns and turns[-1].role == "user":
+        turns[-1] = replace(turns[-1], content=prompt)
+    return turns

@@ -20,7 +20,7 @@ from apps.agents.engine.base_agent import BaseAgent
 from apps.agents.engine.context import AgentContext
 from apps.agents.engine.conversational_agent import history_messages
 from apps.agents.engine.events import OutputDelta
-from apps.agents.engine.request_options import client_conversation
+from apps.agents.engine.request_options import new_turns
 from apps.agents.engine.run import RunFailure, RunScope
 from apps.agents.engine.tool_loop import complete_with_tools, handed_back
 from apps.platforms.base import ChatMessage, Completion
@@ -108,15 +108,12 @@ class TaskAgent(BaseAgent):
             self.request_schema = options.json_schema
         schema = self.output_schema(scope.input_data)
         prompt = await self.prepare_prompt(scope.input_data, scope.context)
-        if options is not None and options.messages is not None:
-            messages, user = client_conversation(options.messages, prompt)
-        else:
-            user = ChatMessage(role="user", content=prompt)
-            # Earlier turns given in the context (the seed's conversation_history, or an OpenAI-style chat)
-            # come first: a task agent keeps no window or summary, but it must not lose what the caller sent.
-            messages = [*history_messages(scope.context.conversation_history), user]
-        if user is not None:
-            scope.state.transcript.append(user)
+        turns = new_turns(options.messages if options is not None else None, prompt)
+        scope.state.transcript.extend(turns)
+        # Earlier turns given in the context (the seed's conversation_history, a conversation's messages, or an
+        # OpenAI-style chat) come first: a task agent keeps no window or summary, but it must not lose what
+        # the caller sent.
+        messages = [*history_messages(scope.context.conversation_history), *turns]
         for reask in range(MAX_REASKS + 1):
             # Structured answers are not streamed token by token: an answer that fails validation is
             # re-asked, and a client must never receive text that is later taken back. The validated

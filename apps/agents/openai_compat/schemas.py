@@ -109,9 +109,13 @@ class ChatRequest:
 
     def context(self) -> dict[str, Any]:
         context: dict[str, Any] = {}
-        if self.history:
-            context["conversation_history"] = [dict(turn) for turn in self.history]
         overrides = self.overrides()
+        if self.history and self.messages is None:
+            context["conversation_history"] = [dict(turn) for turn in self.history]
+        elif self.history:
+            # The model gets the whole conversation through the run's options (tool turns, images); the
+            # text turns are recorded for the reader of the execution.
+            overrides["history"] = [dict(turn) for turn in self.history]
         if overrides:
             context["metadata"] = {"openai_compat": overrides}
         return context
