@@ -240,10 +240,12 @@ class _Conversation:
         self.positions.append(index)
 
 
-def _conversation(body: wire.ChatCompletionBody, max_messages: int) -> _Conversation:
+def _conversation(
+    body: wire.ChatCompletionBody, max_messages: int, prior_calls: Mapping[str, str]
+) -> _Conversation:
     if len(body.messages) > max_messages:
         raise invalid(f"at most {max_messages} messages", param="messages")
-    conversation = _Conversation()
+    conversation = _Conversation(call_names=dict(prior_calls))
     for index, message in enumerate(body.messages):
         conversation.add(message, index)
     last = conversation.messages[-1] if conversation.messages else None
@@ -303,20 +305,34 @@ def _refuse_unsupported(body: wire.ChatCompletionBody) -> None:
         raise invalid("`stream_options` is only allowed with stream: true", param="stream_options")
 
 
-def parse_chat_request(body: Any, *, max_messages: int, max_chars: int) -> ChatRequest:
-    """Validate a chat completion request. Raises OpenAIError (400) naming the offending parameter."""
+#: input_data.task of a run that continues a stored conversation from tool results alone.
+CONTINUATION_TASK = "(continue from the tool results)"
+
+
+def parse_chat_request(
+    body: Any,
+    *,
+    max_messages: int,
+    max_chars: int,
+    prior_calls: Mapping[str, str] | None = None,
+    continuing: bool = False,
+) -> ChatRequest:
+    """Validate a chat completion request. Raises OpenAIError (400) naming the offending parameter.
+
+    `continuing`: the messages follow a stored conversation (the Responses API's previous_response_id),
+    whose tool calls by id are `prior_calls`; they always go to the model as the run's new turns."""
     parsed: wire.ChatCompletionBody = wire.validate_body(wire.ChatCompletionBody, body)
     _refuse_unsupported(parsed)
-    conversation = _conversation(parsed, max_messages)
+    conversation = _conversation(parsed, max_messages, prior_calls or {})
     system = "\n\n".join(conversation.system)
     if len(system) > max_chars:
         raise invalid(f"system messages longer than {max_chars} characters in all", param="messages")
     tools, choice = _tools(parsed)
     messages, positions = conversation.messages, conversation.positions
     user_indices = [i for i, message in enumerate(messages) if message.role == "user"]
-    if not user_indices:
+    if not user_indices and not continuing:
         raise invalid("the conversation needs a user message", param="messages")
-    task_at = user_indices[-1]
+    task_at = user_indices[-1] if user_indices else 0
     history = tuple(
         {"role": message.role, "content": message.content}
         for message in messages[:task_at]
@@ -325,7 +341,7 @@ def parse_chat_request(body: Any, *, max_messages: int, max_chars: int) -> ChatR
     history_positions = tuple(
         positions[i] for i, message in enumerate(messages[:task_at]) if message.role in ("user", "assistant")
     )
-    plain = all(not m.images and not m.tool_calls and m.role != "tool" for m in messages)
+    plain = not continuing and all(not m.images and not m.tool_calls and m.role != "tool" for m in messages)
     schema, strict = None, False
     response_format = parsed.response_format
     if isinstance(response_format, wire.JSONSchemaFormat):
@@ -338,7 +354,7 @@ def parse_chat_request(body: Any, *, max_messages: int, max_chars: int) -> ChatR
     stream = bool(parsed.stream)
     return ChatRequest(
         model=parsed.model,
-        task=messages[task_at].content,
+        task=messages[task_at].content if user_indices else CONTINUATION_TASK,
         history=history,
         system=system,
         temperature=parsed.temperature,
