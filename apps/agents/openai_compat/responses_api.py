@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from apps.agents.openai_compat import wire
 from apps.agents.openai_compat.wire import Closed, Open, Text
@@ -73,7 +73,19 @@ class FunctionCallOutputItem(Open):
     status: str | None = None
 
 
-InputItem = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")]
+def _item_kind(item: Any) -> str | None:
+    # An easy input message may leave out "type" ({"role": "user", "content": "Hi"}), as the SDKs send it.
+    if isinstance(item, dict):
+        return item.get("type") or ("message" if "role" in item else None)
+    return getattr(item, "type", None)
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
 
 
 class FunctionTool(Closed):

@@ -210,7 +210,7 @@ _UNION_LABELS: dict[str, frozenset[str]] = {
     "response_format": frozenset({"text", "json_object", "json_schema"}),
     "tool_choice": frozenset({"literal", "NamedToolChoice"}),
     "stop": frozenset({"str", "function-after"}),
-    "input": frozenset({"str"}),
+    "input": frozenset({"str", "message", "function_call", "function_call_output"}),
 }
 _GENERATED = re.compile(r"[\[\(<]")
 
@@ -234,11 +234,23 @@ def error_param(loc: tuple[int | str, ...], prefix: str = "") -> str | None:
     return param or None
 
 
+def _branch_mismatch(error: Any) -> bool:
+    loc = error["loc"]
+    last = loc[-1] if loc else None
+    return (
+        isinstance(last, str)
+        and error["type"].endswith("_type")
+        and (last in ("str", "int", "float", "bool") or _GENERATED.search(last) is not None)
+    )
+
+
 def pydantic_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
     """The first problem of `exc` as OpenAI's 400 (OpenAI also reports one parameter at a time)."""
     errors = exc.errors(include_url=False)
-    # A union reports every branch it tried; the shortest location is where the client went wrong.
-    first = min(errors, key=lambda error: len(error_param(error["loc"]) or ""))
+    # A union reports every branch it tried: "not a string" about a list that failed deeper down says
+    # nothing, so branch type mismatches go last; of the rest, the shortest location is where it went wrong.
+    relevant = [error for error in errors if not _branch_mismatch(error)] or errors
+    first = min(relevant, key=lambda error: len(error_param(error["loc"]) or ""))
     param = error_param(first["loc"], prefix)
     kind = first["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
