@@ -69,6 +69,7 @@ class AnthropicPlatform(Platform):
     name = "anthropic"
     # SDK 2.x has no top_p (nor temperature), and the API has no seed or penalties.
     supported_options = frozenset({"stop", "user", "images", "tool_choice"})
+    ignored_fields = frozenset({"temperature"})
 
     def __init__(
         self, *, api_key: str, base_url: str | None = None, default_model: str, timeout: float = 60.0

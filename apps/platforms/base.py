@@ -167,6 +167,9 @@ class Platform(abc.ABC):
     #: The optional request features this adapter maps (see CompletionRequest.options_used); a request using
     #: any other is refused before it is sent, never sent without it.
     supported_options: frozenset[str] = frozenset()
+    #: Core request fields this adapter cannot send (e.g. "temperature"): an agent's own setting is then
+    #: ignored, but a client asking for one per request is refused.
+    ignored_fields: frozenset[str] = frozenset()
 
     def unsupported(self, request: CompletionRequest) -> tuple[str, ...]:
         return tuple(name for name in request.options_used() if name not in self.supported_options)

@@ -47,6 +47,14 @@ def check_request_fits_agent(agent: Agent, chat: ChatRequest) -> None:
             param="response_format",
             code="unsupported_value",
         )
+    if chat.temperature is not None:
+        platform = first_platform(agent)
+        if platform is not None and "temperature" in platform.ignored_fields:
+            raise invalid(
+                f"`temperature` is not supported by this agent's platform ({platform.name})",
+                param="temperature",
+                code="unsupported_parameter",
+            )
     probe = CompletionRequest(
         model="",
         messages=chat.messages or (),

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from apps.agents.models import Agent, AgentExecution
 from tests.factories import AgentFactory
+from tests.fakes.server import Fault
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,7 +96,7 @@ def test_an_option_the_platform_lacks_is_a_400_naming_it_and_runs_nothing(
 ):
     agent_on(alice, "anthropic")
     client = client_for(alice)
-    for option, value in (("seed", 1), ("top_p", 0.5), ("frequency_penalty", 1.0)):
+    for option, value in (("seed", 1), ("top_p", 0.5), ("frequency_penalty", 1.0), ("temperature", 0.2)):
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(
                 model="anthropic-agent", messages=[{"role": "user", "content": "Hi"}], **{option: value}
@@ -301,3 +302,64 @@ def test_tool_choice_is_forwarded(client_for, fake_registry, fake_openai, alice)
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     assert last_body(fake_openai)["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+
+# ------------------------------------------------------------------------------------------- fallbacks, agent kinds
+def test_a_fallback_platform_that_lacks_an_option_is_skipped_not_sent_without_it(
+    client_for, fake_registry, fake_openai, fake_anthropic, fake_gemini, alice
+):
+    agent_on(alice, "openai", max_retries=0)
+    fake_openai.fail(Fault("status", status=500))
+    fake_gemini.reply(text="From Gemini.")
+    completion = client_for(alice).chat.completions.create(
+        model="openai-agent", messages=[{"role": "user", "content": "Hi"}], seed=11
+    )
+    assert completion.choices[0].message.content == "From Gemini."
+    assert not fake_anthropic.requests  # Anthropic has no seed: skipped
+    assert last_body(fake_gemini)["generationConfig"]["seed"] == 11
+    statuses = [(a["platform"], a["status"]) for a in only_execution().attempts]
+    assert statuses == [("openai", "server_error"), ("anthropic", "unsupported"), ("gemini", "ok")]
+
+
+def test_a_conversational_agent_hands_client_tool_calls_back_too(
+    client_for, fake_registry, fake_openai, alice
+):
+    agent_on(alice, "openai", agent_type="conversational")
+    _weather_round_trip(client_for(alice), "openai-agent", fake_openai)
+    assert [m["role"] for m in last_body(fake_openai)["messages"]] == ["system", "user", "assistant", "tool"]
+
+
+def test_json_schema_to_a_conversational_agent_is_a_400(client_for, fake_registry, fake_openai, alice):
+    agent_on(alice, "openai", agent_type="conversational")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(alice).chat.completions.parse(
+            model="openai-agent", messages=[{"role": "user", "content": "Paris?"}], response_format=City
+        )
+    assert caught.value.body["param"] == "response_format"
+
+
+def test_the_request_schema_replaces_the_agents_own(client_for, fake_registry, fake_openai, alice):
+    agent_on(alice, "openai", output_schema={"type": "object", "required": ["summary"]})
+    fake_openai.reply(text='{"name": "Rome", "population": 2800000}')
+    completion = client_for(alice).chat.completions.parse(
+        model="openai-agent",
+        messages=[{"role": "user", "content": "Capital of Italy?"}],
+        response_format=City,
+    )
+    assert completion.choices[0].message.parsed == City(name="Rome", population=2800000)
+    sent = last_body(fake_openai)["response_format"]["json_schema"]["schema"]
+    assert sent["required"] == ["name", "population"]
+
+
+def test_images_go_to_openai_and_gemini_inline(client_for, fake_registry, fake_openai, fake_gemini, alice):
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+    message = {"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}
+    for platform, fake in (("openai", fake_openai), ("gemini", fake_gemini)):
+        agent_on(alice, platform)
+        fake.reply(text="A pixel.")
+        client_for(alice).chat.completions.create(model=f"{platform}-agent", messages=[message])
+    parts = last_body(fake_openai)["messages"][-1]["content"]
+    assert parts[-1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+    gemini_parts = last_body(fake_gemini)["contents"][-1]["parts"]
+    inline = gemini_parts[-1]["inlineData"]  # the SDK's own JSON names for the Blob
+    assert inline["data"] == PIXEL and "image/png" in inline.values()
