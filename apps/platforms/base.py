@@ -71,13 +71,25 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
+    #: Return the chosen tokens' log probabilities (Completion.logprobs), with this many alternatives each.
+    logprobs: bool = False
+    top_logprobs: int | None = None
 
     def used(self) -> tuple[str, ...]:
         """The options this request sets, by name."""
         return tuple(
             name
-            for name in ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "user")
-            if getattr(self, name) not in (None, ())
+            for name in (
+                "stop",
+                "seed",
+                "top_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "user",
+                "logprobs",
+                "top_logprobs",
+            )
+            if getattr(self, name) not in (None, (), False)
         )
 
 
@@ -134,6 +146,8 @@ class Completion:
     model: str  # the model the provider reports having used
     tool_calls: tuple[ToolCall, ...] = ()
     provider_id: str | None = None
+    #: With Sampling.logprobs: OpenAI's per-token records ({"token", "logprob", "bytes", "top_logprobs"}).
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,18 @@ FINISH_REASONS: dict[str, FinishReason] = {
 class OpenAIPlatform(Platform):
     name = "openai"
     supported_options = frozenset(
-        {"stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "user", "images", "tool_choice"}
+        {
+            "stop",
+            "seed",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "user",
+            "images",
+            "tool_choice",
+            "logprobs",
+            "top_logprobs",
+        }
     )
 
     def __init__(
@@ -156,7 +167,9 @@ class OpenAIPlatform(Platform):
         sampling = request.sampling
         if sampling.stop:
             params["stop"] = list(sampling.stop)
-        for name in ("seed", "top_p", "presence_penalty", "frequency_penalty", "user"):
+        if sampling.logprobs:
+            params["logprobs"] = True
+        for name in ("seed", "top_p", "presence_penalty", "frequency_penalty", "user", "top_logprobs"):
             value = getattr(sampling, name)
             if value is not None:
                 params[name] = value
@@ -192,6 +205,7 @@ class OpenAIPlatform(Platform):
                 model=response.model or model,
                 tool_calls=tool_calls,
                 provider_id=response.id,
+                logprobs=_logprobs(choice),
             )
         except (AttributeError, IndexError, TypeError) as exc:
             raise _http.malformed(PROVIDER, _http.describe(exc, self._secret)) from None
@@ -356,6 +370,13 @@ def to_openai_messages(request: CompletionRequest) -> list[dict[str, Any]]:
         messages.append({"role": "system", "content": request.system_prompt})
     messages.extend(to_openai_message(m) for m in request.messages)
     return messages
+
+
+def _logprobs(choice: Any) -> tuple[dict[str, Any], ...] | None:
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    if content is None:
+        return None
+    return tuple(item.model_dump(mode="json") for item in content)
 
 
 def openai_tool_choice(choice: ToolChoice) -> Any:

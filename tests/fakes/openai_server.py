@@ -203,10 +203,35 @@ class FakeOpenAIServer(FakeProviderServer):
             "model": reply.model or body.get("model", "gpt-4o-mini"),
             "system_fingerprint": None,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason(reply)}
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": self.logprobs_body(reply, body),
+                    "finish_reason": self.finish_reason(reply),
+                }
             ],
             "usage": self.usage_body(reply),
         }
+
+    @staticmethod
+    def logprobs_body(reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Asked for (`logprobs: true`): one record per word, each with `top_logprobs` alternatives."""
+        if not body.get("logprobs"):
+            return None
+        alternatives = int(body.get("top_logprobs") or 0)
+        content = [
+            {
+                "token": piece,
+                "logprob": -0.5,
+                "bytes": list(piece.encode()),
+                "top_logprobs": [
+                    {"token": piece, "logprob": -0.5 - rank, "bytes": list(piece.encode())}
+                    for rank in range(alternatives)
+                ],
+            }
+            for piece in reply.pieces()
+        ]
+        return {"content": content, "refusal": None}
 
     def deltas(self, reply: Reply) -> Iterator[dict[str, Any]]:
         """The `delta` objects of a stream, in the order the real API sends them."""

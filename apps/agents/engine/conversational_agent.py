@@ -127,6 +127,8 @@ class ConversationalAgent(BaseAgent):
         completion = await complete_with_tools(
             self, scope, messages, system_prompt=self.system_prompt_with(summary)
         )
+        if completion.logprobs is not None:
+            scope.state.metadata["logprobs"] = list(completion.logprobs)
         if completion.tool_calls:
             return await handed_back(scope, completion)
         scope.state.transcript.append(ChatMessage(role="assistant", content=completion.text))

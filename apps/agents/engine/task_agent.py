@@ -122,6 +122,8 @@ class TaskAgent(BaseAgent):
                 self, scope, messages, json_schema=schema, stream_text=schema is None
             )
             scope.state.metadata["finish_reason"] = completion.finish_reason
+            if completion.logprobs is not None:
+                scope.state.metadata["logprobs"] = list(completion.logprobs)
             if completion.tool_calls:
                 return await handed_back(scope, completion)
             try:

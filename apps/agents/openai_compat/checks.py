@@ -1,7 +1,7 @@
 """What a request asks of this particular agent, checked before the run: a 400 naming the parameter instead
 of a parameter that a platform silently drops or a run that fails half way.
 
-- A generation option (stop, seed, top_p, penalties, user, images, tool_choice) must be supported by the
+- A generation option (stop, seed, top_p, penalties, user, logprobs, images, tool_choice) must be supported by the
   agent's first platform (fallback platforms that do not support it are skipped by the engine).
 - A client tool may not share a name with one of the agent's own tools.
 - A per-request JSON schema needs an agent that produces structured output (a task agent).

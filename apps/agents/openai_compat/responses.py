@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
-from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import (
     ChoiceDelta,
@@ -91,13 +91,21 @@ def chat_completion(result: AgentResult, *, model: str, created: int | None = No
             )
             for call in calls
         ]
+    logprobs = result.metadata.get("logprobs")
     completion = ChatCompletion(
         id=completion_id(result.execution_id),
         object="chat.completion",
         created=created if created is not None else int(time.time()),
         model=model,
         system_fingerprint=None,
-        choices=[Choice(index=0, message=message, logprobs=None, finish_reason=finish_reason(result))],  # type: ignore[arg-type]
+        choices=[
+            Choice(
+                index=0,
+                message=message,
+                logprobs=ChoiceLogprobs(content=logprobs) if logprobs is not None else None,
+                finish_reason=finish_reason(result),  # type: ignore[arg-type]
+            )
+        ],
         usage=usage(result),
     )
     return completion.model_dump(mode="json", exclude_unset=True)

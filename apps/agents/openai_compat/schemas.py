@@ -15,7 +15,8 @@ agent run:
   (validated and re-asked like an agent's output_schema, which it replaces for this request).
 - `tools` / `tool_choice`: the client's own function tools, offered beside the agent's; `tool` messages carry
   their results back. Image parts must be `data:` URLs (the server never fetches a URL a client gives).
-- Refused with a 400: `n` > 1, `logprobs`, the deprecated `functions` / `function` messages.
+- `logprobs` / `top_logprobs`: returned on non-streamed completions from platforms that give them (OpenAI).
+- Refused with a 400: `n` > 1, the deprecated `functions` / `function` messages.
 
 Pure Python: no ORM, no I/O.
 """
@@ -292,14 +293,19 @@ def _sampling(body: wire.ChatCompletionBody) -> Sampling:
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         user=body.user,
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs,
     )
 
 
 def _refuse_unsupported(body: wire.ChatCompletionBody) -> None:
-    if body.logprobs or body.top_logprobs:
-        param = "logprobs" if body.logprobs else "top_logprobs"
+    if body.top_logprobs is not None and not body.logprobs:
+        raise invalid("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
+    if body.logprobs and body.stream:
         raise invalid(
-            "log probabilities are not available from agent runs", param=param, code="unsupported_parameter"
+            "log probabilities are returned on non-streamed completions only",
+            param="logprobs",
+            code="unsupported_parameter",
         )
     if body.stream_options is not None and not body.stream:
         raise invalid("`stream_options` is only allowed with stream: true", param="stream_options")

@@ -191,7 +191,7 @@ class ChatCompletionBody(Closed):
     frequency_penalty: Penalty | None = None
     user: Annotated[Text, Field(max_length=256)] | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # with logprobs
     response_format: ResponseFormat | None = None
     tools: Annotated[list[ToolDef], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

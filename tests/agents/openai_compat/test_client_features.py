@@ -363,3 +363,32 @@ def test_images_go_to_openai_and_gemini_inline(client_for, fake_registry, fake_o
     gemini_parts = last_body(fake_gemini)["contents"][-1]["parts"]
     inline = gemini_parts[-1]["inlineData"]  # the SDK's own JSON names for the Blob
     assert inline["data"] == PIXEL and "image/png" in inline.values()
+
+
+def test_logprobs_come_back_from_openai(client_for, fake_registry, fake_openai, alice):
+    agent_on(alice, "openai")
+    fake_openai.reply(text="Hello there")
+    completion = client_for(alice).chat.completions.create(
+        model="openai-agent", messages=[{"role": "user", "content": "Hi"}], logprobs=True, top_logprobs=2
+    )
+    body = last_body(fake_openai)
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
+    tokens = completion.choices[0].logprobs.content
+    assert [token.token for token in tokens] == ["Hello ", "there"]
+    assert len(tokens[0].top_logprobs) == 2
+
+
+def test_logprobs_are_refused_where_not_available(client_for, fake_registry, fake_gemini, alice):
+    agent_on(alice, "gemini")
+    client = client_for(alice)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="gemini-agent", messages=[{"role": "user", "content": "Hi"}], logprobs=True
+        )
+    assert caught.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="gemini-agent", messages=[{"role": "user", "content": "Hi"}], logprobs=True, stream=True
+        )
+    assert caught.value.body["param"] == "logprobs"
+    assert not fake_gemini.requests
