@@ -19,6 +19,7 @@ Refused with a 400 naming the parameter: built-in tools (web search, file search
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag
@@ -196,6 +197,20 @@ def _messages(body: ResponsesBody) -> list[dict[str, Any]]:
     return messages
 
 
+def _item_index(body: ResponsesBody, message_index: int) -> int | None:
+    """Which input item became chat message `message_index` (see _messages)."""
+    index = 1 if body.instructions else 0
+    previous_was_call = False
+    for item_index, item in enumerate(body.input if not isinstance(body.input, str) else ()):
+        is_call = isinstance(item, FunctionCallItem)
+        if not (is_call and previous_was_call):
+            if index == message_index:
+                return item_index
+            index += 1
+        previous_was_call = is_call
+    return None
+
+
 def to_chat_body(body: ResponsesBody) -> dict[str, Any]:
     """The Chat Completions body that asks the same of an agent run."""
     chat: dict[str, Any] = {"model": body.model, "messages": _messages(body)}
@@ -243,10 +258,17 @@ def to_chat_body(body: ResponsesBody) -> dict[str, Any]:
     return chat
 
 
-def chat_param(param: str | None) -> str | None:
-    """A Chat Completions parameter named in an error, as the Responses request calls it."""
+def chat_param(param: str | None, body: ResponsesBody | None = None) -> str | None:
+    """A Chat Completions parameter named in an error, as the Responses request calls it (`messages[i]`
+    -> `input[j]`, counting back the system message made of `instructions` and merged parallel calls)."""
     if param is None:
         return None
+    match = re.match(r"^messages\[(\d+)\](.*)$", param)
+    if match is not None and body is not None and not isinstance(body.input, str):
+        item = _item_index(body, int(match.group(1)))
+        if item is not None:
+            rest = match.group(2).replace(".tool_call_id", ".call_id")
+            return f"input[{item}]{rest}"
     for chat, responses in (
         ("messages", "input"),
         ("response_format.json_schema.schema", "text.format.schema"),

@@ -72,7 +72,7 @@ def _parse(body: ResponsesBody, prior_calls: dict[str, str]) -> ChatRequest:
             continuing=True,
         )
     except OpenAIError as exc:
-        exc.param = chat_param(exc.param)
+        exc.param = chat_param(exc.param, body)
         raise
 
 

@@ -392,3 +392,12 @@ def test_logprobs_are_refused_where_not_available(client_for, fake_registry, fak
         )
     assert caught.value.body["param"] == "logprobs"
     assert not fake_gemini.requests
+
+
+@pytest.mark.parametrize("platform", ["anthropic", "gemini"])
+def test_streamed_client_tool_round_trip_on_other_platforms(
+    client_for, fake_registry, fake_anthropic, fake_gemini, alice, platform
+):
+    agent_on(alice, platform)
+    fake = {"anthropic": fake_anthropic, "gemini": fake_gemini}[platform]
+    _weather_round_trip(client_for(alice), f"{platform}-agent", fake, streamed=True)

@@ -154,6 +154,16 @@ def test_responses_errors_name_the_responses_parameter(client_for, fake_registry
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="helper", input="Hi", max_output_tokens=0)
     assert caught.value.body["param"] == "max_output_tokens"
+    with pytest.raises(openai.BadRequestError) as caught:  # a result for a call nobody made
+        client.responses.create(
+            model="helper",
+            instructions="Be brief.",
+            input=[
+                {"role": "user", "content": "Hi"},
+                {"type": "function_call_output", "call_id": "nope", "output": "x"},
+            ],
+        )
+    assert caught.value.body["param"] == "input[1].call_id"
     assert (
         not fake_openai.requests and not AgentExecution.objects.exists() and not Conversation.objects.exists()
     )
