@@ -40,7 +40,7 @@ from apps.agents.engine.events import (
     PlatformFallback,
     StreamEvent,
 )
-from apps.agents.engine.request_options import RequestOptions
+from apps.agents.engine.request_options import request_extras
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
 from apps.agents.engine.streaming import stream_completion
@@ -66,21 +66,6 @@ PROMPT_KEYS = ("task", "message", "prompt")
 RESERVED_KEYS = (*PROMPT_KEYS, "output_format")
 
 _END = object()
-
-
-def request_extras(
-    options: RequestOptions | None, *, json_schema: Mapping[str, Any] | None, tools: Sequence[ToolDefinition]
-) -> dict[str, Any]:
-    """The CompletionRequest fields a request's options set (only on calls that offer the client's tools /
-    its schema: a summary request, say, gets the sampling options alone)."""
-    if options is None:
-        return {}
-    extras: dict[str, Any] = {"sampling": options.sampling}
-    if options.tool_choice is not None and any(t.name in options.client_tool_names for t in tools):
-        extras["tool_choice"] = options.tool_choice
-    if json_schema is not None and json_schema is options.json_schema:
-        extras["json_schema_strict"] = options.json_schema_strict
-    return extras
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -42,3 +42,18 @@ def new_turns(messages: Sequence[ChatMessage] | None, prompt: str) -> list[ChatM
     if turns and turns[-1].role == "user":
         turns[-1] = replace(turns[-1], content=prompt)
     return turns
+
+
+def request_extras(
+    options: RequestOptions | None, *, json_schema: Mapping[str, Any] | None, tools: Sequence[ToolDefinition]
+) -> dict[str, Any]:
+    """The CompletionRequest fields a request's options set (only on calls that offer the client's tools /
+    its schema: a summary request, say, gets the sampling options alone)."""
+    if options is None:
+        return {}
+    extras: dict[str, Any] = {"sampling": options.sampling}
+    if options.tool_choice is not None and any(t.name in options.client_tool_names for t in tools):
+        extras["tool_choice"] = options.tool_choice
+    if json_schema is not None and json_schema is options.json_schema:
+        extras["json_schema_strict"] = options.json_schema_strict
+    return extras
