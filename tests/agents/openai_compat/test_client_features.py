@@ -401,3 +401,32 @@ def test_streamed_client_tool_round_trip_on_other_platforms(
     agent_on(alice, platform)
     fake = {"anthropic": fake_anthropic, "gemini": fake_gemini}[platform]
     _weather_round_trip(client_for(alice), f"{platform}-agent", fake, streamed=True)
+
+
+def test_the_sdk_stream_helper_parses_a_streamed_structured_answer(
+    client_for, fake_registry, fake_openai, alice
+):
+    agent_on(alice, "openai")
+    fake_openai.reply(text='{"name": "Lima", "population": 10000000}')
+    with client_for(alice).chat.completions.stream(
+        model="openai-agent", messages=[{"role": "user", "content": "Capital of Peru?"}], response_format=City
+    ) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.parsed == City(name="Lima", population=10000000)
+    assert final.id == f"chatcmpl-{only_execution().pk}"
+    assert last_body(fake_openai)["response_format"]["type"] == "json_schema"
+
+
+def test_every_v1_response_has_an_x_request_id(client_for, fake_registry, fake_openai, alice):
+    agent_on(alice, "openai")
+    client = client_for(alice)
+    models = client.models.with_raw_response.list()
+    assert models.headers["x-request-id"].startswith("req_")
+    fake_openai.reply(text="Hi there")
+    raw = client.chat.completions.with_raw_response.create(
+        model="openai-agent", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    assert raw.headers["x-request-id"] == str(only_execution().pk)
+    assert (
+        "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices) == "Hi there"
+    )
