@@ -168,7 +168,8 @@ def test_pydantic_ai_openai_responses_model(provider, fake_registry, fake_openai
 
 
 # ------------------------------------------------------------------------------------------- instructor
-# instructor 1.17 pins jiter<0.15, which openai 3.57 excludes: it is installed with --no-deps (see README).
+# instructor 1.17 pins jiter<0.15, which openai 3.57 excludes, so it cannot be a dev dependency: it is installed
+# into the venv with `pip install --no-deps 'instructor==1.17.0'` (see pyproject.toml).
 instructor = pytest.importorskip("instructor", reason="instructor is installed separately (pip --no-deps)")
 
 
