@@ -150,6 +150,9 @@ class ResponsesBody(Closed):
     truncation: Literal["disabled"] | None = None
     include: list[str] | None = None
     background: Literal[False] | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None
+    service_tier: Literal["auto", "default"] | None = None
+    reasoning: None = None
 
 
 def _content(content: str | list[Any]) -> Any:

@@ -292,7 +292,7 @@ def _sampling(body: wire.ChatCompletionBody) -> Sampling:
         top_p=body.top_p,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
-        user=body.user,
+        user=body.user or body.safety_identifier,
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs,
     )

@@ -3,7 +3,7 @@
 Strict (`"1"` is not a number, `1.5` not an integer, `true` not a temperature), and closed: a parameter we do
 not know is refused with a 400 naming it, as OpenAI does, rather than silently dropped. A few parameters
 that change nothing about an agent run are accepted (`store`: every run is stored; `metadata`: recorded;
-`parallel_tool_calls`: every call of a turn is returned anyway). `pydantic_error()` turns a ValidationError
+`parallel_tool_calls`: every call of a turn is returned anyway; `prompt_cache_key`; `service_tier` "auto"). `pydantic_error()` turns a ValidationError
 into OpenAI's 400 with `param` in OpenAI's notation (`messages[2].content`).
 """
 
@@ -198,6 +198,13 @@ class ChatCompletionBody(Closed):
     parallel_tool_calls: bool | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
+    # Accepted without effect: a cache hint, the default service tier.
+    prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None
+    service_tier: Literal["auto", "default"] | None = None
+    # OpenAI's newer name for `user`.
+    safety_identifier: Annotated[Text, Field(max_length=256)] | None = None
+    # Only null: an agent's model is the agent's business (a value is a 400 naming the parameter).
+    reasoning_effort: None = None
 
 
 # ---------------------------------------------------------------------------------------------- errors

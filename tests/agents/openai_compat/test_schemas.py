@@ -163,7 +163,13 @@ def test_generation_options_become_typed_sampling_options():
 
 
 def test_a_plain_request_has_no_run_options():
-    assert parse(store=True, parallel_tool_calls=False, metadata={"k": "v"}).options() is None
+    harmless = {"store": True, "parallel_tool_calls": False, "metadata": {"k": "v"}}
+    assert (
+        parse(**harmless, prompt_cache_key="k", service_tier="auto", reasoning_effort=None).options() is None
+    )
+    assert parse(safety_identifier="s-1").sampling.user == "s-1"
+    assert refused(reasoning_effort="high").param == "reasoning_effort"
+    assert refused(service_tier="priority").param == "service_tier"
 
 
 def test_client_tools_and_their_results_become_the_conversation():
