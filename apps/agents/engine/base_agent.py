@@ -262,11 +262,13 @@ class BaseAgent:
         stream_text: bool = True,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        request_options: bool = True,
     ) -> Completion:
         """One completion, with retries and fallback over the chain. Raises RunFailure when none answers.
 
         Streams (and emits text deltas) when the run is streaming and `stream_text` is set; otherwise uses
-        generate(). Usage and cost of the answer are added to the run's state.
+        generate(). Usage and cost of the answer are added to the run's state. `request_options=False`: a call
+        of the agent's own (a summary) that the client's generation options do not apply to.
         """
         config = self.config
         chain = self.registry.chain(config.preferred_platform or None)
@@ -305,7 +307,9 @@ class BaseAgent:
                 max_tokens=config.max_tokens if max_tokens is None else max_tokens,
                 json_schema=json_schema,
                 tools=tuple(tools),
-                **request_extras(scope.context.options, json_schema=json_schema, tools=tools),
+                **request_extras(
+                    scope.context.options if request_options else None, json_schema=json_schema, tools=tools
+                ),
             )
             unsupported = platform.unsupported(request)
             if unsupported:

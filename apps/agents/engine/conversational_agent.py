@@ -102,6 +102,7 @@ class ConversationalAgent(BaseAgent):
             stream_text=False,
             temperature=SUMMARY_TEMPERATURE,
             max_tokens=SUMMARY_MAX_TOKENS,
+            request_options=False,  # the client's stop sequences or logprobs are about its answer
         )
         return completion.text.strip()
 

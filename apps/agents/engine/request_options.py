@@ -47,8 +47,8 @@ def new_turns(messages: Sequence[ChatMessage] | None, prompt: str) -> list[ChatM
 def request_extras(
     options: RequestOptions | None, *, json_schema: Mapping[str, Any] | None, tools: Sequence[ToolDefinition]
 ) -> dict[str, Any]:
-    """The CompletionRequest fields a request's options set (only on calls that offer the client's tools /
-    its schema: a summary request, say, gets the sampling options alone)."""
+    """The CompletionRequest fields a request's options set: the sampling options, and tool_choice / strict
+    only on calls that offer the client's tools / its schema."""
     if options is None:
         return {}
     extras: dict[str, Any] = {"sampling": options.sampling}
