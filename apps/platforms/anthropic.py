@@ -166,6 +166,12 @@ class AnthropicPlatform(Platform):
             params["tool_choice"] = forced
         elif request.tools and request.tool_choice is not None:
             params["tool_choice"] = anthropic_tool_choice(request.tool_choice)
+        if not tools and any(m.tool_calls for m in request.messages):
+            # The API refuses tool_use / tool_result blocks in a request that defines no tools (a client's
+            # follow-up may leave its tools out): declare the ones the history used, and allow no new call.
+            names = dict.fromkeys(call.name for m in request.messages for call in m.tool_calls)
+            tools = [{"name": name, "input_schema": {"type": "object"}} for name in names]
+            params["tool_choice"] = {"type": "none"}
         if tools:
             params["tools"] = tools
         if request.sampling.stop:

@@ -54,6 +54,14 @@ def messages_problem(body: dict[str, Any]) -> str | None:
         return "tool_choice requires tools"
     if choice.get("type") == "tool" and choice.get("name") not in names:
         return f"tool_choice names no tool: {choice.get('name')}"
+    blocks_used = {
+        block.get("type")
+        for turn in body.get("messages") or ()
+        if isinstance(turn.get("content"), list)
+        for block in turn["content"]
+    }
+    if blocks_used & {"tool_use", "tool_result"} and not names:
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
     previous_uses: set[str] = set()
     previous_role = None
     for index, turn in enumerate(body.get("messages") or ()):

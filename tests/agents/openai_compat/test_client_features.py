@@ -430,3 +430,22 @@ def test_every_v1_response_has_an_x_request_id(client_for, fake_registry, fake_o
     assert (
         "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices) == "Hi there"
     )
+
+
+def test_a_follow_up_without_tools_still_reaches_anthropic(client_for, fake_registry, fake_anthropic, alice):
+    agent_on(alice, "anthropic")
+    fake_anthropic.reply(text="Done.")
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    completion = client_for(alice).chat.completions.create(
+        model="anthropic-agent",
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+    )
+    assert completion.choices[0].message.content == "Done."
+    body = last_body(fake_anthropic)
+    assert [tool["name"] for tool in body["tools"]] == ["get_weather"] and body["tool_choice"] == {
+        "type": "none"
+    }
