@@ -115,7 +115,9 @@ async def responses(request: HttpRequest) -> HttpResponseBase:
     except ApplicationError as exc:
         if created_conversation is not None:
             await response_store.forget_conversation(created_conversation)
-        raise from_application_error(exc, param="input") from None
+        # 409: the conversation is busy with another response; 400: the engine refused the input.
+        param = {400: "input", 409: "previous_response_id" if previous is not None else None}.get(exc.status)
+        raise from_application_error(exc, param=param) from None
     if not result.success:
         raise run_failure(result, str(result.execution_id))
     response = JsonResponse(
