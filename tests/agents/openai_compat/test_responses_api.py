@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from apps.agents.models import AgentExecution, Conversation
 from tests.factories import AgentFactory
+from tests.fakes.server import Fault
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,3 +168,34 @@ def test_responses_errors_name_the_responses_parameter(client_for, fake_registry
     assert (
         not fake_openai.requests and not AgentExecution.objects.exists() and not Conversation.objects.exists()
     )
+
+
+def test_a_conversational_agent_continues_from_its_conversation(
+    client_for, fake_registry, fake_openai, alice
+):
+    AgentFactory(owner=alice, agent_id="chatty", agent_type="conversational", preferred_platform="openai")
+    client = client_for(alice)
+    fake_openai.reply(text="Hi Bo.")
+    first = client.responses.create(model="chatty", input="I am Bo.")
+    fake_openai.reply(text="Bo.")
+    client.responses.create(model="chatty", input="Who am I?", previous_response_id=first.id)
+    sent = [(m["role"], m["content"]) for m in fake_openai.requests[-1].body["messages"][1:]]
+    assert sent == [("user", "I am Bo."), ("assistant", "Hi Bo."), ("user", "Who am I?")]
+
+
+def test_a_failed_run_is_a_502_or_a_failed_event(
+    client_for, fake_registry, fake_openai, fake_anthropic, fake_gemini, alice
+):
+    AgentFactory(owner=alice, agent_id="fragile", preferred_platform="openai", max_retries=0)
+    for fake in (fake_openai, fake_anthropic, fake_gemini):
+        fake.fail(Fault("status", status=500), times=2)
+    client = client_for(alice)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.responses.create(model="fragile", input="Hi")
+    assert caught.value.status_code == 502
+    with client.responses.stream(model="fragile", input="Hi") as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.failed"
+    failed = AgentExecution.objects.order_by("-created_at").first()
+    assert failed.status == "failed"
+    assert client.responses.retrieve(f"resp_{failed.pk}").status == "failed"
