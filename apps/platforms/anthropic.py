@@ -32,6 +32,7 @@ from apps.platforms.base import (
     Platform,
     PlatformInfo,
     ToolCall,
+    ToolChoice,
     Usage,
 )
 from apps.platforms.errors import ErrorKind, PlatformError
@@ -66,6 +67,9 @@ STREAM_ERROR_KINDS: dict[str, tuple[ErrorKind, bool]] = {
 
 class AnthropicPlatform(Platform):
     name = "anthropic"
+    # SDK 2.x has no top_p (nor temperature), and the API has no seed or penalties.
+    supported_options = frozenset({"stop", "user", "images", "tool_choice"})
+    ignored_fields = frozenset({"temperature"})
 
     def __init__(
         self, *, api_key: str, base_url: str | None = None, default_model: str, timeout: float = 60.0
@@ -158,9 +162,26 @@ class AnthropicPlatform(Platform):
                 }
             )
             forced = {"type": "tool", "name": OUTPUT_TOOL} if not request.tools else {"type": "any"}
+            choice = request.tool_choice
+            if choice is not None and choice.mode == "function":
+                forced = {"type": "tool", "name": choice.name}
+            elif choice is not None and choice.mode == "none":
+                forced = {"type": "tool", "name": OUTPUT_TOOL}
             params["tool_choice"] = forced
+        elif request.tools and request.tool_choice is not None:
+            params["tool_choice"] = anthropic_tool_choice(request.tool_choice)
+        if not tools and any(m.tool_calls for m in request.messages):
+            # The API refuses tool_use / tool_result blocks in a request that defines no tools (a client's
+            # follow-up may leave its tools out): declare the ones the history used, and allow no new call.
+            names = dict.fromkeys(call.name for m in request.messages for call in m.tool_calls)
+            tools = [{"name": name, "input_schema": {"type": "object"}} for name in names]
+            params["tool_choice"] = {"type": "none"}
         if tools:
             params["tools"] = tools
+        if request.sampling.stop:
+            params["stop_sequences"] = list(request.sampling.stop)
+        if request.sampling.user:
+            params["metadata"] = {"user_id": request.sampling.user}
         if request.temperature is not None:
             logger.debug("temperature is not sent to anthropic (not a parameter of its current API)")
         if request.timeout is not None:
@@ -255,6 +276,12 @@ def finish_reason(stop_reason: str | None, tool_calls: tuple[ToolCall, ...], ans
     return normalised
 
 
+def anthropic_tool_choice(choice: ToolChoice) -> dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "tool", "name": choice.name}
+    return {"type": {"required": "any"}.get(choice.mode, choice.mode)}
+
+
 def output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """A tool's input must be an object: other schemas (an array, a string) are wrapped as {"value": ...}."""
     if schema.get("type") == "object":
@@ -291,6 +318,10 @@ def content_blocks(message: ChatMessage) -> list[dict[str, Any]]:
         ]
     # The API rejects empty text blocks.
     blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    blocks.extend(
+        {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}
+        for image in message.images
+    )
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)})
     return blocks

@@ -24,9 +24,19 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image the client sent inline (a `data:` URL, decoded by the facade): never a URL to fetch."""
+
+    media_type: str  # image/png, image/jpeg, image/gif, image/webp
+    data: str  # base64, as received
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
     content: str = ""
+    # Images of a user message, after its text (platforms with "images" in `supported_options` take them).
+    images: tuple[ImagePart, ...] = ()
     # Set on assistant messages that asked for tools.
     tool_calls: tuple[ToolCall, ...] = ()
     # Set on role="tool" messages: which call this is the result of, and the tool's name.
@@ -42,6 +52,48 @@ class ToolDefinition:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """How the model may use the offered tools: "auto", "none", "required" (some tool), or one tool by name."""
+
+    mode: Literal["auto", "none", "required", "function"]
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Per-request generation options beyond temperature / max_tokens (OpenAI's names). Each adapter maps the
+    ones it supports and lists them in `Platform.supported_options`; `CompletionRequest.unsupported()` names
+    the others, so that a caller refuses them instead of a platform silently dropping them."""
+
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+    #: Return the chosen tokens' log probabilities (Completion.logprobs), with this many alternatives each.
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def used(self) -> tuple[str, ...]:
+        """The options this request sets, by name."""
+        return tuple(
+            name
+            for name in (
+                "stop",
+                "seed",
+                "top_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "user",
+                "logprobs",
+                "top_logprobs",
+            )
+            if getattr(self, name) not in (None, (), False)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionRequest:
     model: str
     messages: Sequence[ChatMessage]
@@ -50,6 +102,8 @@ class CompletionRequest:
     max_tokens: int | None = None
     # When set, the platform is asked for JSON matching this schema (native structured output or a grammar).
     json_schema: Mapping[str, Any] | None = None
+    # The client asked for strict structured output (OpenAI's `strict: true`); others validate afterwards.
+    json_schema_strict: bool = False
     tools: Sequence[ToolDefinition] = ()
     # Seconds for the whole request (connect + response); None means the platform default.
     timeout: float | None = None
@@ -57,6 +111,18 @@ class CompletionRequest:
     # the local model's own), so that a request cut short by a timeout or a cancel still accounts for what it
     # used. Never called with an estimate.
     on_usage: Callable[[Usage], None] | None = field(default=None, compare=False, repr=False)
+    sampling: Sampling = field(default_factory=Sampling)
+    # None: the platform's default ("auto" when tools are offered).
+    tool_choice: ToolChoice | None = None
+
+    def options_used(self) -> tuple[str, ...]:
+        """The optional features this request needs, named as in `Platform.supported_options`."""
+        used = list(self.sampling.used())
+        if any(message.images for message in self.messages):
+            used.append("images")
+        if self.tool_choice is not None and self.tool_choice.mode != "auto":
+            used.append("tool_choice")
+        return tuple(used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +150,8 @@ class Completion:
     model: str  # the model the provider reports having used
     tool_calls: tuple[ToolCall, ...] = ()
     provider_id: str | None = None
+    #: With Sampling.logprobs: OpenAI's per-token records ({"token", "logprob", "bytes", "top_logprobs"}).
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +182,15 @@ class Platform(abc.ABC):
     #: Registry name: "openai", "anthropic", "gemini" or "local".
     name: str
     default_model: str
+    #: The optional request features this adapter maps (see CompletionRequest.options_used); a request using
+    #: any other is refused before it is sent, never sent without it.
+    supported_options: frozenset[str] = frozenset()
+    #: Core request fields this adapter cannot send (e.g. "temperature"): an agent's own setting is then
+    #: ignored, but a client asking for one per request is refused.
+    ignored_fields: frozenset[str] = frozenset()
+
+    def unsupported(self, request: CompletionRequest) -> tuple[str, ...]:
+        return tuple(name for name in request.options_used() if name not in self.supported_options)
 
     @abc.abstractmethod
     async def generate(self, request: CompletionRequest) -> Completion:

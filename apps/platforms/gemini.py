@@ -17,6 +17,7 @@ Things about this SDK that shape the code below (read in its source, google/gena
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import json
 import logging
@@ -43,6 +44,7 @@ from apps.platforms.base import (
     Platform,
     PlatformInfo,
     ToolCall,
+    ToolChoice,
     Usage,
 )
 from apps.platforms.errors import PlatformError
@@ -107,6 +109,10 @@ def _seconds_to_ms(seconds: float) -> int:
 
 class GeminiPlatform(Platform):
     name = "gemini"
+    # No `user` field in Gemini's API.
+    supported_options = frozenset(
+        {"stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "images", "tool_choice"}
+    )
 
     def __init__(
         self, *, api_key: str, base_url: str | None = None, default_model: str, timeout: float = 60.0
@@ -194,6 +200,11 @@ class GeminiPlatform(Platform):
             max_output_tokens=request.max_tokens,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             automatic_continuation=False,
+            stop_sequences=list(request.sampling.stop) or None,
+            seed=request.sampling.seed,
+            top_p=request.sampling.top_p,
+            presence_penalty=request.sampling.presence_penalty,
+            frequency_penalty=request.sampling.frequency_penalty,
         )
         if request.json_schema is not None:
             # response_json_schema takes plain JSON Schema; response_schema wants Gemini's OpenAPI subset.
@@ -207,6 +218,8 @@ class GeminiPlatform(Platform):
                 for tool in request.tools
             ]
             config.tools = [types.Tool(function_declarations=declarations)]
+            if request.tool_choice is not None:
+                config.tool_config = gemini_tool_config(request.tool_choice)
         if request.timeout is not None:
             config.http_options = types.HttpOptions(timeout=_seconds_to_ms(request.timeout))
         return contents, config
@@ -236,6 +249,12 @@ class GeminiPlatform(Platform):
                     contents.append(types.Content(role="user", parts=[part]))
                 continue
             parts = [types.Part(text=message.content)] if message.content or not message.tool_calls else []
+            parts.extend(
+                types.Part(
+                    inline_data=types.Blob(mime_type=image.media_type, data=base64.b64decode(image.data))
+                )
+                for image in message.images
+            )
             for index, call in enumerate(message.tool_calls):
                 tool_names[call.id] = call.name
                 signature = self._signatures.get(call.id) or (SKIP_SIGNATURE if index == 0 else None)
@@ -400,6 +419,16 @@ def _usage(meta: types.GenerateContentResponseUsageMetadata | None) -> Usage:
     return Usage(
         input_tokens=(meta.prompt_token_count or 0) + (meta.tool_use_prompt_token_count or 0),
         output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+    )
+
+
+def gemini_tool_config(choice: ToolChoice) -> types.ToolConfig:
+    modes = {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}
+    allowed = [choice.name] if choice.mode == "function" and choice.name else None
+    return types.ToolConfig(
+        function_calling_config=types.FunctionCallingConfig(
+            mode=modes[choice.mode], allowed_function_names=allowed
+        )
     )
 
 

@@ -27,6 +27,7 @@ from apps.platforms.base import (
     Platform,
     PlatformInfo,
     ToolCall,
+    ToolChoice,
     Usage,
 )
 from apps.platforms.errors import PlatformError
@@ -52,6 +53,20 @@ FINISH_REASONS: dict[str, FinishReason] = {
 
 class OpenAIPlatform(Platform):
     name = "openai"
+    supported_options = frozenset(
+        {
+            "stop",
+            "seed",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "user",
+            "images",
+            "tool_choice",
+            "logprobs",
+            "top_logprobs",
+        }
+    )
 
     def __init__(
         self, *, api_key: str, base_url: str | None = None, default_model: str, timeout: float = 60.0
@@ -133,7 +148,11 @@ class OpenAIPlatform(Platform):
             # and the engine validates the parsed output against the schema anyway.
             params["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "output", "schema": dict(request.json_schema), "strict": False},
+                "json_schema": {
+                    "name": "output",
+                    "schema": dict(request.json_schema),
+                    "strict": request.json_schema_strict,
+                },
             }
         if request.tools:
             params["tools"] = [
@@ -147,6 +166,17 @@ class OpenAIPlatform(Platform):
                 }
                 for tool in request.tools
             ]
+        if request.tool_choice is not None:
+            params["tool_choice"] = openai_tool_choice(request.tool_choice)
+        sampling = request.sampling
+        if sampling.stop:
+            params["stop"] = list(sampling.stop)
+        if sampling.logprobs:
+            params["logprobs"] = True
+        for name in ("seed", "top_p", "presence_penalty", "frequency_penalty", "user", "top_logprobs"):
+            value = getattr(sampling, name)
+            if value is not None:
+                params[name] = value
         if request.timeout is not None:
             params["timeout"] = request.timeout
         return params
@@ -179,6 +209,7 @@ class OpenAIPlatform(Platform):
                 model=response.model or model,
                 tool_calls=tool_calls,
                 provider_id=response.id,
+                logprobs=_logprobs(choice),
             )
         except (AttributeError, IndexError, TypeError) as exc:
             raise _http.malformed(PROVIDER, _http.describe(exc, self._secret)) from None
@@ -345,6 +376,19 @@ def to_openai_messages(request: CompletionRequest) -> list[dict[str, Any]]:
     return messages
 
 
+def _logprobs(choice: Any) -> tuple[dict[str, Any], ...] | None:
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    if content is None:
+        return None
+    return tuple(item.model_dump(mode="json") for item in content)
+
+
+def openai_tool_choice(choice: ToolChoice) -> Any:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
 def to_openai_message(message: ChatMessage) -> dict[str, Any]:
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
@@ -361,4 +405,11 @@ def to_openai_message(message: ChatMessage) -> dict[str, Any]:
                 for call in message.tool_calls
             ],
         }
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        parts.extend(
+            {"type": "image_url", "image_url": {"url": f"data:{image.media_type};base64,{image.data}"}}
+            for image in message.images
+        )
+        return {"role": message.role, "content": parts}
     return {"role": message.role, "content": message.content}

@@ -44,6 +44,44 @@ def split_json(text: str) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
+def messages_problem(body: dict[str, Any]) -> str | None:
+    """Why the real Messages API would refuse `body` (the parts our adapter sends), or None: turns alternate
+    every tool_result answers a tool_use of the turn before, tool_choice names an
+    offered tool, images are base64 blocks of an image type."""
+    names = {tool.get("name") for tool in body.get("tools") or ()}
+    choice = body.get("tool_choice") or {}
+    if choice and not names:
+        return "tool_choice requires tools"
+    if choice.get("type") == "tool" and choice.get("name") not in names:
+        return f"tool_choice names no tool: {choice.get('name')}"
+    blocks_used = {
+        block.get("type")
+        for turn in body.get("messages") or ()
+        if isinstance(turn.get("content"), list)
+        for block in turn["content"]
+    }
+    if blocks_used & {"tool_use", "tool_result"} and not names:
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    previous_uses: set[str] = set()
+    previous_role = None
+    for index, turn in enumerate(body.get("messages") or ()):
+        if turn.get("role") == previous_role:
+            return f"messages.{index}: roles must alternate"
+        previous_role = turn.get("role")
+        blocks = turn["content"] if isinstance(turn["content"], list) else []
+        for block in blocks:
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in previous_uses:
+                return f"messages.{index}: tool_result {block.get('tool_use_id')} answers no tool_use"
+            if block.get("type") == "image":
+                source = block.get("source") or {}
+                if source.get("type") != "base64" or not str(source.get("media_type", "")).startswith(
+                    "image/"
+                ):
+                    return f"messages.{index}: image source must be base64 image data"
+        previous_uses = {block["id"] for block in blocks if block.get("type") == "tool_use"}
+    return None
+
+
 class FakeAnthropicServer(FakeProviderServer):
     provider = "anthropic"
 
@@ -61,6 +99,11 @@ class FakeAnthropicServer(FakeProviderServer):
             await exchange.json(
                 404, self.error_body(404, f"{request.method} {request.path} is not served here")
             )
+            return
+        problem = messages_problem(body)
+        if problem is not None:
+            # What the real API refuses, this fake refuses too: a test cannot pass on a malformed request.
+            await exchange.json(400, self.error_body(400, problem))
             return
         reply = self.next_reply()
         blocks = self.content_blocks(reply, body)

@@ -46,6 +46,34 @@ class GeminiReply(Reply):
     continuation_token: str | None = None
 
 
+def contents_problem(body: dict[str, Any]) -> str | None:
+    """Why the real generateContent would refuse `body` (the parts our adapter sends), or None: every
+    functionResponse answers a functionCall of the model turn before, by name; inline data is base64; a
+    function calling mode restricted to names names declared functions."""
+    declared = {
+        declaration.get("name")
+        for tool in body.get("tools") or ()
+        for declaration in tool.get("functionDeclarations") or ()
+    }
+    config = ((body.get("toolConfig") or {}).get("functionCallingConfig")) or {}
+    for name in config.get("allowedFunctionNames") or ():
+        if name not in declared:
+            return f"allowedFunctionNames: {name} is not declared"
+    called: set[str] = set()
+    for index, content in enumerate(body.get("contents") or ()):
+        parts = content.get("parts") or ()
+        for part in parts:
+            response = part.get("functionResponse")
+            if response is not None and response.get("name") not in called:
+                return f"contents[{index}]: functionResponse {response.get('name')} answers no functionCall"
+            inline = part.get("inlineData")
+            if inline is not None:
+                base64.b64decode(inline.get("data", ""), validate=True)
+        if content.get("role") == "model":
+            called = {part["functionCall"].get("name") for part in parts if "functionCall" in part}
+    return None
+
+
 def model_from_path(path: str) -> tuple[str, str]:
     """("gemini-2.5-flash", "generateContent") from "/v1beta/models/gemini-2.5-flash:generateContent"."""
     tail = path.split("/models/", 1)[-1]
@@ -76,6 +104,11 @@ class FakeGeminiServer(FakeProviderServer):
             return
         streaming = method == "streamGenerateContent"
         if fault is not None and await self.apply_fault(exchange, fault, streaming):
+            return
+        problem = contents_problem(request.body if isinstance(request.body, dict) else {})
+        if problem is not None:
+            # What the real API refuses, this fake refuses too: a test cannot pass on a malformed request.
+            await exchange.json(400, self.error_body(400, problem))
             return
         reply = self.next_reply()
         if streaming:

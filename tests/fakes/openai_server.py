@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema
 import pytest
 
 from tests.fakes.server import Exchange, FakeProviderServer, Fault, RecordedRequest, Reply
@@ -33,6 +34,50 @@ def split_arguments(arguments: str) -> list[str]:
         return [arguments]
     third = len(arguments) // 3
     return [arguments[:third], arguments[third : 2 * third + 1], arguments[2 * third + 1 :]]
+
+
+def request_problem(body: dict[str, Any]) -> str | None:
+    """Why the real Chat Completions API would refuse `body` (the parts our adapter sends), or None: a
+    response_format json_schema is a valid JSON Schema with a name, tools are functions with valid parameter
+    schemas, tool_choice names an offered tool, every tool message answers an earlier call, image parts are
+    data: URLs, stop has at most 4 sequences."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        if not spec.get("name") or not isinstance(spec.get("schema"), dict):
+            return "response_format.json_schema needs a name and a schema"
+        try:
+            jsonschema.validators.validator_for(spec["schema"]).check_schema(spec["schema"])
+        except jsonschema.SchemaError as exc:
+            return f"invalid schema: {exc.message}"
+    names = []
+    for tool in body.get("tools") or ():
+        function = tool.get("function") or {}
+        if tool.get("type") != "function" or not function.get("name"):
+            return "tools[].type must be function, with a name"
+        jsonschema.validators.validator_for(function.get("parameters", {})).check_schema(
+            function.get("parameters", {})
+        )
+        names.append(function["name"])
+    choice = body.get("tool_choice")
+    if choice is not None and not names:
+        return "tool_choice is only allowed when tools are specified"
+    if isinstance(choice, dict) and (choice.get("function") or {}).get("name") not in names:
+        return "tool_choice names no tool"
+    if isinstance(body.get("stop"), list) and len(body["stop"]) > 4:
+        return "stop: at most 4 sequences"
+    called: set[str] = set()
+    for message in body.get("messages") or ():
+        for call in message.get("tool_calls") or ():
+            called.add(call.get("id"))
+            json.loads(call["function"]["arguments"])
+        if message.get("role") == "tool" and message.get("tool_call_id") not in called:
+            return "messages with role 'tool' must be a response to a preceding message with 'tool_calls'"
+        if isinstance(message.get("content"), list):
+            for part in message["content"]:
+                if part.get("type") == "image_url" and not part["image_url"]["url"].startswith("data:"):
+                    return "only data: image URLs in these tests"
+    return None
 
 
 class FakeOpenAIServer(FakeProviderServer):
@@ -60,6 +105,11 @@ class FakeOpenAIServer(FakeProviderServer):
             return
         if request.method != "POST" or request.path != "/v1/chat/completions":
             await exchange.json(404, self.error_body(404, f"Unknown path {request.path}", None))
+            return
+        problem = request_problem(body)
+        if problem is not None:
+            # What the real API refuses, this fake refuses too: a test cannot pass on a malformed request.
+            await exchange.json(400, self.error_body(400, problem, "invalid_request"))
             return
         reply = self.next_reply()
         if streaming:
@@ -153,10 +203,35 @@ class FakeOpenAIServer(FakeProviderServer):
             "model": reply.model or body.get("model", "gpt-4o-mini"),
             "system_fingerprint": None,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason(reply)}
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": self.logprobs_body(reply, body),
+                    "finish_reason": self.finish_reason(reply),
+                }
             ],
             "usage": self.usage_body(reply),
         }
+
+    @staticmethod
+    def logprobs_body(reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Asked for (`logprobs: true`): one record per word, each with `top_logprobs` alternatives."""
+        if not body.get("logprobs"):
+            return None
+        alternatives = int(body.get("top_logprobs") or 0)
+        content = [
+            {
+                "token": piece,
+                "logprob": -0.5,
+                "bytes": list(piece.encode()),
+                "top_logprobs": [
+                    {"token": piece, "logprob": -0.5 - rank, "bytes": list(piece.encode())}
+                    for rank in range(alternatives)
+                ],
+            }
+            for piece in reply.pieces()
+        ]
+        return {"content": content, "refusal": None}
 
     def deltas(self, reply: Reply) -> Iterator[dict[str, Any]]:
         """The `delta` objects of a stream, in the order the real API sends them."""

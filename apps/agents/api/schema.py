@@ -96,7 +96,7 @@ With `"stream": true` or `Accept: text/event-stream` the answer is `text/event-s
 |---|---|
 | `execution.created` | `{"execution_id", "agent_id"}` (always first) |
 | `output.delta` | `{"text"}` |
-| `tool.call` | `{"id", "tool", "arguments"}` |
+| `tool.call` | `{"id", "tool", "arguments"}`; `"client": true` for a call to the caller's own tool (OpenAI-compatible requests), handed back, not run |
 | `tool.result` | `{"id", "tool", "result", "is_error"}` |
 | `platform.fallback` | `{"from", "to", "reason"}` |
 | `execution.completed` | the full execute response body (last) |

@@ -41,6 +41,7 @@ from apps.agents.engine.events import (
     PlatformFallback,
     StreamEvent,
 )
+from apps.agents.engine.request_options import request_extras
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
 from apps.agents.engine.spend import SpendGuard, SpendRefused, attempt_spec, settle_shielded
@@ -270,11 +271,13 @@ class BaseAgent:
         stream_text: bool = True,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        request_options: bool = True,
     ) -> Completion:
         """One completion, with retries and fallback over the chain. Raises RunFailure when none answers.
 
         Streams (and emits text deltas) when the run is streaming and `stream_text` is set; otherwise uses
-        generate(). Usage and cost of the answer are added to the run's state.
+        generate(). Usage and cost of the answer are added to the run's state. `request_options=False`: a call
+        of the agent's own (a summary) that the client's generation options do not apply to.
         """
         config = self.config
         chain = self.registry.chain(config.preferred_platform or None)
@@ -317,7 +320,19 @@ class BaseAgent:
                 # Each attempt gets what is left of the run's deadline: a platform that cannot answer in time
                 # says so at once (the local model refuses) or times out itself, reporting what it used.
                 timeout=_attempt_timeout(scope.remaining()),
+                **request_extras(
+                    scope.context.options if request_options else None, json_schema=json_schema, tools=tools
+                ),
             )
+            unsupported = platform.unsupported(request)
+            if unsupported:
+                # A fallback platform that cannot honour what the client asked for is skipped, never sent the
+                # request without it (the facade refuses the request up front for the first platform).
+                why = "does not support " + ", ".join(unsupported)
+                scope.record_attempt(name, model, "unsupported", None, error=why)
+                skipped.append(f"{name}: {why}")
+                previous = (name, "unsupported")
+                continue
             completion, error = await self._try_platform(scope, name, platform, request, stream)
             if completion is not None:
                 return completion

@@ -5,7 +5,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from apps.agents.engine.request_options import RequestOptions
 
 from apps.agents.engine.schema_policy import SchemaLimits
 
@@ -60,6 +63,8 @@ class AgentContext:
     conversation_history: list[dict[str, Any]] = field(default_factory=list)
     conversation_summary: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: What the request asks beyond its input (OpenAI-compatible facade only); see request_options.py.
+    options: RequestOptions | None = None
 
 
 @dataclass(slots=True)

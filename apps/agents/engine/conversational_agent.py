@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apps.agents.engine.base_agent import BaseAgent
+from apps.agents.engine.request_options import new_turns
 from apps.agents.engine.run import RunFailure, RunScope
-from apps.agents.engine.tool_loop import complete_with_tools
+from apps.agents.engine.tool_loop import complete_with_tools, handed_back
 from apps.platforms.base import ChatMessage, ToolCall
 
 SUMMARY_SYSTEM_PROMPT = (
@@ -101,11 +102,13 @@ class ConversationalAgent(BaseAgent):
             stream_text=False,
             temperature=SUMMARY_TEMPERATURE,
             max_tokens=SUMMARY_MAX_TOKENS,
+            request_options=False,  # the client's stop sequences or logprobs are about its answer
         )
         return completion.text.strip()
 
     async def respond(self, scope: RunScope) -> Any:
         context = scope.context
+        options = context.options
         history = history_messages(context.conversation_history)
         summary = context.conversation_summary
         start = window_start(history, self.config.history_window)
@@ -119,12 +122,16 @@ class ConversationalAgent(BaseAgent):
                 self._log(scope, logging.WARNING, "conversation summary failed: %s", failure.message)
                 scope.state.metadata["summary_error"] = failure.message
         prompt = await self.prepare_prompt(scope.input_data, context)
-        user = ChatMessage(role="user", content=prompt)
-        scope.state.transcript.append(user)
-        messages = [*history[start:], user]
+        turns = new_turns(options.messages if options is not None else None, prompt)
+        scope.state.transcript.extend(turns)
+        messages = [*history[start:], *turns]
         completion = await complete_with_tools(
             self, scope, messages, system_prompt=self.system_prompt_with(summary)
         )
+        if completion.logprobs is not None:
+            scope.state.metadata["logprobs"] = list(completion.logprobs)
+        if completion.tool_calls:
+            return await handed_back(scope, completion)
         scope.state.transcript.append(ChatMessage(role="assistant", content=completion.text))
         scope.state.metadata["finish_reason"] = completion.finish_reason
         return await self.process_response(completion, scope.input_data, context)

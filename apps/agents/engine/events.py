@@ -33,9 +33,14 @@ class ToolCallEvent:
     call_id: str
     tool: str
     arguments: dict[str, Any]
+    #: A call to one of the client's own tools (OpenAI-compatible requests): handed back, not run here.
+    client: bool = False
 
     def data(self) -> dict[str, Any]:
-        return {"id": self.call_id, "tool": self.tool, "arguments": self.arguments}
+        data = {"id": self.call_id, "tool": self.tool, "arguments": self.arguments}
+        if self.client:
+            data["client"] = True
+        return data
 
 
 @dataclass(frozen=True, slots=True)

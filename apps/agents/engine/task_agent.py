@@ -18,6 +18,7 @@ from apps.agents.engine.base_agent import BaseAgent
 from apps.agents.engine.context import AgentContext
 from apps.agents.engine.conversational_agent import history_messages
 from apps.agents.engine.events import OutputDelta
+from apps.agents.engine.request_options import new_turns
 from apps.agents.engine.run import RunFailure, RunScope
 from apps.agents.engine.schema_policy import (
     SchemaLimits,
@@ -26,7 +27,7 @@ from apps.agents.engine.schema_policy import (
     build_validator,
     validate_in_thread,
 )
-from apps.agents.engine.tool_loop import complete_with_tools
+from apps.agents.engine.tool_loop import complete_with_tools, handed_back
 from apps.platforms.base import ChatMessage, Completion
 
 MAX_REASKS = 2
@@ -75,7 +76,12 @@ async def validate_output(value: Any, schema: Mapping[str, Any], limits: SchemaL
 class TaskAgent(BaseAgent):
     default_temperature = 0.3
 
-    def output_schema(self, input_data: Mapping[str, Any]) -> dict[str, Any] | None:
+    #: Set per run from the request's options (a client's response_format json_schema), if any.
+    request_schema: Mapping[str, Any] | None = None
+
+    def output_schema(self, input_data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        if self.request_schema is not None:
+            return self.request_schema
         if self.config.output_schema:
             return self.config.output_schema
         if input_data.get("output_format") == "json":
@@ -103,6 +109,10 @@ class TaskAgent(BaseAgent):
         return value
 
     async def respond(self, scope: RunScope) -> Any:
+        options = scope.context.options
+        if options is not None and options.json_schema is not None:
+            # The client's schema replaces the agent's own for this run (README: "Structured output").
+            self.request_schema = options.json_schema
         schema = self.output_schema(scope.input_data)
         if schema is not None:
             # The service refuses such an agent before the run; this keeps every other caller (the CLI, a
@@ -112,11 +122,12 @@ class TaskAgent(BaseAgent):
             except SchemaRefused as exc:
                 raise RunFailure("invalid_output", f"the output schema is refused: {exc}") from None
         prompt = await self.prepare_prompt(scope.input_data, scope.context)
-        user = ChatMessage(role="user", content=prompt)
-        scope.state.transcript.append(user)
-        # Earlier turns given in the context (the seed's conversation_history, or an OpenAI-style chat) come
-        # first: a task agent keeps no window or summary, but it must not lose what the caller sent.
-        messages = [*history_messages(scope.context.conversation_history), user]
+        turns = new_turns(options.messages if options is not None else None, prompt)
+        scope.state.transcript.extend(turns)
+        # Earlier turns given in the context (the seed's conversation_history, a conversation's messages, or an
+        # OpenAI-style chat) come first: a task agent keeps no window or summary, but it must not lose what
+        # the caller sent.
+        messages = [*history_messages(scope.context.conversation_history), *turns]
         for reask in range(MAX_REASKS + 1):
             # Structured answers are not streamed token by token: an answer that fails validation is
             # re-asked, and a client must never receive text that is later taken back. The validated
@@ -125,6 +136,10 @@ class TaskAgent(BaseAgent):
                 self, scope, messages, json_schema=schema, stream_text=schema is None
             )
             scope.state.metadata["finish_reason"] = completion.finish_reason
+            if completion.logprobs is not None:
+                scope.state.metadata["logprobs"] = list(completion.logprobs)
+            if completion.tool_calls:
+                return await handed_back(scope, completion)
             try:
                 output = await self.process_response(completion, scope.input_data, scope.context)
             except InvalidOutput as exc:

@@ -39,7 +39,7 @@ from apps.agents.engine.events import (
     OutputDelta,
 )
 from apps.agents.openai_compat.errors import OpenAIError, run_failure
-from apps.agents.openai_compat.responses import ChunkFactory, output_text
+from apps.agents.openai_compat.responses import ChunkFactory, client_tool_calls, output_text
 from apps.agents.openai_compat.schemas import ChatRequest
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,9 @@ async def _body(reader: EventReader, factory: ChunkFactory, held: list[Any]) -> 
                 text = "" if sent_text else output_text(event.result.output)
                 if text:
                     yield sse(factory.content(text))
+                # Calls to the client's own tools: as OpenAI streams them, before the finish chunk.
+                for chunk in factory.tool_calls(client_tool_calls(event.result)):
+                    yield sse(chunk)
                 yield sse(factory.finish(event.result))
                 if factory.include_usage:
                     yield sse(factory.usage(event.result))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from apps.agents.api.parsers import JSONTooDeep, loads_bounded
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
 from apps.agents.openai_compat.auth import admit
+from apps.agents.openai_compat.checks import check_request_fits_agent
 from apps.agents.openai_compat.errors import (
     OpenAIError,
     from_application_error,
@@ -88,19 +90,29 @@ def agent_for_request(agent: Agent, chat: ChatRequest) -> Agent:
     return view
 
 
+def with_request_id(response: HttpResponseBase) -> HttpResponseBase:
+    """`x-request-id` on every /v1 response (the SDKs expose it as `_request_id`): the execution id when the
+    request made a run, so that a client's log line leads to /api/v1/executions/<id>/; otherwise a fresh id."""
+    if not response.has_header("x-request-id"):
+        execution_id = response.get("X-Execution-Id")
+        response["x-request-id"] = execution_id or f"req_{uuid.uuid4().hex}"
+    return response
+
+
 def _openai_errors(view: Any) -> Any:
     """Every error of `view` in OpenAI's shape; an unexpected one is logged and answered as a bare 500."""
 
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
-            return await view(request, *args, **kwargs)
+            response = await view(request, *args, **kwargs)
         except OpenAIError as exc:
-            return exc.response()
+            response = exc.response()
         except Exception as exc:
             if pool_exhausted(exc):  # beyond capacity: 503 + Retry-After, never a 500
-                return overloaded().response()
+                return with_request_id(overloaded().response())
             logger.exception("unhandled error in %s", view.__name__)
-            return SERVER_ERROR.response()
+            response = SERVER_ERROR.response()
+        return with_request_id(response)
 
     wrapper.__name__ = view.__name__
     wrapper.__doc__ = view.__doc__
@@ -125,13 +137,15 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     )
     if admission.agent is None:
         raise model_not_found(chat.model)
+    check_request_fits_agent(admission.agent, chat)
     agent = agent_for_request(admission.agent, chat)
     engine = _engine()
+    run = {"options": chat.options()}
     try:
         if chat.stream:
-            events = engine.execute_streaming(agent, chat.input_data(), admission.user, chat.context())
+            events = engine.execute_streaming(agent, chat.input_data(), admission.user, chat.context(), **run)
             return await stream_chat(events, chat)
-        result = await engine.execute_agent(agent, chat.input_data(), admission.user, chat.context())
+        result = await engine.execute_agent(agent, chat.input_data(), admission.user, chat.context(), **run)
     except ApplicationError as exc:
         field = next(iter(exc.fields), None) if exc.fields else None
         raise from_application_error(exc, param=chat.param_for(field) if field else None) from None

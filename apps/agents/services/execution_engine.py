@@ -31,6 +31,7 @@ from apps.agents.engine.events import (
     ExecutionCreated,
     StreamEvent,
 )
+from apps.agents.engine.request_options import RequestOptions
 from apps.agents.engine.retry import RetryPolicy
 from apps.agents.engine.tools import ToolRegistry
 from apps.agents.errors import ApplicationError, IllegalTransition
@@ -146,10 +147,11 @@ class ExecutionEngine:
         *,
         idempotency_key: str | None = None,
         request_hash: str = "",
+        options: RequestOptions | None = None,
     ) -> AgentResult:
         """Run to the end. Provider failures give success=False and `error` (never raise); bad input raises
         ApplicationError before any row is written."""
-        prepared = await self.prepare(agent, input_data, user, context)
+        prepared = await self.prepare(agent, input_data, user, context, options=options)
         execution = await self.create_execution(
             prepared,
             mode=ExecutionMode.SYNC,
@@ -173,6 +175,7 @@ class ExecutionEngine:
         *,
         idempotency_key: str | None = None,
         request_hash: str = "",
+        options: RequestOptions | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """ExecutionCreated, then deltas / tool events / fallbacks, then Completed | Failed | Cancelled.
 
@@ -180,7 +183,7 @@ class ExecutionEngine:
         event before committing to a 200. Closing the iterator early (aclose, or cancelling its consumer)
         cancels the run, closes the upstream request and records the row as cancelled with what it got.
         """
-        prepared = await self.prepare(agent, input_data, user, context)
+        prepared = await self.prepare(agent, input_data, user, context, options=options)
         execution = await self.create_execution(
             prepared,
             mode=ExecutionMode.STREAM,

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from apps.agents.engine import AgentConfig, AgentContext
 from apps.agents.engine.inputs import InvalidInput, validate_context, validate_input
+from apps.agents.engine.request_options import RequestOptions
 from apps.agents.engine.schema_policy import SchemaLimits, SchemaRefused, build_validator
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
@@ -124,6 +125,7 @@ async def prepare_run(
     context: Any = None,
     *,
     conversation: Conversation | None = None,
+    options: RequestOptions | None = None,
 ) -> PreparedRun:
     """Validate a request and load its conversation (one query for the messages the summary does not cover).
 
@@ -171,6 +173,7 @@ async def prepare_run(
         conversation_history=history,
         conversation_summary=summary,
         metadata=dict(ctx.get("metadata") or {}),
+        options=options,
     )
     budgets, windows = await aload_budgets(user=user, agent=agent)
     return PreparedRun(
