@@ -169,6 +169,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
+# A `: ping` comment on every event stream (native SSE and /v1 chunks) after this many idle seconds, so
+# proxies keep a slow run's stream open (ARCHITECTURE.md: 15 s).
+SSE_PING_SECONDS = env.float("SSE_PING_SECONDS", default=15.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
 # A background run whose heartbeat is older than this lost its worker: the reaper fails it (worker_lost).

@@ -31,9 +31,8 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.utils import timezone
 
-from apps.agents.engine.context import AgentError, AgentResult
-from apps.agents.engine.serialize import result_body
-from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode, ExecutionStatus
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode
+from apps.agents.services.execution_records import terminal_event_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -340,36 +339,12 @@ _MISSING = BusEvent(-1, "missing", {})
 
 
 def terminal_event_for(execution: AgentExecution, seq: int) -> BusEvent:
-    """The terminal event a finished row stands for."""
-    if execution.status == ExecutionStatus.COMPLETED:
-        return BusEvent(seq, "execution.completed", result_body(result_from_row(execution)))
-    if execution.status == ExecutionStatus.CANCELLED:
-        return BusEvent(seq, "execution.cancelled", {})
-    error = AgentError(execution.error_code or "provider_error", execution.error_message)  # type: ignore[arg-type]
-    return BusEvent(seq, "execution.failed", {"error": error.to_dict()})
+    """The terminal event a finished row stands for, as event `seq`."""
+    event = terminal_event_from_row(execution)
+    return BusEvent(seq, event.name, event.data())
 
 
-def result_from_row(execution: AgentExecution) -> AgentResult:
-    """The AgentResult a finished row records (for responses rebuilt later: idempotent replays, events)."""
-    error = None
-    if execution.status != ExecutionStatus.COMPLETED and execution.error_code:
-        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
-    return AgentResult(
-        success=execution.status == ExecutionStatus.COMPLETED,
-        output=execution.output,
-        input_tokens=execution.input_tokens,
-        output_tokens=execution.output_tokens,
-        cost=execution.cost,
-        execution_time=execution.execution_time or 0.0,
-        platform_used=execution.platform_used or None,
-        model_used=execution.model_used or None,
-        error=error,
-        metadata=dict(execution.metadata or {}),
-        execution_id=str(execution.pk),
-    )
-
-
-async def terminal_event_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
+async def outcome_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
     """The outcome from the database when the bus has none; None while the run is live (or just ended)."""
     execution = await AgentExecution.objects.filter(pk=execution_id).afirst()
     if execution is None:
@@ -438,7 +413,7 @@ async def subscribe(
             if events:
                 wait = 0.0 if len(events) >= 500 else poll_seconds
                 continue
-            fallback = await terminal_event_from_row(execution_id, next_seq=max(last, 0) + 1)
+            fallback = await outcome_from_row(execution_id, next_seq=max(last, 0) + 1)
             if fallback is not None:
                 # The row ended a while ago and its terminal event never came; re-read once to close the
                 # race with a publish that landed just now.

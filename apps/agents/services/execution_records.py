@@ -16,8 +16,10 @@ from django.utils import timezone
 from apps.agents import metrics
 from apps.agents.engine import AgentResult, RunState
 from apps.agents.engine.context import AgentError
+from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed, StreamEvent
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
+from apps.agents.services.conversation_lock import arelease_conversation, release_conversation
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.state_manager import StateManager
 
@@ -63,9 +65,7 @@ async def record_outcome(
         )
     if conversation is not None and target != ExecutionStatus.COMPLETED:
         # Free the conversation for the next run (a completed run does this inside its transaction).
-        await Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).aupdate(
-            active_execution=None
-        )
+        await arelease_conversation(conversation.pk, execution.pk)
     metrics.record_execution(execution)  # counts only if this write made the row terminal
     if execution.execution_time is not None:
         result.execution_time = execution.execution_time
@@ -116,7 +116,7 @@ def _complete_conversation_run(
         if not current["title"] and transcript:
             updates["title"] = transcript[0].content[:80]
         locked.update(**updates)
-        locked.filter(active_execution_id=execution.pk).update(active_execution=None)
+        release_conversation(conversation.pk, execution.pk)
 
 
 async def shielded(write: Awaitable[AgentResult]) -> AgentResult:
@@ -130,12 +130,12 @@ async def shielded(write: Awaitable[AgentResult]) -> AgentResult:
 
 
 def result_from_row(execution: AgentExecution) -> AgentResult:
-    """The AgentResult a recorded execution stands for (a run that was not, or is no longer, ours to run)."""
+    """The AgentResult a recorded execution stands for: how a response is rebuilt later (an idempotent replay,
+    a late reader of its events, a row that was not, or is no longer, ours to run)."""
     error = None
-    if execution.error_code:
-        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
-    elif execution.status != ExecutionStatus.COMPLETED:
-        error = AgentError("provider_error", f"execution is {execution.status}")
+    if execution.status != ExecutionStatus.COMPLETED:
+        code = execution.error_code or "provider_error"
+        error = AgentError(code, execution.error_message or f"execution is {execution.status}")  # type: ignore[arg-type]
     return AgentResult(
         success=execution.status == ExecutionStatus.COMPLETED,
         output=execution.output,
@@ -149,6 +149,20 @@ def result_from_row(execution: AgentExecution) -> AgentResult:
         metadata=dict(execution.metadata or {}),
         execution_id=str(execution.pk),
     )
+
+
+def terminal_event(result: AgentResult, status: str) -> StreamEvent:
+    """The terminal event of a run that ended in `status` with `result` (as recorded)."""
+    if status == ExecutionStatus.COMPLETED:
+        return ExecutionCompleted(result)
+    if status == ExecutionStatus.CANCELLED:
+        return ExecutionCancelled(result)
+    return ExecutionFailed(result.error or AgentError("provider_error", f"execution is {status}"), result)
+
+
+def terminal_event_from_row(execution: AgentExecution) -> StreamEvent:
+    """The terminal event a finished row stands for."""
+    return terminal_event(result_from_row(execution), execution.status)
 
 
 def status_body(execution: AgentExecution) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -234,12 +234,6 @@ class StateManager:
             == 1
         )
 
-    async def aheartbeat(self, execution: AgentExecution) -> bool:
-        updated = await AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING).aupdate(
-            heartbeat_at=timezone.now()
-        )
-        return updated == 1
-
     def request_cancel(self, execution: AgentExecution) -> bool:
         """Flag a live row for cancellation by whichever process holds it. False if it is already terminal."""
         now = timezone.now()
@@ -262,15 +256,6 @@ class StateManager:
 
     async def aget_agent_executions(self, agent: Agent, limit: int = 50) -> list[AgentExecution]:
         return [e async for e in AgentExecution.objects.filter(agent=agent).order_by("-created_at")[:limit]]
-
-    def stale_running(self, now: datetime | None = None) -> list[AgentExecution]:
-        """Live rows past their deadline: what the reaper fails."""
-        now = now or timezone.now()
-        return list(
-            AgentExecution.objects.filter(
-                status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now
-            ).select_related("agent")
-        )
 
 
 state_manager = StateManager()
