@@ -122,6 +122,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # 3.1: its schemas are JSON Schema 2020-12, which can say what an event stream's `data:` lines hold
+    # (contentMediaType, contentSchema; apps/agents/api/schema_events.py).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.agents.api.schema.nullable_as_any_of",
+    ],
 }
 
 # Request limits (bytes / characters / items). Bigger bodies get a 400 before any work is done.

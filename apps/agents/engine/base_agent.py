@@ -144,10 +144,8 @@ class BaseAgent:
 
         async def source(stream: RunStream) -> AgentResult:
             result = await self.run(input_data, context, run=run, emit=stream.emit)
-            assert result.success or result.error is not None
-            stream.push(
-                ExecutionCompleted(result) if result.success else ExecutionFailed(result.error, result)
-            )  # type: ignore[arg-type]
+            failed = not result.success and result.error is not None
+            stream.push(ExecutionFailed(result.error, result) if failed else ExecutionCompleted(result))  # type: ignore[arg-type]
             return result
 
         stream = RunStream.start(source)

@@ -311,9 +311,18 @@ SEED_API = (
 def _instance_attribute(name: str) -> property:
     # Read, set and delete go to the instance: patching `module.execute_agent` (unittest.mock.patch,
     # monkeypatch) patches what every caller of the instance runs too, and the other way round.
+    def set_(module: types.ModuleType, value: Any) -> None:
+        engine = module.execution_engine
+        if getattr(value, "__self__", None) is engine and getattr(value, "__func__", None) is getattr(
+            type(engine), name, None
+        ):
+            vars(engine).pop(name, None)  # an undo puts the method back: nothing left patched
+        else:
+            setattr(engine, name, value)
+
     return property(
         lambda module: getattr(module.execution_engine, name),
-        lambda module, value: setattr(module.execution_engine, name, value),
+        set_,
         lambda module: delattr(module.execution_engine, name),
     )
 
