@@ -25,12 +25,12 @@ import os
 import platform
 import pstats
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, percentile, setup, start_fake_provider
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
+from bench._django import RESULTS, setup, start_fake_provider
+from bench.compare.common import percentile
 
 URL = setup("bench_engine")
 
@@ -48,7 +48,7 @@ KEY = "sk-bench-not-a-secret"
 
 def summary(samples: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in samples]
-    return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 0.95), "mean_ms": statistics.fmean(ms)}
+    return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 95), "mean_ms": statistics.fmean(ms)}
 
 
 def prepare_agent() -> tuple[Agent, object]:
