@@ -28,6 +28,7 @@ from apps.agents.models import (
     Agent,
     MessageRole,
 )
+from apps.agents.services.agents import EDITABLE_FIELDS
 
 
 class StrictSerializer(serializers.Serializer):
@@ -101,26 +102,7 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
 
     class Meta:
         model = Agent
-        fields = (
-            "name",
-            "agent_id",
-            "description",
-            "agent_type",
-            "system_prompt",
-            "capabilities",
-            "preferred_platform",
-            "model",
-            "temperature",
-            "max_tokens",
-            "output_schema",
-            "tools",
-            "is_shared",
-            "is_active",
-            "timeout_seconds",
-            "max_retries",
-            "history_window",
-            "max_tool_calls",
-        )
+        fields = EDITABLE_FIELDS
         extra_kwargs = {"system_prompt": {"trim_whitespace": False}}
 
     def get_validators(self) -> list[Any]:

@@ -20,7 +20,7 @@ import sys
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -42,6 +42,11 @@ from apps.agents.services.state_manager import StateManager, state_manager
 from apps.platforms import registry as platform_registry
 
 __all__ = ["ExecutionEngine", "PreparedRun", "RunStream", "agent_config", "execution_engine"]
+
+
+class Admission(TypedDict, total=False):
+    idempotency_key: str | None
+    request_hash: str
 
 
 class ExecutionEngine:
@@ -85,69 +90,44 @@ class ExecutionEngine:
         return await prepare_run(agent, input_data, user, context, **kwargs)
 
     async def create_execution(
-        self,
-        prepared: PreparedRun,
-        *,
-        mode: str,
-        running: bool,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, prepared: PreparedRun, *, mode: str, running: bool, **admission: Unpack[Admission]
     ) -> AgentExecution:
         """The one place a row is created: idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
-        admission = await aadmit_execution(
-            **prepared.create_kwargs(mode=mode, running=running),
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
-        admission.execution.replayed = not admission.created
-        return admission.execution
+        admitted = await aadmit_execution(**prepared.create_kwargs(mode=mode, running=running), **admission)
+        admitted.execution.replayed = not admitted.created
+        return admitted.execution
+
+    async def _admit(
+        self, agent: Agent, input_data: Any, user: Any, context: Any, mode: str, admission: Admission
+    ) -> tuple[PreparedRun, AgentExecution]:
+        prepared = await self.prepare(agent, input_data, user, context)
+        running = mode != ExecutionMode.BACKGROUND  # sync and stream rows are inserted already running
+        return prepared, await self.create_execution(prepared, mode=mode, running=running, **admission)
 
     # ------------------------------------------------------------------ the seed's contract
+    # Each takes the seed's (agent, input_data, user, context) and, from the API, the Idempotency-Key and the
+    # request's hash (Admission). Bad input raises ApplicationError before any row is written.
     async def execute_agent(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> AgentResult:
-        """Run to the end. Provider failures give success=False and `error` (never raise); bad input raises
-        ApplicationError before any row is written."""
-        prepared = await self.prepare(agent, input_data, user, context)
-        execution = await self.create_execution(
-            prepared,
-            mode=ExecutionMode.SYNC,
-            running=True,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        """Run to the end. Provider failures give success=False and `error` (never raise)."""
+        prepared, execution = await self._admit(agent, input_data, user, context, ExecutionMode.SYNC, keys)
         if execution.replayed:
             return await replayed_result(execution)
         return await self._start(prepared, execution, streamed=False).result()
 
     async def execute_streaming(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> AsyncIterator[StreamEvent]:
         """ExecutionCreated, then deltas / tool events / fallbacks, then Completed | Failed | Cancelled.
 
-        Bad input raises ApplicationError from the first __anext__(), before any row exists: await the first
-        event before committing to a 200. Closing the iterator early (aclose, or cancelling its consumer)
-        cancels the run, closes the upstream request and records the row as cancelled with what it got.
+        Bad input raises from the first __anext__(), before any row exists: await the first event before
+        committing to a 200. Closing the iterator early (aclose, or cancelling its consumer) cancels the run,
+        closes the upstream request and records the row as cancelled with what it got.
         """
-        stream = await self.open_stream(
-            agent, input_data, user, context, idempotency_key=idempotency_key, request_hash=request_hash
-        )
+        stream = await self.open_stream(agent, input_data, user, context, **keys)
         try:
             while (item := await stream.read()) is not None:
                 yield item.event  # type: ignore[union-attr]
@@ -155,49 +135,22 @@ class ExecutionEngine:
             await stream.aclose()
 
     async def open_stream(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> RunStream:
-        """Validate, create the row and start the run; its RunStream is what every streaming client renders
-        (apps/agents/services/run_stream.py). Raises ApplicationError before any row exists. The caller
-        must `aclose()` the stream: a stream closed before its end cancels the run."""
-        prepared = await self.prepare(agent, input_data, user, context)
-        execution = await self.create_execution(
-            prepared,
-            mode=ExecutionMode.STREAM,
-            running=True,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        """Create the row and start the run; its RunStream is what every streaming client renders
+        (apps/agents/services/run_stream.py). The caller must `aclose()` it: closed before its end, it
+        cancels the run."""
+        prepared, execution = await self._admit(agent, input_data, user, context, ExecutionMode.STREAM, keys)
         if execution.replayed:
             return replay_from_row(execution)
         return self._start(prepared, execution, streamed=True)
 
     async def create_pending(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> AgentExecution:
         """A validated `pending` row for a background run (run_execution runs it)."""
-        prepared = await self.prepare(agent, input_data, user, context)
-        return await self.create_execution(
-            prepared,
-            mode=ExecutionMode.BACKGROUND,
-            running=False,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        _, execution = await self._admit(agent, input_data, user, context, ExecutionMode.BACKGROUND, keys)
+        return execution
 
     async def run_execution(self, execution_id: Any, *, publish: Publish | None = None) -> AgentResult:
         """Run a pending row: start -> run -> terminal, awaiting `publish(seq, event)` for every event
