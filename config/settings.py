@@ -127,7 +127,7 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "apps.agents.api.schema.nullable_as_any_of",
+        "apps.agents.api.schema.postprocess",
     ],
 }
 

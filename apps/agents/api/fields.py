@@ -89,6 +89,23 @@ def json_problems(value: Any, path: str = "", depth: int = 0) -> dict[str, str]:
     return problems
 
 
+# The schema of what json_problems() lets through: any JSON without a NUL in a string or a key (a lone
+# surrogate is refused too, but a pattern cannot say so portably). A component of its own, because it is
+# recursive; added to the document by apps.agents.api.schema.postprocess.
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+SAFE_JSON_REF = {"$ref": "#/components/schemas/SafeJSON"}
+SAFE_KEYS = {"pattern": NO_NUL_PATTERN}
+SAFE_JSON_SCHEMA = {
+    "description": "Any JSON value without a NUL character in a string or an object key.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NO_NUL_PATTERN},
+        {"type": "array", "items": SAFE_JSON_REF},
+        {"type": "object", "propertyNames": SAFE_KEYS, "additionalProperties": SAFE_JSON_REF},
+    ],
+}
+
+
 class SafeJSONField(serializers.JSONField):
     """Free-form JSON, optionally constrained to an object (`object_only`), checked by `json_problems`."""
 

@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework.fields import CharField
 
-from apps.agents.api.fields import SafeJSONField
+from apps.agents.api.fields import SAFE_JSON_REF, SAFE_JSON_SCHEMA, SAFE_KEYS, SafeJSONObjectField
 from apps.agents.api.serializers import ErrorEnvelopeSerializer
 
 ERROR_DESCRIPTIONS = {
@@ -31,7 +31,6 @@ RETRY_AFTER = {
 # Text without NUL (which DRF refuses, and PostgreSQL cannot store). Lone surrogates are refused too but not
 # written here: a surrogate range in a pattern breaks regex engines that work on code points (Rust's).
 TEXT_PATTERN = r"^[^\u0000]+$"  # "+": the empty string is allow_blank's business (its own oneOf branch)
-ANY_TEXT_PATTERN = r"^[^\u0000]*$"
 NON_BLANK_TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
 
 
@@ -66,9 +65,9 @@ class ApiAutoSchema(AutoSchema):
             elif all(v.code == "blank" for v in regexes):
                 schema["pattern"] = NON_BLANK_TEXT_PATTERN
             # Otherwise (a slug...) spectacular documents the field's own pattern, which is stricter.
-        if direction == "request" and isinstance(field, SafeJSONField):
-            # Free-form JSON is refused with a NUL (or a lone surrogate) anywhere, keys included.
-            schema["propertyNames"] = {"pattern": ANY_TEXT_PATTERN}
+        if direction == "request" and isinstance(field, SafeJSONObjectField):
+            # Free-form JSON is refused with a NUL anywhere, keys included (json_problems).
+            schema.update(propertyNames=SAFE_KEYS, additionalProperties=SAFE_JSON_REF)
         return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
@@ -215,10 +214,10 @@ AGENT_ID_PARAMETER = OpenApiParameter(
 )
 
 
-def nullable_as_any_of(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Postprocessing hook. In OpenAPI 3.1, drf-spectacular writes a nullable field as `oneOf: [X, {type:
-    null}]`; when X admits null too (a JSONField: `{}`), `null` matches both branches and `oneOf` fails it.
-    "X or null" is `anyOf`."""
+def postprocess(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Postprocessing hook: adds the SafeJSON component (apps/agents/api/fields.py), and writes nullable
+    fields as `anyOf`. In OpenAPI 3.1, drf-spectacular writes a nullable field as `oneOf: [X, {type: null}]`;
+    when X admits null too (a JSONField: `{}`), `null` matches both branches and `oneOf` fails it."""
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
@@ -232,4 +231,5 @@ def nullable_as_any_of(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
                 visit(value)
 
     visit(result)
+    result.setdefault("components", {}).setdefault("schemas", {})["SafeJSON"] = SAFE_JSON_SCHEMA
     return result

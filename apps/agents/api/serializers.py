@@ -15,6 +15,8 @@ from django.db import models
 from rest_framework import serializers
 
 from apps.agents.api.fields import (
+    SAFE_JSON_REF,
+    SAFE_KEYS,
     SafeJSONField,
     SafeJSONObjectField,
     StrictBooleanField,
@@ -157,7 +159,12 @@ class ExecutionInputDataSerializer(serializers.Serializer):
         required=False, validators=[NOT_BLANK], help_text="Alternative to `task` for conversational agents."
     )
     # The schema's way of saying "task or message" (apps/agents/api/schema.py merges this in).
-    schema_overrides = {"anyOf": [{"required": ["task"]}, {"required": ["message"]}]}
+    schema_overrides = {
+        "anyOf": [{"required": ["task"]}, {"required": ["message"]}],
+        # Any other key is extra context for the prompt: JSON that json_problems() accepts.
+        "propertyNames": SAFE_KEYS,
+        "additionalProperties": SAFE_JSON_REF,
+    }
     output_format = StrictCharField(
         required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
     )
