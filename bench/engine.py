@@ -9,7 +9,8 @@ server (bench/compare/fake.py: the tests' FakeOpenAIServer on uvloop + httptools
 that it does not share this process's GIL. Direct and engine calls
 alternate, so drift on a noisy machine hits both alike. Each engine run is a real run: a row inserted
 `running`, the provider call, one final UPDATE with attempts, tokens and cost. "(2 writes alone)" times
-just those two writes (StateManager create + complete) for scale. On PostgreSQL everything is measured twice:
+just those two writes (StateManager create + complete) for scale. "first_token" times a streamed run up to
+its first text (the rest of the stream is read afterwards, untimed): what a streaming client waits. On PostgreSQL everything is measured twice:
 as configured, then with synchronous_commit=off (a commit no longer waits for the disk's fsync; at most the
 last few hundred ms of commits can be lost if PostgreSQL itself crashes, never corrupted). Prints a table
 and writes bench/results/engine.json.
@@ -26,6 +27,7 @@ import platform
 import pstats
 import statistics
 import time
+from typing import Any
 
 import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
 
@@ -106,27 +108,23 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
     async def direct_sync() -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.3)
 
-    async def direct_stream() -> None:
-        stream = await client.chat.completions.create(
+    async def open_direct_stream() -> Any:
+        return await client.chat.completions.create(
             model="gpt-4o-mini",
             messages=messages,
             temperature=0.3,
             stream=True,
             stream_options={"include_usage": True},
         )
-        async for _ in stream:
+
+    async def direct_stream() -> None:
+        async for _ in await open_direct_stream():
             pass
 
     async def direct_first_token() -> None:
-        # Time to the first text, then the rest is read untimed-for-the-caller but still read (the
-        # connection goes back to the pool only at the stream's end).
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=messages,
-            temperature=0.3,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        # Timed to the first text; the rest is read afterwards, untimed (the connection goes back to the
+        # pool only at the stream's end).
+        stream = await open_direct_stream()
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 return first_token_seen(stream)
