@@ -316,7 +316,12 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
 
 def _last_event_id(request: Request) -> int:
-    raw = (request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0").strip()
+    # Present but empty is not "from the start": it is not the integer the schema says (a browser's
+    # EventSource never sends an empty one).
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.query_params.get("after", "0")
+    raw = raw.strip()
     if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
         raise ApplicationError(
             "Last-Event-ID must be a non-negative integer.", fields={"Last-Event-ID": ["Not an integer."]}
