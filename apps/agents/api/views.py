@@ -316,16 +316,24 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
 
 def _last_event_id(request: Request) -> int:
-    # Present but empty is not "from the start": it is not the integer the schema says (a browser's
-    # EventSource never sends an empty one).
-    raw = request.headers.get("Last-Event-ID")
-    if raw is None:
-        raw = request.query_params.get("after", "0")
-    raw = raw.strip()
-    if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
-        raise ApplicationError(
-            "Last-Event-ID must be a non-negative integer.", fields={"Last-Event-ID": ["Not an integer."]}
+    """Last-Event-ID (header), else `after` (query), else 0. Each one sent must be the integer the schema
+    says, even when the other wins: present but empty is not "from the start" (a browser's EventSource never
+    sends an empty one)."""
+    sent = [
+        (name, value)
+        for name, value in (
+            ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+            ("after", request.query_params.get("after")),
         )
+        if value is not None
+    ]
+    ids = [_event_id(name, value.strip()) for name, value in sent]
+    return ids[0] if ids else 0
+
+
+def _event_id(name: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
+        raise ApplicationError(f"{name} must be a non-negative integer.", fields={name: ["Not an integer."]})
     return int(raw)
 
 
