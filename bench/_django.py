@@ -24,7 +24,6 @@ def setup(default_db: str) -> str:
             capture_output=True,
             check=False,
         )
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
@@ -40,7 +39,7 @@ def start_fake_provider() -> tuple[subprocess.Popen[str], str]:
     import json
 
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "compare" / "fake.py")],
+        [sys.executable, "-m", "bench.compare.fake"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -48,8 +47,3 @@ def start_fake_provider() -> tuple[subprocess.Popen[str], str]:
     assert process.stdout is not None
     port = json.loads(process.stdout.readline())["port"]
     return process, f"http://127.0.0.1:{port}/v1"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -30,12 +30,12 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, ROOT, percentile, setup, start_fake_provider
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
+from bench._django import RESULTS, ROOT, setup, start_fake_provider
+from bench.compare.common import percentile
 
 URL = setup("bench_api")
 
@@ -169,7 +169,7 @@ async def load(base: str, path: str, token: str, concurrency: int, total: int) -
         "failures": failures,
         "requests_per_s": len(ms) / elapsed,  # successful or not, answered requests only
         "p50_ms": statistics.median(ms),
-        "p95_ms": percentile(ms, 0.95),
+        "p95_ms": percentile(ms, 95),
         "first_failure": first_failure,
     }
 

@@ -12,7 +12,9 @@ alternate, so drift on a noisy machine hits both alike. Each engine run is a rea
 just those two writes (StateManager create + complete) for scale. "budget vs none" pairs a sync run under a
 USD + token budget with the same run under none: its overhead is the spend control's (one reservation and
 one settlement per attempt); "+slots vs none" adds a concurrency limit (a slot taken and freed per run);
-"(hold+settle alone)" times one attempt's reservation and settlement by themselves. On PostgreSQL everything is measured twice:
+"(hold+settle alone)" times one attempt's reservation and settlement by themselves. "first_token" times a streamed run up
+to its first text (the rest of the stream is read afterwards, untimed): what a streaming client waits. On
+PostgreSQL everything is measured twice:
 as configured, then with synchronous_commit=off (a commit no longer waits for the disk's fsync; at most the
 last few hundred ms of commits can be lost if PostgreSQL itself crashes, never corrupted). Prints a table
 and writes bench/results/engine.json.
@@ -28,13 +30,14 @@ import os
 import platform
 import pstats
 import statistics
-import sys
 import time
 from decimal import Decimal
-from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, percentile, setup, start_fake_provider
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
+from bench._django import RESULTS, setup, start_fake_provider
+from bench.compare.common import percentile
 
 URL = setup("bench_engine")
 
@@ -58,7 +61,7 @@ LABELS = {
 
 def summary(samples: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in samples]
-    return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 0.95), "mean_ms": statistics.fmean(ms)}
+    return {"p50_ms": statistics.median(ms), "p95_ms": percentile(ms, 95), "mean_ms": statistics.fmean(ms)}
 
 
 def budgeted_users() -> tuple[object, object]:
@@ -116,6 +119,22 @@ async def set_synchronous_commit(value: str) -> None:
     await sync_to_async(apply)()
 
 
+_rest: list[object] = []
+
+
+def first_token_seen(stream: object) -> None:
+    """The first-token modes stop timing at the first text; the rest of the stream is read afterwards,
+    outside the timed span (`drain_rest`), so the run ends and records itself as usual."""
+    _rest.append(stream)
+
+
+async def drain_rest() -> None:
+    while _rest:
+        stream = _rest.pop()
+        async for _ in stream:  # type: ignore[attr-defined]
+            pass
+
+
 async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: int) -> dict[str, object]:
     client = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0, timeout=30)
     messages = [
@@ -126,16 +145,32 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
     async def direct_sync() -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0.3)
 
-    async def direct_stream() -> None:
-        stream = await client.chat.completions.create(
+    async def open_direct_stream() -> Any:
+        return await client.chat.completions.create(
             model="gpt-4o-mini",
             messages=messages,
             temperature=0.3,
             stream=True,
             stream_options={"include_usage": True},
         )
-        async for _ in stream:
+
+    async def direct_stream() -> None:
+        async for _ in await open_direct_stream():
             pass
+
+    async def direct_first_token() -> None:
+        # Timed to the first text; the rest is read afterwards, untimed (the connection goes back to the
+        # pool only at the stream's end).
+        stream = await open_direct_stream()
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                return first_token_seen(stream)
+
+    async def engine_first_token() -> None:
+        events = execution_engine.execute_streaming(agent, {"task": "Say hello"}, user)
+        async for event in events:
+            if event.name == "output.delta":
+                return first_token_seen(events)
 
     async def engine_sync() -> None:
         result = await execution_engine.execute_agent(agent, {"task": "Say hello"}, user)
@@ -186,6 +221,7 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
     for mode, direct, engine in (
         ("sync", direct_sync, engine_sync),
         ("stream", direct_stream, engine_stream),
+        ("first_token", direct_first_token, engine_first_token),
         ("db_writes", nothing, db_writes),
         # Spend control: the same sync run with a budget active, paired with a run with none (the "direct"
         # column is then the engine without a budget): the difference is the reservation + settlement.
@@ -195,7 +231,9 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
     ):
         for _ in range(warmup):
             await direct()
+            await drain_rest()
             await engine()
+            await drain_rest()
         direct_times: list[float] = []
         engine_times: list[float] = []
         # CPU time of this process (all threads, so the ORM's thread too): steadier than wall time when the
@@ -206,10 +244,12 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
             await direct()
             direct_times.append(time.perf_counter() - started)
             direct_cpu += time.process_time() - cpu
+            await drain_rest()
             cpu, started = time.process_time(), time.perf_counter()
             await engine()
             engine_times.append(time.perf_counter() - started)
             engine_cpu += time.process_time() - cpu
+            await drain_rest()
         direct_stats, engine_stats = summary(direct_times), summary(engine_times)
         paired = [e - d for e, d in zip(engine_times, direct_times, strict=True)]
         results[mode] = {
@@ -287,7 +327,7 @@ def main() -> None:
     print("-" * len(header))
     for commits, table in results.items():
         assert isinstance(table, dict)
-        for mode in ("sync", "stream", "db_writes", "budget", "budget_slots", "budget_writes"):
+        for mode in ("sync", "stream", "first_token", "db_writes", "budget", "budget_slots", "budget_writes"):
             row = table[mode]
             direct, engine = row["direct_sdk"], row["engine"]
             label = LABELS.get(mode, mode)

@@ -25,16 +25,14 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _root import ROOT
 
-from bench._django import RESULTS, setup  # noqa: E402
+from bench._django import RESULTS, setup
 
 URL = setup("bench_load")
 

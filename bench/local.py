@@ -21,18 +21,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _root import ROOT
 
-from apps.platforms.base import ChatMessage, CompletionRequest  # noqa: E402
-from apps.platforms.local import LocalPlatform  # noqa: E402
-from apps.platforms.local_grammar import build  # noqa: E402
+from apps.platforms.base import ChatMessage, CompletionRequest
+from apps.platforms.local import LocalPlatform
+from apps.platforms.local_grammar import build
 
 RESULTS = ROOT / "bench" / "results"
 PROMPT = "Write a short story about a robot who learns to paint."

@@ -26,12 +26,11 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
 from bench._django import RESULTS, ROOT, percentile, setup
 
 URL = setup("bench_logins")

@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _root import ROOT
 
-from bench.compare import procs, report  # noqa: E402
-from bench.compare.common import API_KEY, MESSAGES, MODEL, TASK, summary  # noqa: E402
-from bench.compare.load import LoadResult, Pool, Target, first_tokens  # noqa: E402
+from bench.compare import procs, report
+from bench.compare.common import API_KEY, MESSAGES, MODEL, TASK, summary
+from bench.compare.load import LoadResult, Pool, Target, first_tokens
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 VARIANTS = {"instant": "/v1", "50ms": "/slow50/v1"}
@@ -96,11 +93,11 @@ IN_PROCESS = ("floor_project", "ours", "floor_bench", "litellm", "pydantic_ai")
 def _workers(base: str, variant: str) -> list[procs.Worker]:
     project, bench = str(ROOT / ".venv" / "bin" / "python"), str(procs.bench_python())
     argvs = {
-        "floor_project": [project, "bench/compare/ours.py", "inprocess", "--contender", "openai"],
-        "ours": [project, "bench/compare/ours.py", "inprocess", "--contender", "ours"],
-        "floor_bench": [bench, "bench/compare/others.py", "openai"],
-        "litellm": [bench, "bench/compare/others.py", "litellm"],
-        "pydantic_ai": [bench, "bench/compare/others.py", "pydantic_ai"],
+        "floor_project": [project, "-m", "bench.compare.ours", "inprocess", "--contender", "openai"],
+        "ours": [project, "-m", "bench.compare.ours", "inprocess", "--contender", "ours"],
+        "floor_bench": [bench, "-m", "bench.compare.others", "openai"],
+        "litellm": [bench, "-m", "bench.compare.others", "litellm"],
+        "pydantic_ai": [bench, "-m", "bench.compare.others", "pydantic_ai"],
     }
     workers = []
     for name in IN_PROCESS:
@@ -303,7 +300,7 @@ def main() -> None:
     fake = procs.start_fake()
     try:
         token = procs.run_json(
-            [str(ROOT / ".venv" / "bin" / "python"), "bench/compare/ours.py", "setup"],
+            [str(ROOT / ".venv" / "bin" / "python"), "-m", "bench.compare.ours", "setup"],
             ours_env(fake.url + "/v1"),
             name="ours-setup",
         )["token"]
@@ -343,7 +340,7 @@ def main() -> None:
     data["summary"] = report.summarize(data)
     data["total_s"] = round(time.perf_counter() - started, 1)
     report.write(data)
-    procs.run_json([str(procs.bench_python()), "bench/compare/chart.py"], bench_env(), name="chart")
+    procs.run_json([str(procs.bench_python()), "-m", "bench.compare.chart"], bench_env(), name="chart")
     print(report.markdown(data))
 
 

@@ -44,7 +44,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
 from bench._django import RESULTS, setup
 
 URL = setup("bench_soak")

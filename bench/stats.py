@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
 from bench._django import RESULTS, setup
 
 URL = setup("bench_stats")

@@ -19,17 +19,14 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import uvicorn
+from _root import ROOT
 
-import uvicorn  # noqa: E402
-
-from apps.agents.engine.function_tools import agent_tool  # noqa: E402
-from apps.agents.engine.mcp_tools import McpHub, McpServerConfig, mcp_tools  # noqa: E402
-from apps.agents.engine.tools import ToolRegistry, default_tool_registry  # noqa: E402
-from tests.agents.tools.mcp_server import build_server  # noqa: E402
+from apps.agents.engine.function_tools import agent_tool
+from apps.agents.engine.mcp_tools import McpHub, McpServerConfig, mcp_tools
+from apps.agents.engine.tools import ToolRegistry, default_tool_registry
+from tests.agents.tools.mcp_server import build_server
 
 RESULTS = ROOT / "bench" / "results"
 

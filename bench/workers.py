@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -39,8 +38,10 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._django import RESULTS, percentile, setup, start_fake_provider
+import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
+
+from bench._django import RESULTS, setup, start_fake_provider
+from bench.compare.common import percentile
 
 URL = setup("bench_workers")
 
@@ -67,7 +68,7 @@ PREFIX = f"bench-workers-{uuid.uuid4().hex[:8]}:"
 
 def ms(values: list[float]) -> dict[str, float]:
     scaled = [v * 1000 for v in values]
-    return {"p50_ms": statistics.median(scaled), "p95_ms": percentile(scaled, 0.95), "n": len(scaled)}
+    return {"p50_ms": statistics.median(scaled), "p95_ms": percentile(scaled, 95), "n": len(scaled)}
 
 
 def configure_producer() -> None:

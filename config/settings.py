@@ -196,6 +196,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # 3.1: its schemas are JSON Schema 2020-12, which can say what an event stream's `data:` lines hold
+    # (contentMediaType, contentSchema; apps/agents/api/schema_events.py).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.agents.api.schema.postprocess",
+    ],
 }
 
 # Request limits (bytes / characters / items). Bigger bodies get a 400 before any work is done.
@@ -273,6 +280,9 @@ EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5
 # How often a running execution checks its row for a cancel request made in another process (one query per
 # open run each time: bench/load_streams.py measures what it costs with hundreds of open streams).
 EXECUTION_CANCEL_POLL_SECONDS = env.float("EXECUTION_CANCEL_POLL_SECONDS", default=1.0)
+# A `: ping` comment on every event stream (native SSE and /v1 chunks) after this many idle seconds, so
+# proxies keep a slow run's stream open (ARCHITECTURE.md: 15 s).
+SSE_PING_SECONDS = env.float("SSE_PING_SECONDS", default=15.0)
 # A pending row not picked up within this many seconds is failed by the reaper.
 PENDING_DEADLINE_SECONDS = env.float("PENDING_DEADLINE_SECONDS", default=3600.0)
 # A background row that no worker started within this many seconds of being queued is sent again by the

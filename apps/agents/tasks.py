@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers over services (apps/agents/services/background.py, reaper.py).
+"""Celery tasks: thin wrappers over services (apps/agents/services/background.py, reaper.py,
+cancel_listener.py).
 
 Delivery (config/celery.py): acks_late + reject_on_worker_lost, prefetch 1. A message is acked only after
 its run. When a prefork pool process dies, its worker rejects the message and the broker hands it out again
@@ -14,8 +15,6 @@ The reaper's task goes to its own queue (MAINTENANCE_QUEUE), so its passes never
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 from celery import shared_task
 from celery.signals import worker_init
@@ -33,6 +32,7 @@ logger = logging.getLogger(__name__)
 )
 def run_execution_task(execution_id: str) -> str:
     from apps.agents.services.background import runner
+    from apps.agents.services.cancel_listener import cancel_listener
 
     cancel_listener.ensure_started()
     # On the process's long-lived run loop (see InProcessRunner), not a fresh loop per task: provider
@@ -58,55 +58,6 @@ def rollup_stats_task() -> int:
     from apps.agents.services.stats_rollup import roll_up
 
     return roll_up().executions
-
-
-class CancelListener:
-    """One Redis pub/sub subscription per worker process: a cancel notice for a run this process holds stops
-    it at once (the engine's own poll of cancel_requested_at would take up to a second)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-
-    def ensure_started(self) -> None:
-        from apps.agents.services.events_bus import redis_url
-
-        # Per process: a prefork child does not inherit its parent's threads.
-        if self._pid == os.getpid() or not redis_url():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            threading.Thread(target=self._listen, name="cancel-listener", daemon=True).start()
-
-    def _listen(self) -> None:
-        import redis
-
-        from apps.agents.services.background import cancel_channel
-        from apps.agents.services.events_bus import redis_url
-
-        while True:
-            try:
-                client = redis.Redis.from_url(redis_url(), socket_connect_timeout=5, health_check_interval=30)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(cancel_channel())
-                for message in pubsub.listen():
-                    self._stop(message.get("data"))
-            except Exception:
-                logger.warning("cancel listener: Redis connection lost; reconnecting", exc_info=True)
-                threading.Event().wait(2)
-
-    @staticmethod
-    def _stop(data: object) -> None:
-        from apps.agents.services.execution_engine import execution_engine
-
-        execution_id = data.decode() if isinstance(data, bytes) else str(data)
-        if execution_engine.stop_local(execution_id):
-            logger.info("cancel notice: stopping %s now", execution_id, extra={"execution_id": execution_id})
-
-
-cancel_listener = CancelListener()
 
 
 @worker_init.connect

@@ -7,7 +7,6 @@ Right: HTTP requests/s at concurrency 1, 16, 64 against the instant fake and the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +15,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-sys.path.insert(0, str(RESULTS.parents[1]))
 
 from bench.compare.common import emit  # noqa: E402
 from bench.compare.report import LABELS  # noqa: E402

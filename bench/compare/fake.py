@@ -1,6 +1,6 @@
 """The fake OpenAI-compatible server every contender calls, in its own process (project venv).
 
-    .venv/bin/python bench/compare/fake.py          # prints {"port": N} once listening
+    .venv/bin/python -m bench.compare.fake          # prints {"port": N} once listening
 
 The same FakeOpenAIServer the tests use (tests/fakes/openai_server.py), on uvloop + httptools, with three
 variants on one port: `/v1/...` answers at once, `/slow50/v1/...` waits 50 ms before the first byte (JSON and
@@ -16,9 +16,6 @@ import re
 import socket
 import sys
 from collections import deque
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import uvicorn
 

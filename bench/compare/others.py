@@ -1,7 +1,7 @@
 """The in-process contenders we compare against (bench venv): `litellm.acompletion` and a pydantic-ai
 `Agent.run`, and the floor (the raw `openai` SDK) of this venv; one per process.
 
-    .venv-bench/bin/python bench/compare/others.py litellm|pydantic_ai|openai --base-url URL   # see common.py
+    .venv-bench/bin/python -m bench.compare.others litellm|pydantic_ai|openai --base-url URL   # see common.py
 
 Nothing here writes anything anywhere: these libraries keep no record of a run (that is the work our rows do
 on top). LiteLLM is told to use its bundled cost map (no download) and to send no telemetry.
@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.compare.common import (
     API_KEY,

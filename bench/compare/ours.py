@@ -1,8 +1,8 @@
 """Our side of the comparison (project venv): the bench database, its agent and user, and
 `execution_engine.execute_agent` / `execute_streaming` in-process against the fake.
 
-    .venv/bin/python bench/compare/ours.py setup                 # migrate, create agent + user, print token
-    .venv/bin/python bench/compare/ours.py inprocess --base-url URL [--contender ours|openai]   # see common.py
+    .venv/bin/python -m bench.compare.ours setup                 # migrate, create agent + user, print token
+    .venv/bin/python -m bench.compare.ours inprocess --base-url URL [--contender ours|openai]   # see common.py
 
 The orchestrator (bench/run.py) sets DATABASE_URL (PostgreSQL), OPENAI_API_KEY / OPENAI_BASE_URL (the fake)
 and LOCAL_ENABLED=false. Every run of ours writes its real execution row (INSERT running, then the final
@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from bench._django import setup  # noqa: E402
-from bench.compare.common import MODEL, SYSTEM_PROMPT, TASK, emit, openai_calls, serve  # noqa: E402
+from bench._django import setup
+from bench.compare.common import MODEL, SYSTEM_PROMPT, TASK, emit, openai_calls, serve
 
 AGENT_ID = "bench-agent"
 USERNAME = "bench-user"

@@ -245,7 +245,7 @@ def start_fake() -> Server:
     LOGS.mkdir(parents=True, exist_ok=True)
     errors = open(LOGS / "fake.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), "bench/compare/fake.py"],
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "bench.compare.fake"],
         stdout=subprocess.PIPE,
         stderr=errors,
         cwd=ROOT,

@@ -48,7 +48,11 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer. As in JSON Schema (and so OpenAPI 3.1), 60.0 is the integer 60; 1.5 is not one."""
+
     def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, float) and data.is_integer():
+            data = int(data)
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
@@ -83,6 +87,23 @@ def json_problems(value: Any, path: str = "", depth: int = 0) -> dict[str, str]:
     elif isinstance(value, float) and not math.isfinite(value):
         problems[where] = "Not a finite number."
     return problems
+
+
+# The schema of what json_problems() lets through: any JSON without a NUL in a string or a key (a lone
+# surrogate is refused too, but a pattern cannot say so portably). A component of its own, because it is
+# recursive; added to the document by apps.agents.api.schema.postprocess.
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+SAFE_JSON_REF = {"$ref": "#/components/schemas/SafeJSON"}
+SAFE_KEYS = {"pattern": NO_NUL_PATTERN}
+SAFE_JSON_SCHEMA = {
+    "description": "Any JSON value without a NUL character in a string or an object key.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NO_NUL_PATTERN},
+        {"type": "array", "items": SAFE_JSON_REF},
+        {"type": "object", "propertyNames": SAFE_KEYS, "additionalProperties": SAFE_JSON_REF},
+    ],
+}
 
 
 class SafeJSONField(serializers.JSONField):

@@ -6,9 +6,6 @@ without starting a run. `run` and `cancel` are awaited on the event loop and cal
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +15,6 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.agents.api.fields import check_text
 from apps.agents.api.serializers import (
     AgentExecutionOutputSerializer,
     ExecutionAcceptedSerializer,
@@ -26,15 +22,17 @@ from apps.agents.api.serializers import (
 from apps.agents.api.serializers_records import (
     CancelOutputSerializer,
 )
-from apps.agents.api.sse import open_event_stream, wants_event_stream
+from apps.agents.api.sse import event_stream, wants_event_stream
 from apps.agents.engine.serialize import result_body
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, AgentExecution
+from apps.agents.services.background import aenqueue_execution, request_cancel
+from apps.agents.services.idempotency import clean_key, request_hash
+from apps.agents.services.run_stream import follow as follow_run
 
 Mode = Literal["sync", "stream", "background"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255
 
 # HTTP status of a run that ended without success, with the seed's body and `success: false`
 # (ARCHITECTURE.md):
@@ -58,32 +56,9 @@ class ExecuteCommand:
     request_hash: str
 
 
-def _idempotency_key(request: Request) -> str | None:
-    """The header as stored: None when absent or blank; 400 when unusable (the same rules as
-    apps/agents/services/idempotency.clean_key, checked here so that a bad key is refused before any work)."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None or not key.strip():
-        return None
-    key = key.strip()
-    if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or check_text(key):
-        raise ApplicationError(
-            f"{IDEMPOTENCY_HEADER} must be at most {MAX_IDEMPOTENCY_KEY} printable characters.",
-            code="invalid_idempotency_key",
-            fields={"idempotency_key": ["Invalid value."]},
-        )
-    return key
-
-
-def request_hash(*, agent: Agent, input_data: dict[str, Any], context: dict[str, Any], mode: Mode) -> str:
+def _request_hash(*, agent: Agent, input_data: dict[str, Any], context: dict[str, Any], mode: Mode) -> str:
     """What makes two requests "the same" for an Idempotency-Key: same agent, input and way of running."""
-    canonical = json.dumps(
-        {"agent": str(agent.pk), "input_data": input_data, "context": context, "mode": mode},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
+    return request_hash({"agent": str(agent.pk), "input_data": input_data, "context": context, "mode": mode})
 
 
 def build_command(*, request: Request, agent: Agent, validated: dict[str, Any]) -> ExecuteCommand:
@@ -102,8 +77,9 @@ def build_command(*, request: Request, agent: Agent, validated: dict[str, Any]) 
         input_data=input_data,
         context=context,
         mode=mode,
-        idempotency_key=_idempotency_key(request),
-        request_hash=request_hash(agent=agent, input_data=input_data, context=context, mode=mode),
+        # A bad key is refused here, before any work (the admission applies the same rule).
+        idempotency_key=clean_key(request.headers.get(IDEMPOTENCY_HEADER)),
+        request_hash=_request_hash(agent=agent, input_data=input_data, context=context, mode=mode),
     )
 
 
@@ -125,14 +101,6 @@ def _engine_kwargs(command: ExecuteCommand) -> dict[str, Any]:
     }
 
 
-def _background_enqueue() -> Any:
-    try:
-        from apps.agents.services.background import enqueue_execution
-    except ImportError:
-        return None
-    return enqueue_execution
-
-
 def execution_links(request: Request, execution_id: Any) -> dict[str, str]:
     def url(name: str) -> str:
         return request.build_absolute_uri(reverse(name, args=[str(execution_id)]))
@@ -147,7 +115,7 @@ def execution_links(request: Request, execution_id: Any) -> dict[str, str]:
 async def run(request: Request, command: ExecuteCommand) -> HttpResponseBase:
     engine = _engine()
     if command.mode == "stream":
-        return await open_event_stream(engine.execute_streaming(**_engine_kwargs(command)))
+        return event_stream(await engine.open_stream(**_engine_kwargs(command)))
     if command.mode == "background":
         return await _run_in_background(request, command, engine)
     result = await engine.execute_agent(**_engine_kwargs(command))
@@ -170,17 +138,8 @@ def retry_after_header(result: Any) -> dict[str, str]:
 
 
 async def _run_in_background(request: Request, command: ExecuteCommand, engine: Any) -> Response:
-    enqueue = _background_enqueue()
-    if enqueue is None:
-        raise ApplicationError(
-            "Background runs are not available on this server.",
-            code="background_unavailable",
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
     execution: AgentExecution = await engine.create_pending(**_engine_kwargs(command))
-    queued = enqueue(execution)
-    if inspect.isawaitable(queued):
-        await queued
+    await aenqueue_execution(execution)
     body = {
         "execution_id": execution.pk,
         "status": execution.status,
@@ -189,18 +148,9 @@ async def _run_in_background(request: Request, command: ExecuteCommand, engine: 
     return Response(ExecutionAcceptedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
 
 
-async def _request_cancel(execution_id: Any) -> bool:
-    # The background service also tells the worker holding the run (Redis notice) and the event readers;
-    # without it the engine's own cancel flags the row, which its runner notices within a second.
-    try:
-        from apps.agents.services.background import request_cancel
-    except ImportError:
-        return bool(await _engine().cancel(execution_id))
-    return bool(await request_cancel(execution_id))
-
-
 async def cancel(execution: AgentExecution) -> Response:
-    requested = await _request_cancel(execution.pk)
+    # The background service also tells the worker holding the run (Redis notice) and the event readers.
+    requested = await request_cancel(execution.pk)
     current = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
     if not requested and current not in ("pending", "running", "cancelled"):
         raise ApplicationError(
@@ -212,12 +162,4 @@ async def cancel(execution: AgentExecution) -> Response:
 
 async def follow(execution: AgentExecution, after_seq: int) -> HttpResponseBase:
     """SSE of an execution's published events after `after_seq` (Last-Event-ID), ending with its outcome."""
-    try:
-        from apps.agents.services.events_bus import subscribe
-    except ImportError:
-        raise ApplicationError(
-            "Execution events are not available on this server.",
-            code="events_unavailable",
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-        ) from None
-    return await open_event_stream(subscribe(str(execution.pk), after_seq), wait_for_first=False)
+    return event_stream(follow_run(str(execution.pk), after_seq))

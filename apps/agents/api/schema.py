@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework.fields import CharField
 
+from apps.agents.api.fields import SAFE_JSON_REF, SAFE_JSON_SCHEMA, SAFE_KEYS, SafeJSONObjectField
 from apps.agents.api.serializers import ErrorEnvelopeSerializer
 
 ERROR_DESCRIPTIONS = {
@@ -64,6 +65,9 @@ class ApiAutoSchema(AutoSchema):
             elif all(v.code == "blank" for v in regexes):
                 schema["pattern"] = NON_BLANK_TEXT_PATTERN
             # Otherwise (a slug...) spectacular documents the field's own pattern, which is stricter.
+        if direction == "request" and isinstance(field, SafeJSONObjectField):
+            # Free-form JSON is refused with a NUL anywhere, keys included (json_problems).
+            schema.update(propertyNames=SAFE_KEYS, additionalProperties=SAFE_JSON_REF)
         return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
@@ -90,7 +94,8 @@ class ApiAutoSchema(AutoSchema):
 # -------------------------------------------------------------------------------- execute
 SSE_DESCRIPTION = """\
 With `"stream": true` or `Accept: text/event-stream` the answer is `text/event-stream`. Every event has
-`id:` (1, 2, 3...), `event:` and one JSON `data:` line; a `: ping` comment comes every 15 s.
+`id:` (1, 2, 3...), `event:` and one JSON `data:` line; a `: ping` comment comes after SSE_PING_SECONDS
+(15 by default) without an event.
 
 | event | data |
 |---|---|
@@ -106,34 +111,13 @@ With `"stream": true` or `Accept: text/event-stream` the answer is `text/event-s
 Closing the connection cancels the run (the execution ends `cancelled`).
 """
 
-SSE_EXAMPLE = (
-    "id: 1\nevent: execution.created\n"
-    'data: {"execution_id":"5f0c3c1e-8a63-4a4b-9d83-4f0d7b0b6a1e","agent_id":"code-helper"}\n\n'
-    'id: 2\nevent: output.delta\ndata: {"text":"def fibonacci(n):"}\n\n'
-    ": ping\n\n"
-    'id: 3\nevent: output.delta\ndata: {"text":" ..."}\n\n'
-    "id: 4\nevent: execution.completed\n"
-    'data: {"success":true,"output":"def fibonacci(n): ...",'
-    '"execution_id":"5f0c3c1e-8a63-4a4b-9d83-4f0d7b0b6a1e",'
-    '"tokens_used":150,"input_tokens":100,"output_tokens":50,"cost":0.0005,"execution_time":1.2,'
-    '"platform_used":"openai","model_used":"gpt-4o-mini","metadata":{}}\n\n'
-)
-
-SSE_STREAM_EXAMPLE = OpenApiExample(
-    "Event stream",
-    value=SSE_EXAMPLE,
-    media_type="text/event-stream",
-    response_only=True,
-    status_codes=["200"],
-)
-
 EXECUTE_DESCRIPTION = (
     "Run the agent (the seed contract). 200: the run completed. 502: it failed after all retries and "
     "fallbacks, or found no platform, or was cancelled meanwhile (504 when it timed out), with the same "
     "body, "
     "`success: false` and `error.code`. `background: true` answers 202 with links. "
     "An `Idempotency-Key` header makes a retried request return the first run instead of starting "
-    "another.\n\n" + SSE_DESCRIPTION
+    "another; the same key with a different request is a 422 `idempotency_key_reused`.\n\n" + SSE_DESCRIPTION
 )
 
 EXECUTE_REQUEST_EXAMPLES = [
@@ -228,3 +212,24 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 AGENT_ID_PARAMETER = OpenApiParameter(
     "id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The agent's slug (agent_id) or its UUID."
 )
+
+
+def postprocess(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Postprocessing hook: adds the SafeJSON component (apps/agents/api/fields.py), and writes nullable
+    fields as `anyOf`. In OpenAPI 3.1, drf-spectacular writes a nullable field as `oneOf: [X, {type: null}]`;
+    when X admits null too (a JSONField: `{}`), `null` matches both branches and `oneOf` fails it."""
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            branches = node.get("oneOf")
+            if isinstance(branches, list) and {"type": "null"} in branches:
+                node["anyOf"] = node.pop("oneOf")
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(result)
+    result.setdefault("components", {}).setdefault("schemas", {})["SafeJSON"] = SAFE_JSON_SCHEMA
+    return result

@@ -17,6 +17,8 @@ from django.db import models
 from rest_framework import serializers
 
 from apps.agents.api.fields import (
+    SAFE_JSON_REF,
+    SAFE_KEYS,
     SafeJSONField,
     SafeJSONObjectField,
     StrictBooleanField,
@@ -32,6 +34,7 @@ from apps.agents.models import (
     MessageRole,
 )
 from apps.agents.schema_policy import check_schema_setting
+from apps.agents.services.agents import EDITABLE_FIELDS
 
 
 class StrictSerializer(serializers.Serializer):
@@ -106,26 +109,7 @@ class AgentInputSerializer(StrictSerializer, serializers.ModelSerializer):
 
     class Meta:
         model = Agent
-        fields = (
-            "name",
-            "agent_id",
-            "description",
-            "agent_type",
-            "system_prompt",
-            "capabilities",
-            "preferred_platform",
-            "model",
-            "temperature",
-            "max_tokens",
-            "output_schema",
-            "tools",
-            "is_shared",
-            "is_active",
-            "timeout_seconds",
-            "max_retries",
-            "history_window",
-            "max_tool_calls",
-        )
+        fields = EDITABLE_FIELDS
         extra_kwargs = {
             "system_prompt": {"trim_whitespace": False},
             "agent_id": {"help_text": "Slug. The built-in catalog's slugs are reserved (400)."},
@@ -238,7 +222,12 @@ class ExecutionInputDataSerializer(serializers.Serializer):
         required=False, validators=[NOT_BLANK], help_text="Alternative to `task` for conversational agents."
     )
     # The schema's way of saying "task or message" (apps/agents/api/schema.py merges this in).
-    schema_overrides = {"anyOf": [{"required": ["task"]}, {"required": ["message"]}]}
+    schema_overrides = {
+        "anyOf": [{"required": ["task"]}, {"required": ["message"]}],
+        # Any other key is extra context for the prompt: JSON that json_problems() accepts.
+        "propertyNames": SAFE_KEYS,
+        "additionalProperties": SAFE_JSON_REF,
+    }
     output_format = StrictCharField(
         required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
     )

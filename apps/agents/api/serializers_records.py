@@ -158,7 +158,7 @@ class ConversationListOutputSerializer(serializers.ModelSerializer):
         fields = ("id", "agent", "title", "summary", "message_count", "created_at", "updated_at")
         read_only_fields = fields
 
-    @extend_schema_field({"type": "string", "nullable": True, "description": "The agent's slug."})
+    @extend_schema_field({"type": ["string", "null"], "description": "The agent's slug."})
     def get_agent(self, conversation: Conversation) -> str | None:
         return conversation.agent.agent_id if conversation.agent_id else None
 

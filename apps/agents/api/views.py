@@ -7,25 +7,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
-from django.db import connection
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny, IsAuthenticated
-from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.agents.api import runs
+from apps.agents.api.base import AgentPagination, ApiMixin, Pagination
 from apps.agents.api.deferred import AsyncActionsMixin, DeferredResponse
-from apps.agents.api.parsers import BoundedJSONParser
 from apps.agents.api.permissions import AgentWriteOwnerOrStaff
-from apps.agents.api.renderers import SafeJSONRenderer
 from apps.agents.api.schema import (
     AGENT_ID_PARAMETER,
     ERROR_ENVELOPE_EXAMPLE,
@@ -35,10 +30,9 @@ from apps.agents.api.schema import (
     EXECUTE_SUCCESS_EXAMPLE,
     IDEMPOTENCY_KEY,
     SSE_DESCRIPTION,
-    SSE_STREAM_EXAMPLE,
-    ApiAutoSchema,
     error_response,
 )
+from apps.agents.api.schema_events import run_events_response
 from apps.agents.api.serializers import (
     AgentExecutionInputSerializer,
     AgentExecutionOutputSerializer,
@@ -59,8 +53,8 @@ from apps.agents.api.serializers_records import (
     ExecutionListOutputSerializer,
     HealthOutputSerializer,
 )
-from apps.agents.api.sse import EVENT_STREAM, wants_event_stream
-from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle, UserRateThrottle
+from apps.agents.api.sse import EVENT_STREAM
+from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle
 from apps.agents.errors import ApplicationError
 from apps.agents.models import SLUG_VALIDATOR, Agent, AgentExecution, Conversation
 from apps.agents.selectors import (
@@ -75,62 +69,10 @@ from apps.agents.selectors import (
 from apps.agents.services import agents as agent_services
 from apps.agents.services import conversations as conversation_services
 from apps.agents.services.auth import token_obtain
+from apps.agents.services.health import health_check
 from apps.agents.services.stats import agent_stats
-from apps.platforms.registry import get_registry
 
 logger = logging.getLogger(__name__)
-
-
-class ApiMixin:
-    """What every endpoint shares: token + session auth (settings), login required, the per-user rate limit,
-    the schema that documents the error envelope."""
-
-    permission_classes = [IsAuthenticated]
-    throttle_classes = [UserRateThrottle]
-    # JSON only: the bodies are nested objects, which form encodings cannot express (anything else: 415).
-    parser_classes = [BoundedJSONParser]
-    renderer_classes = [SafeJSONRenderer, BrowsableAPIRenderer]
-    schema = ApiAutoSchema()
-    #: Actions that may answer text/event-stream.
-    event_stream_actions: frozenset[str] = frozenset()
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        # A client asking for an event stream gets one from these actions, which build the stream themselves;
-        # anything else it is sent (an error before the stream starts) is JSON, which an SSE client can read.
-        if getattr(self, "action", None) in self.event_stream_actions and wants_event_stream(request):
-            renderer = self.get_renderers()[0]
-            return renderer, renderer.media_type
-        return super().perform_content_negotiation(request, force)  # type: ignore[misc]
-
-
-class Pagination(CursorPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    ordering = "-created_at"
-
-    def get_page_size(self, request: Request) -> int:
-        # DRF silently falls back to the default for page_size=abc; a client should learn it asked wrongly.
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
-            raise ApplicationError(
-                f"page_size must be an integer from 1 to {self.max_page_size}.",
-                fields={"page_size": ["Invalid page size."]},
-            )
-        return int(raw)
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
-        return parameters
-
-
-class AgentPagination(Pagination):
-    ordering = ("name", "id")
 
 
 # -------------------------------------------------------------------------------- auth, health
@@ -168,39 +110,8 @@ class HealthView(ApiMixin, APIView):
         auth=[],
     )
     def get(self, request: Request) -> Response:
-        database = _check_database()
-        broker = _check_broker() if settings.CELERY_BROKER_URL else None
-        healthy = database["ok"] and (broker is None or broker["ok"])
-        body = {
-            "status": "ok" if healthy else "degraded",
-            "database": database,
-            "broker": broker,
-            # Names only: the registry knows keys and URLs, none of which belongs in a public answer.
-            "platforms": get_registry().names(),
-        }
-        return Response(HealthOutputSerializer(body).data, status=200 if healthy else 503)
-
-
-def _check_database() -> dict[str, Any]:
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return {"ok": True}
-    except Exception as exc:
-        logger.warning("health: database check failed: %s", type(exc).__name__)
-        return {"ok": False, "detail": "database unreachable"}
-
-
-def _check_broker() -> dict[str, Any]:
-    from kombu import Connection
-
-    try:
-        with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as broker:
-            broker.ensure_connection(max_retries=1, timeout=2)
-        return {"ok": True}
-    except Exception as exc:
-        logger.warning("health: broker check failed: %s", type(exc).__name__)
-        return {"ok": False, "detail": "broker unreachable"}
+        health = health_check()
+        return Response(HealthOutputSerializer(health.as_dict()).data, status=200 if health.healthy else 503)
 
 
 # -------------------------------------------------------------------------------- agents
@@ -291,14 +202,14 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         ],
         responses={
             (200, "application/json"): AgentExecutionOutputSerializer,
-            (200, EVENT_STREAM): OpenApiResponse(
-                response={"type": "string"},
-                description="Server-sent events (see the table above).",
-                examples=[SSE_STREAM_EXAMPLE],
-            ),
+            (200, EVENT_STREAM): run_events_response("Server-sent events (see the table above)."),
             202: ExecutionAcceptedSerializer,
             409: error_response(
-                "The agent is inactive, or the Idempotency-Key was used for another request."
+                "The agent is inactive (`agent_inactive`), or the conversation has a run in progress "
+                "(`conversation_busy`)."
+            ),
+            422: error_response(
+                "`idempotency_key_reused`: the Idempotency-Key was used with a different request."
             ),
             502: AgentExecutionOutputSerializer,
             503: error_response("Background runs are not available on this server."),
@@ -397,9 +308,7 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
                 description="Same as Last-Event-ID, for clients that cannot set headers.",
             ),
         ],
-        responses={
-            (200, EVENT_STREAM): OpenApiResponse(response={"type": "string"}, description="Event stream.")
-        },
+        responses={(200, EVENT_STREAM): run_events_response("The run's events, ending with its outcome.")},
     )
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str) -> DeferredResponse:
@@ -409,11 +318,24 @@ class ExecutionViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
 
 
 def _last_event_id(request: Request) -> int:
-    raw = (request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0").strip()
-    if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
-        raise ApplicationError(
-            "Last-Event-ID must be a non-negative integer.", fields={"Last-Event-ID": ["Not an integer."]}
+    """Last-Event-ID (header), else `after` (query), else 0. Each one sent must be the integer the schema
+    says, even when the other wins: present but empty is not "from the start" (a browser's EventSource never
+    sends an empty one)."""
+    sent = [
+        (name, value)
+        for name, value in (
+            ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+            ("after", request.query_params.get("after")),
         )
+        if value is not None
+    ]
+    ids = [_event_id(name, value.strip()) for name, value in sent]
+    return ids[0] if ids else 0
+
+
+def _event_id(name: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
+        raise ApplicationError(f"{name} must be a non-negative integer.", fields={name: ["Not an integer."]})
     return int(raw)
 
 

@@ -44,6 +44,7 @@ from apps.agents.engine.events import (
 from apps.agents.engine.request_options import request_extras
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import Emit, HookVeto, RunFailure, RunScope, RunState
+from apps.agents.engine.run_stream import RunStream
 from apps.agents.engine.spend import SpendGuard, SpendRefused, attempt_spec, settle_shielded
 from apps.agents.engine.streaming import stream_completion
 from apps.agents.engine.tools import ToolRegistry, tool_registry
@@ -67,8 +68,6 @@ PostHook = Callable[
 # Keys of input_data that are not extra context for the prompt.
 PROMPT_KEYS = ("task", "message", "prompt")
 RESERVED_KEYS = (*PROMPT_KEYS, "output_format")
-
-_END = object()
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -145,26 +144,23 @@ class BaseAgent:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Yield events as the run produces them, ending with ExecutionCompleted or ExecutionFailed.
 
-        The run executes in its own task: its deadline (asyncio.timeout) must not span this generator's
-        yields, where the consumer's code runs. Closing the generator or cancelling its consumer cancels
-        that task, which closes the upstream request before this returns.
+        The run executes in its own task (a RunStream's): its deadline (asyncio.timeout) must not span this
+        generator's yields, where the consumer's code runs. Closing the generator or cancelling its consumer
+        cancels that task, which closes the upstream request before this returns.
         """
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(self.run(input_data, context, run=run, emit=queue.put))
-        task.add_done_callback(lambda _: queue.put_nowait(_END))
+
+        async def source(stream: RunStream) -> AgentResult:
+            result = await self.run(input_data, context, run=run, emit=stream.emit)
+            failed = not result.success and result.error is not None
+            stream.push(ExecutionFailed(result.error, result) if failed else ExecutionCompleted(result))  # type: ignore[arg-type]
+            return result
+
+        stream = RunStream.start(source)
         try:
-            while (event := await queue.get()) is not _END:
-                yield event
-            result: AgentResult = task.result()
-            if result.success:
-                yield ExecutionCompleted(result)
-            else:
-                assert result.error is not None
-                yield ExecutionFailed(result.error, result)
+            while (item := await stream.read()) is not None:
+                yield item.event  # type: ignore[union-attr]
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait([task])
+            await stream.aclose()
 
     async def prepare_prompt(self, input_data: Mapping[str, Any], context: AgentContext) -> str:
         """The user message of this run: the task, then any other input fields as labelled context."""

@@ -13,8 +13,10 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.conf import settings
+from django.http import HttpResponseBase
 
+from apps.agents.api.sse import event_stream_response
 from apps.agents.engine.events import (
     ExecutionCancelled,
     ExecutionCompleted,
@@ -22,8 +24,9 @@ from apps.agents.engine.events import (
     ExecutionFailed,
     OutputDelta,
 )
+from apps.agents.engine.run_stream import PING, RunStream
 from apps.agents.openai_compat.responses_render import EventFactory, ResponseEcho
-from apps.agents.openai_compat.streaming import _END, _TIMEOUT, PING, EventReader, ping_seconds
+from apps.agents.openai_compat.streaming import PING_FRAME, next_event
 
 logger = logging.getLogger(__name__)
 
@@ -37,37 +40,33 @@ def _all(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[bytes]:
     return (sse_event(kind, data) for kind, data in events)
 
 
-async def stream_response(events: AsyncIterator[Any], echo: ResponseEcho) -> HttpResponseBase:
-    """Start the run (bad input raises ApplicationError from the first read, before any row exists), then
-    answer with the event stream."""
-    reader = EventReader(events)
+async def stream_response(stream: RunStream, echo: ResponseEcho) -> HttpResponseBase:
+    """Answer with the typed `response.*` events of the run behind `stream` (a renderer over the run stream,
+    like the chat chunks). The response owns `stream`: it is closed when the response ends or the client
+    leaves."""
     try:
-        created = await reader.next()
+        created = await next_event(stream)
         if not isinstance(created, ExecutionCreated):
             raise RuntimeError(f"the engine's stream began with {created!r}")
     except BaseException:
-        await reader.aclose()
+        await stream.aclose()
         raise
     factory = EventFactory(execution_id=created.execution_id, echo=echo)
-    response = StreamingHttpResponse(_body(reader, factory), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    response["X-Execution-Id"] = created.execution_id
-    reader.close_when_done(asyncio.current_task())
-    return response
+    stream.close_when_done(asyncio.current_task())
+    return event_stream_response(_body(stream, factory), headers={"X-Execution-Id": created.execution_id})
 
 
-async def _body(reader: EventReader, factory: EventFactory) -> AsyncIterator[bytes]:
-    interval = ping_seconds()
+async def _body(stream: RunStream, factory: EventFactory) -> AsyncIterator[bytes]:
+    interval = float(settings.SSE_PING_SECONDS)
     sent_text = False
     try:
         for chunk in _all(factory.start()):
             yield chunk
         while True:
-            event = await reader.next(interval)
-            if event is _TIMEOUT:
-                yield PING
-            elif event is _END:
+            event = await next_event(stream, interval)
+            if event is PING:
+                yield PING_FRAME
+            elif event is None:
                 raise RuntimeError("the engine's stream ended without a terminal event")
             elif isinstance(event, OutputDelta):
                 if event.text:
@@ -77,16 +76,14 @@ async def _body(reader: EventReader, factory: EventFactory) -> AsyncIterator[byt
             elif isinstance(event, ExecutionCompleted):
                 for chunk in _all(factory.complete(event.result, sent_text)):
                     yield chunk
-                await reader.finish()
                 return
             elif isinstance(event, ExecutionFailed | ExecutionCancelled):
                 for chunk in _all(factory.failed(event.result)):
                     yield chunk
-                await reader.finish()
                 return
     except Exception:
         logger.exception("response stream failed")
         for chunk in _all(factory.failed(None)):
             yield chunk
     finally:
-        await reader.aclose()
+        await stream.aclose()

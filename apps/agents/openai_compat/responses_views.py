@@ -109,8 +109,8 @@ async def responses(request: HttpRequest) -> HttpResponseBase:
     run = {"options": chat.options()}
     try:
         if body.stream:
-            events = engine.execute_streaming(agent, chat.input_data(), admission.user, context, **run)
-            return await stream_response(events, echo)
+            stream = await engine.open_stream(agent, chat.input_data(), admission.user, context, **run)
+            return await stream_response(stream, echo)
         result = await engine.execute_agent(agent, chat.input_data(), admission.user, context, **run)
     except ApplicationError as exc:
         if created_conversation is not None:

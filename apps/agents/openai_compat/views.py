@@ -143,8 +143,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     run = {"options": chat.options()}
     try:
         if chat.stream:
-            events = engine.execute_streaming(agent, chat.input_data(), admission.user, chat.context(), **run)
-            return await stream_chat(events, chat)
+            stream = await engine.open_stream(agent, chat.input_data(), admission.user, chat.context(), **run)
+            return await stream_chat(stream, chat)
         result = await engine.execute_agent(agent, chat.input_data(), admission.user, chat.context(), **run)
     except ApplicationError as exc:
         field = next(iter(exc.fields), None) if exc.fields else None

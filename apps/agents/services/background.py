@@ -13,7 +13,7 @@ so a dead worker's run ends `worker_lost` (reaper) rather than being billed twic
 
 Cancel: the engine's `cancel` flags the row (the worker's watcher notices within a second) or stops a run of
 this process at once; `notify_cancel` adds a Redis pub/sub notice so the worker holding the run stops it at
-once too (tasks.py listens), and tells event readers when a queued run was cancelled before it started.
+once too (cancel_listener.py listens), and tells event readers when a queued run was cancelled before it started.
 """
 
 from __future__ import annotations

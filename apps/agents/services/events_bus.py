@@ -10,7 +10,7 @@ Two backends with one interface:
   refused by Redis itself (no duplicates even if two processes publish). The key expires EVENTS_TTL_SECONDS
   after the last event.
 - In-process (no Redis configured, the embedded `make run`): the same thing in a dict, for runs executed in
-  this very process.
+  this very process (events_memory.py).
 """
 
 from __future__ import annotations
@@ -20,21 +20,17 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.utils import timezone
 
-from apps.agents.engine.context import AgentError, AgentResult
-from apps.agents.engine.serialize import result_body
-from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode, ExecutionStatus
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionMode
 from apps.agents.services.db import afirst
+from apps.agents.services.execution_records import terminal_event_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -246,92 +242,6 @@ class RedisEventReader(EventReader):
             await self._client.aclose()
 
 
-# --------------------------------------------------------------------------- in-process
-
-
-@dataclass
-class _Stream:
-    events: list[BusEvent] = field(default_factory=list)
-    touched: float = field(default_factory=time.monotonic)
-    waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
-
-
-class InProcessEventBus(EventBus):
-    """For runs executed in this process (no Redis). Publishers and readers may live on different event
-    loops (the in-process runner has its own thread), so waiters are woken with call_soon_threadsafe."""
-
-    MAX_STREAMS = 10_000
-
-    def __init__(self, *, ttl_seconds: int) -> None:
-        self.ttl = ttl_seconds
-        self._lock = threading.Lock()
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
-
-    def _evict(self, now: float) -> None:
-        while self._streams:
-            oldest_id, oldest = next(iter(self._streams.items()))
-            if len(self._streams) <= self.MAX_STREAMS and now - oldest.touched < self.ttl:
-                break
-            del self._streams[oldest_id]
-
-    def publish_sync(self, execution_id: str, event: BusEvent) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            stream = self._streams.pop(execution_id, None) or _Stream()
-            self._streams[execution_id] = stream  # most recently touched last, for eviction
-            if stream.events and event.seq <= stream.events[-1].seq:
-                return False
-            stream.events.append(event)
-            stream.touched = now
-            waiters = list(stream.waiters)
-            self._evict(now)
-        for loop, ready in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: its reader is gone
-                loop.call_soon_threadsafe(ready.set)
-        return True
-
-    async def publish(self, execution_id: str, event: BusEvent) -> bool:
-        return self.publish_sync(execution_id, event)
-
-    def last_seq_sync(self, execution_id: str) -> int:
-        with self._lock:
-            stream = self._streams.get(execution_id)
-            return stream.events[-1].seq if stream and stream.events else -1
-
-    def _after(self, execution_id: str, after_seq: int) -> list[BusEvent]:
-        with self._lock:
-            stream = self._streams.get(execution_id)
-            return [e for e in stream.events if e.seq > after_seq] if stream else []
-
-    async def _wait(self, execution_id: str, after_seq: int, wait: float) -> list[BusEvent]:
-        events = self._after(execution_id, after_seq)
-        if events or wait <= 0:
-            return events
-        waiter = (asyncio.get_running_loop(), asyncio.Event())
-        with self._lock:
-            stream = self._streams.setdefault(execution_id, _Stream())
-            stream.waiters.add(waiter)
-        try:
-            events = self._after(execution_id, after_seq)  # published between the check and registering
-            if not events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter[1].wait(), wait)
-                events = self._after(execution_id, after_seq)
-        finally:
-            with self._lock:
-                stream.waiters.discard(waiter)
-        return events
-
-    def reader(self, execution_id: str) -> EventReader:
-        bus = self
-
-        class _Reader(EventReader):
-            async def read(self, after_seq: int, wait: float) -> list[BusEvent]:
-                return await bus._wait(execution_id, after_seq, wait)
-
-        return _Reader()
-
-
 # --------------------------------------------------------------------------- the row as the last word
 
 # How long after a background row ended its terminal event may still be on its way (the publish follows
@@ -341,36 +251,12 @@ _MISSING = BusEvent(-1, "missing", {})
 
 
 def terminal_event_for(execution: AgentExecution, seq: int) -> BusEvent:
-    """The terminal event a finished row stands for."""
-    if execution.status == ExecutionStatus.COMPLETED:
-        return BusEvent(seq, "execution.completed", result_body(result_from_row(execution)))
-    if execution.status == ExecutionStatus.CANCELLED:
-        return BusEvent(seq, "execution.cancelled", {})
-    error = AgentError(execution.error_code or "provider_error", execution.error_message)  # type: ignore[arg-type]
-    return BusEvent(seq, "execution.failed", {"error": error.to_dict()})
+    """The terminal event a finished row stands for, as event `seq`."""
+    event = terminal_event_from_row(execution)
+    return BusEvent(seq, event.name, event.data())
 
 
-def result_from_row(execution: AgentExecution) -> AgentResult:
-    """The AgentResult a finished row records (for responses rebuilt later: idempotent replays, events)."""
-    error = None
-    if execution.status != ExecutionStatus.COMPLETED and execution.error_code:
-        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
-    return AgentResult(
-        success=execution.status == ExecutionStatus.COMPLETED,
-        output=execution.output,
-        input_tokens=execution.input_tokens,
-        output_tokens=execution.output_tokens,
-        cost=execution.cost,
-        execution_time=execution.execution_time or 0.0,
-        platform_used=execution.platform_used or None,
-        model_used=execution.model_used or None,
-        error=error,
-        metadata=dict(execution.metadata or {}),
-        execution_id=str(execution.pk),
-    )
-
-
-async def terminal_event_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
+async def outcome_from_row(execution_id: str, *, next_seq: int) -> BusEvent | None:
     """The outcome from the database when the bus has none; None while the run is live (or just ended)."""
     execution = await afirst(AgentExecution.objects.filter(pk=execution_id))  # polled: a unit of its own
     if execution is None:
@@ -411,6 +297,8 @@ def get_bus() -> EventBus:
                 if url:
                     bus = RedisEventBus(url, prefix=key[1], ttl_seconds=key[2])
                 else:
+                    from apps.agents.services.events_memory import InProcessEventBus
+
                     bus = InProcessEventBus(ttl_seconds=key[2])
                 _buses[key] = bus
     return bus
@@ -439,7 +327,7 @@ async def subscribe(
             if events:
                 wait = 0.0 if len(events) >= 500 else poll_seconds
                 continue
-            fallback = await terminal_event_from_row(execution_id, next_seq=max(last, 0) + 1)
+            fallback = await outcome_from_row(execution_id, next_seq=max(last, 0) + 1)
             if fallback is not None:
                 # The row ended a while ago and its terminal event never came; re-read once to close the
                 # race with a publish that landed just now.

@@ -2,7 +2,8 @@
 
     prepare (validate the input, load the conversation; a 4xx writes nothing)   -> execution_prepare.py
       -> create the row (sync / stream: inserted already `running`; background: `pending`)
-      -> the engine runs in a child task, a watcher task beside it (heartbeat, cancel requests)
+      -> the run stream: the engine runs in the stream's task, a watcher task beside it (heartbeat, cancel
+         requests); every client reads the stream's one queue                        -> run_stream.py
       -> one final conditional UPDATE through the StateManager (completed / failed / cancelled), also when
          the caller goes away (CancelledError, a closed stream); shielded  -> execution_records.py
 
@@ -15,58 +16,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import logging
+import sys
+import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from apps.agents.engine import AGENT_CLASSES, AgentConfig, AgentResult, BaseAgent, RunState, TaskAgent
-from apps.agents.engine.context import current_execution_id
+from apps.agents.engine import AGENT_CLASSES, AgentConfig, AgentResult, BaseAgent, TaskAgent
 from apps.agents.engine.cooldown import Cooldowns
-from apps.agents.engine.events import (
-    ExecutionCreated,
-    StreamEvent,
-)
+from apps.agents.engine.events import StreamEvent
 from apps.agents.engine.request_options import RequestOptions
 from apps.agents.engine.retry import RetryPolicy
 from apps.agents.engine.tools import ToolRegistry
 from apps.agents.errors import ApplicationError, IllegalTransition
-from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, Conversation, ExecutionMode
+from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
 from apps.agents.services.budgets import guard_for, precheck
+from apps.agents.services.conversation_lock import arelease_conversation
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
-from apps.agents.services.execution_records import (
-    record_outcome,
-    result_from_row,
-    shielded,
-    status_body,
-    terminal_event,
-)
-from apps.agents.services.idempotency import aadmit_execution, replayed_events, replayed_result
+from apps.agents.services.execution_records import result_from_row, status_body
+from apps.agents.services.idempotency import aadmit_execution, replayed_result
+from apps.agents.services.run_stream import Publish, RunStream, relay, replay_from_row, start_run
 from apps.agents.services.state_manager import StateManager, state_manager
 from apps.agents.services.tools import tools_for_run
 from apps.platforms import registry as platform_registry
 
-logger = logging.getLogger(__name__)
-
-Publish = Callable[[int, StreamEvent], Awaitable[None]]
-_END = object()
-
-__all__ = ["ExecutionEngine", "PreparedRun", "agent_config", "execution_engine"]
+__all__ = ["ExecutionEngine", "PreparedRun", "RunStream", "agent_config", "execution_engine"]
 
 
-class _Control:
-    """Why the run was stopped from outside (None: it was not)."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
+class Admission(TypedDict, total=False):
+    idempotency_key: str | None
+    request_hash: str
+    # Per-request options of the /v1 facade (sampling, client tools, a response schema).
+    options: RequestOptions | None
 
 
 class ExecutionEngine:
@@ -116,107 +102,70 @@ class ExecutionEngine:
         return await prepare_run(agent, input_data, user, context, **kwargs)
 
     async def create_execution(
-        self,
-        prepared: PreparedRun,
-        *,
-        mode: str,
-        running: bool,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, prepared: PreparedRun, *, mode: str, running: bool, **admission: Unpack[Admission]
     ) -> AgentExecution:
         """The one place a row is created: idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
         # A budget already exhausted (or at its concurrency limit) refuses the request before any row exists.
         precheck(prepared.budgets, prepared.budget_windows)
-        admission = await aadmit_execution(
-            **prepared.create_kwargs(mode=mode, running=running),
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
-        admission.execution.replayed = not admission.created
-        return admission.execution
+        admitted = await aadmit_execution(**prepared.create_kwargs(mode=mode, running=running), **admission)
+        admitted.execution.replayed = not admitted.created
+        return admitted.execution
 
-    # ------------------------------------------------------------------ the contract (TEAM.md)
-    async def execute_agent(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
-        options: RequestOptions | None = None,
-    ) -> AgentResult:
-        """Run to the end. Provider failures give success=False and `error` (never raise); bad input raises
-        ApplicationError before any row is written."""
+    async def _admit(
+        self, agent: Agent, input_data: Any, user: Any, context: Any, mode: str, admission: Admission
+    ) -> tuple[PreparedRun, AgentExecution]:
+        options = admission.pop("options", None)
         prepared = await self.prepare(agent, input_data, user, context, options=options)
-        execution = await self.create_execution(
-            prepared,
-            mode=ExecutionMode.SYNC,
-            running=True,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        running = mode != ExecutionMode.BACKGROUND  # sync and stream rows are inserted already running
+        return prepared, await self.create_execution(prepared, mode=mode, running=running, **admission)
+
+    # ------------------------------------------------------------------ the seed's contract
+    # Each takes the seed's (agent, input_data, user, context) and, from the API, the Idempotency-Key and the
+    # request's hash (Admission). Bad input raises ApplicationError before any row is written.
+    async def execute_agent(
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
+    ) -> AgentResult:
+        """Run to the end. Provider failures give success=False and `error` (never raise)."""
+        prepared, execution = await self._admit(agent, input_data, user, context, ExecutionMode.SYNC, keys)
         if execution.replayed:
             return await replayed_result(execution)
-        terminal: Any = None
-        async for terminal in self._events(prepared, execution, stream=False):  # noqa: B007 - the last one
-            pass
-        return terminal.result
+        return await (await self._start(prepared, execution, streamed=False)).result()
 
     async def execute_streaming(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
-        options: RequestOptions | None = None,
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> AsyncIterator[StreamEvent]:
         """ExecutionCreated, then deltas / tool events / fallbacks, then Completed | Failed | Cancelled.
 
-        Bad input raises ApplicationError from the first __anext__(), before any row exists: await the first
-        event before committing to a 200. Closing the iterator early (aclose, or cancelling its consumer)
-        cancels the run, closes the upstream request and records the row as cancelled with what it got.
+        Bad input raises from the first __anext__(), before any row exists: await the first event before
+        committing to a 200. Closing the iterator early (aclose, or cancelling its consumer) cancels the run,
+        closes the upstream request and records the row as cancelled with what it got.
         """
-        prepared = await self.prepare(agent, input_data, user, context, options=options)
-        execution = await self.create_execution(
-            prepared,
-            mode=ExecutionMode.STREAM,
-            running=True,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        stream = await self.open_stream(agent, input_data, user, context, **keys)
+        try:
+            while (item := await stream.read()) is not None:
+                yield item.event  # type: ignore[union-attr]
+        finally:
+            await stream.aclose()
+
+    async def open_stream(
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
+    ) -> RunStream:
+        """Create the row and start the run; its RunStream is what every streaming client renders
+        (apps/agents/services/run_stream.py). The caller must `aclose()` it: closed before its end, it
+        cancels the run."""
+        prepared, execution = await self._admit(agent, input_data, user, context, ExecutionMode.STREAM, keys)
         if execution.replayed:
-            async for event in replayed_events(execution):
-                yield event
-            return
-        async for event in self._events(prepared, execution, stream=True):
-            yield event
+            return replay_from_row(execution)
+        return await self._start(prepared, execution, streamed=True)
 
     async def create_pending(
-        self,
-        agent: Agent,
-        input_data: Any,
-        user: Any = None,
-        context: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str = "",
+        self, agent: Agent, input_data: Any, user: Any = None, context: Any = None, **keys: Unpack[Admission]
     ) -> AgentExecution:
         """A validated `pending` row for a background run (run_execution runs it)."""
-        prepared = await self.prepare(agent, input_data, user, context)
-        return await self.create_execution(
-            prepared,
-            mode=ExecutionMode.BACKGROUND,
-            running=False,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        _, execution = await self._admit(agent, input_data, user, context, ExecutionMode.BACKGROUND, keys)
+        return execution
 
     async def run_execution(self, execution_id: Any, *, publish: Publish | None = None) -> AgentResult:
         """Run a pending row: start -> run -> terminal, awaiting `publish(seq, event)` for every event
@@ -251,18 +200,13 @@ class ExecutionEngine:
             execution = await self.state.astart_execution(execution)
         except IllegalTransition:  # cancelled (or reaped) between the read and the start
             return result_from_row(await self.state.aget_execution(execution.pk) or execution)
-        seq = 0
-        event: Any = None
-        async for event in self._events(prepared, execution, stream=True):
-            seq += 1
+        stream = await self._start(prepared, execution, streamed=True)
+        try:
             if publish is not None:
-                try:
-                    await publish(seq, event)
-                except Exception:  # the row is the record; a lost event must not stop the run
-                    logger.exception(
-                        "publishing event %d failed", seq, extra={"execution_id": str(execution.pk)}
-                    )
-        return event.result
+                await relay(stream, publish)
+            return await stream.result()
+        finally:
+            await stream.aclose()
 
     async def get_execution_status(self, execution_id: Any) -> dict[str, Any]:
         execution = await self.state.aget_execution(execution_id)
@@ -286,9 +230,7 @@ class ExecutionEngine:
                 pass  # it started meanwhile: flag it like a running one
             else:
                 if execution.conversation_id is not None:
-                    await Conversation.objects.filter(
-                        pk=execution.conversation_id, active_execution_id=execution.pk
-                    ).aupdate(active_execution=None)
+                    await arelease_conversation(execution.conversation_id, execution.pk)
                 await anotify_cancel(execution.pk)  # readers of its events learn it ended
                 return True
         flagged = await sync_to_async(self.state.request_cancel)(execution)
@@ -304,116 +246,65 @@ class ExecutionEngine:
         return stop_now is not None
 
     # ------------------------------------------------------------------ one run
-    async def _events(
-        self, prepared: PreparedRun, execution: AgentExecution, *, stream: bool
-    ) -> AsyncIterator[Any]:
-        """Run the agent for `execution`, yielding ExecutionCreated, the run's events, and a terminal event
-        that carries the recorded result (execution_id set)."""
-        execution_id = str(execution.pk)
-        prepared.context.execution_id = execution_id
-        # The run's tasks get their own context, so every log line they write carries the execution id.
-        context = contextvars.copy_context()
-        context.run(current_execution_id.set, execution_id)
-        run = RunState()
+    async def _start(self, prepared: PreparedRun, execution: AgentExecution, *, streamed: bool) -> RunStream:
         # MCP tools need their servers' schemas (cached per session); a server that is down still gives
         # its tools, whose calls tell the model why they failed.
         agent = self.build_agent(prepared.config, tools=await tools_for_run(prepared.config.tools))
-        guard = guard_for(execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry)
-        agent.spend_guard = guard
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        emit = queue.put if stream else None
-        run_task = asyncio.create_task(
-            agent.run(prepared.input_data, prepared.context, run=run, emit=emit), context=context
+        agent.spend_guard = guard_for(
+            execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry
         )
-        run_task.add_done_callback(lambda _: queue.put_nowait(_END))
-        control = _Control()
-        watcher = asyncio.create_task(self._watch(execution, run_task, control), context=context)
-        loop = asyncio.get_running_loop()
-        self._local[execution_id] = lambda: loop.call_soon_threadsafe(
-            self._stop, run_task, control, "cancelled by request"
+        stream = start_run(
+            agent=agent,
+            prepared=prepared,
+            execution=execution,
+            state=self.state,
+            streamed=streamed,
         )
-        try:
-            yield ExecutionCreated(execution_id, prepared.agent.agent_id)
-            while (event := await queue.get()) is not _END:
-                yield event
-        except BaseException:
-            # The caller went away (CancelledError, or GeneratorExit from aclose()): stop the run, which
-            # closes the upstream request, and record what it got. The write is shielded; the exception
-            # goes on.
-            if not run_task.done():
-                run_task.cancel()
-                await asyncio.wait([run_task])
-            if run_task.cancelled() or run_task.exception() is not None:
-                result, target = (
-                    run.partial_result("cancelled_by_user", "cancelled: the caller went away"),
-                    Status.CANCELLED,
-                )
-            else:  # it had finished; only its terminal event was not delivered
-                result = run_task.result()
-                target = Status.COMPLETED if result.success else Status.FAILED
-            await shielded(record_outcome(self.state, prepared, execution, result, target, run))
-            raise
-        finally:
-            watcher.cancel()
-            self._local.pop(execution_id, None)
-            if guard is not None:  # the run is over: its concurrency slot is free
-                await shielded(guard.close())
-        if run_task.cancelled():
-            result = run.partial_result("cancelled_by_user", control.reason or "cancelled")
-            recorded = await shielded(
-                record_outcome(self.state, prepared, execution, result, Status.CANCELLED, run)
-            )
-            yield terminal_event(recorded)  # what the row says (the reaper may have ended it first)
-            return
-        error = run_task.exception()
-        if error is not None:
-            logger.error("engine error", exc_info=error, extra={"execution_id": execution_id})
-            # The exception's text stays in the log above: it can hold paths, SQL, anything.
-            result = run.partial_result(
-                "provider_error", f"internal error ({type(error).__name__}; details are in the server log)"
-            )
-        else:
-            result = run_task.result()
-        target = Status.COMPLETED if result.success else Status.FAILED
-        result = await shielded(record_outcome(self.state, prepared, execution, result, target, run))
-        yield terminal_event(result)  # the recorded outcome, not necessarily this run's own
-
-    @staticmethod
-    def _stop(run_task: asyncio.Task[Any], control: _Control, reason: str) -> None:
-        if not run_task.done():
-            control.reason = control.reason or reason
-            run_task.cancel()
-
-    async def _watch(self, execution: AgentExecution, run_task: asyncio.Task[Any], control: _Control) -> None:
-        """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; every EXECUTION_CANCEL_POLL_SECONDS (default 1), stop
-        the run when a cancel was requested (from any process) or the row was ended elsewhere (the reaper)."""
-        beat = max(0.05, float(settings.EXECUTION_HEARTBEAT_SECONDS))
-        poll = min(float(getattr(settings, "EXECUTION_CANCEL_POLL_SECONDS", 1.0)), beat)
+        execution_id = str(execution.pk)
         loop = asyncio.get_running_loop()
-        next_beat = loop.time() + beat
-        while not run_task.done():
-            await asyncio.sleep(poll)
-            try:
-                due = loop.time() >= next_beat
-                if due:
-                    next_beat = loop.time() + beat
-                # Its own unit of work: no connection is held between polls (services/db.py).
-                alive = await self.state.astill_wanted(execution, beat=due)
-            except Exception:  # a database hiccup must not kill the run; the reaper covers a dead process
-                logger.warning("heartbeat failed", exc_info=True, extra={"execution_id": str(execution.pk)})
-                continue
-            if not alive:
-                self._stop(run_task, control, "cancelled by request")
-                return
+        self._local[execution_id] = lambda: loop.call_soon_threadsafe(stream.cancel, "cancelled by request")
+        stream.when_done(lambda: self._local.pop(execution_id, None))
+        return stream
 
 
 execution_engine = ExecutionEngine()
 
-# `from apps.agents.services import execution_engine` binds this module (a package attribute), so the seed's
-# `execution_engine.execute_agent(...)` calls these (see apps/agents/services/__init__.py).
-execute_agent = execution_engine.execute_agent
-execute_streaming = execution_engine.execute_streaming
-run_execution = execution_engine.run_execution
-create_pending = execution_engine.create_pending
-get_execution_status = execution_engine.get_execution_status
-cancel = execution_engine.cancel
+#: The seed's module-level API. `from apps.agents.services import execution_engine` binds this module (a
+#: package binds its submodules as attributes), so `execution_engine.execute_agent(...)` is looked up here.
+SEED_API = (
+    "execute_agent",
+    "execute_streaming",
+    "open_stream",
+    "run_execution",
+    "create_pending",
+    "get_execution_status",
+    "cancel",
+)
+
+
+def _instance_attribute(name: str) -> property:
+    # Read, set and delete go to the instance: patching `module.execute_agent` (unittest.mock.patch,
+    # monkeypatch) patches what every caller of the instance runs too, and the other way round.
+    def set_(module: types.ModuleType, value: Any) -> None:
+        engine = module.execution_engine
+        if getattr(value, "__self__", None) is engine and getattr(value, "__func__", None) is getattr(
+            type(engine), name, None
+        ):
+            vars(engine).pop(name, None)  # an undo puts the method back: nothing left patched
+        else:
+            setattr(engine, name, value)
+
+    return property(
+        lambda module: getattr(module.execution_engine, name),
+        set_,
+        lambda module: delattr(module.execution_engine, name),
+    )
+
+
+class _EngineModule(types.ModuleType):
+    """This module, with the seed's functions as live views of the `execution_engine` instance."""
+
+
+for _name in SEED_API:
+    setattr(_EngineModule, _name, _instance_attribute(_name))
+sys.modules[__name__].__class__ = _EngineModule

@@ -15,9 +15,10 @@ from django.utils import timezone
 from apps.agents import metrics
 from apps.agents.engine import AgentResult, RunState
 from apps.agents.engine.context import AgentError
-from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed
+from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed, StreamEvent
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
+from apps.agents.services.conversation_lock import arelease_conversation, release_conversation
 from apps.agents.services.db import db_unit
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.state_manager import StateManager
@@ -83,9 +84,7 @@ async def record_outcome(
             )
     if conversation is not None and (lost or target != ExecutionStatus.COMPLETED):
         # Free the conversation for the next run (a completed run does this inside its transaction).
-        await db_unit(
-            Conversation.objects.filter(pk=conversation.pk, active_execution_id=execution.pk).update
-        )(active_execution=None)
+        await arelease_conversation(conversation.pk, execution.pk)
     metrics.record_execution(execution)  # counts only if this write made the row terminal
     if lost:
         row = await states.aget_execution(execution.pk)
@@ -94,15 +93,6 @@ async def record_outcome(
     if execution.execution_time is not None:
         result.execution_time = execution.execution_time
     return result
-
-
-def terminal_event(result: AgentResult) -> ExecutionCompleted | ExecutionFailed | ExecutionCancelled:
-    """The terminal stream event for a recorded result (record_outcome's answer)."""
-    if result.success:
-        return ExecutionCompleted(result)
-    if result.error is not None and result.error.code == "cancelled_by_user":
-        return ExecutionCancelled(result)
-    return ExecutionFailed(result.error or AgentError("provider_error", "failed"), result)
 
 
 def _complete_conversation_run(
@@ -149,7 +139,7 @@ def _complete_conversation_run(
         if not current["title"] and transcript:
             updates["title"] = transcript[0].content[:80]
         locked.update(**updates)
-        locked.filter(active_execution_id=execution.pk).update(active_execution=None)
+        release_conversation(conversation.pk, execution.pk)
 
 
 async def shielded(write: Awaitable[AgentResult]) -> AgentResult:
@@ -163,12 +153,12 @@ async def shielded(write: Awaitable[AgentResult]) -> AgentResult:
 
 
 def result_from_row(execution: AgentExecution) -> AgentResult:
-    """The AgentResult a recorded execution stands for (a run that was not, or is no longer, ours to run)."""
+    """The AgentResult a recorded execution stands for: how a response is rebuilt later (an idempotent replay,
+    a late reader of its events, a row that was not, or is no longer, ours to run)."""
     error = None
-    if execution.error_code:
-        error = AgentError(execution.error_code, execution.error_message)  # type: ignore[arg-type]
-    elif execution.status != ExecutionStatus.COMPLETED:
-        error = AgentError("provider_error", f"execution is {execution.status}")
+    if execution.status != ExecutionStatus.COMPLETED:
+        code = execution.error_code or "provider_error"
+        error = AgentError(code, execution.error_message or f"execution is {execution.status}")  # type: ignore[arg-type]
     return AgentResult(
         success=execution.status == ExecutionStatus.COMPLETED,
         output=execution.output,
@@ -182,6 +172,29 @@ def result_from_row(execution: AgentExecution) -> AgentResult:
         metadata=dict(execution.metadata or {}),
         execution_id=str(execution.pk),
     )
+
+
+def terminal_event(result: AgentResult, status: str | None = None) -> StreamEvent:
+    """The terminal event of a run that ended in `status` with `result` (as recorded). Without `status`,
+    the one `result` stands for: record_outcome's answer is what the row says, which may not be what this
+    run had (the reaper or a cancel may have ended the row first)."""
+    if status is None:
+        if result.success:
+            status = ExecutionStatus.COMPLETED
+        elif result.error is not None and result.error.code == "cancelled_by_user":
+            status = ExecutionStatus.CANCELLED
+        else:
+            status = ExecutionStatus.FAILED
+    if status == ExecutionStatus.COMPLETED:
+        return ExecutionCompleted(result)
+    if status == ExecutionStatus.CANCELLED:
+        return ExecutionCancelled(result)
+    return ExecutionFailed(result.error or AgentError("provider_error", f"execution is {status}"), result)
+
+
+def terminal_event_from_row(execution: AgentExecution) -> StreamEvent:
+    """The terminal event a finished row stands for."""
+    return terminal_event(result_from_row(execution), execution.status)
 
 
 def status_body(execution: AgentExecution) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,16 +26,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.agents.engine.context import AgentError, AgentResult
-from apps.agents.engine.events import (
-    ExecutionCancelled,
-    ExecutionCompleted,
-    ExecutionCreated,
-    ExecutionFailed,
-    StreamEvent,
-)
+from apps.agents.engine.context import AgentResult
 from apps.agents.errors import ApplicationError
-from apps.agents.models import TERMINAL_STATUSES, AgentExecution, ExecutionStatus
+from apps.agents.models import TERMINAL_STATUSES, AgentExecution
 from apps.agents.services.conversation_lock import claim_conversation
 from apps.agents.services.db import afirst, db_unit
 from apps.agents.services.state_manager import DEADLINE_GRACE, state_manager
@@ -58,7 +50,7 @@ class Admission:
 def request_hash(body: Any) -> str:
     """sha256 of the canonical JSON of a request body (key order and whitespace do not matter)."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
 
 
 def clean_key(key: str | None) -> str | None:
@@ -68,9 +60,9 @@ def clean_key(key: str | None) -> str | None:
     key = key.strip()
     if len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise ApplicationError(
-            f"Idempotency-Key must be at most {MAX_KEY_LENGTH} printable characters",
+            f"Idempotency-Key must be at most {MAX_KEY_LENGTH} printable characters.",
             code="invalid_idempotency_key",
-            fields={"idempotency_key": ["invalid"]},
+            fields={"idempotency_key": ["Invalid value."]},
         )
     return key
 
@@ -163,16 +155,3 @@ async def replayed_result(execution: AgentExecution) -> AgentResult:
     wait = timeout + DEADLINE_GRACE.total_seconds() + 5
     row = await await_outcome(execution.pk, wait_seconds=wait)
     return result_from_row(row or execution)
-
-
-async def replayed_events(execution: AgentExecution) -> AsyncIterator[StreamEvent]:
-    """A replayed stream: ExecutionCreated, then the first run's terminal event (no deltas: it is over)."""
-    yield ExecutionCreated(str(execution.pk), execution.agent_slug)
-    result = await replayed_result(execution)
-    status = await AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).afirst()
-    if status == ExecutionStatus.COMPLETED:
-        yield ExecutionCompleted(result)
-    elif status == ExecutionStatus.CANCELLED:
-        yield ExecutionCancelled(result)
-    else:
-        yield ExecutionFailed(result.error or AgentError("provider_error", f"execution is {status}"), result)

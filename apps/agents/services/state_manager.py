@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
@@ -236,9 +236,6 @@ class StateManager:
             == 1
         )
 
-    async def aheartbeat(self, execution: AgentExecution) -> bool:
-        return await _units.heartbeat(self, execution)
-
     def still_wanted(self, execution: AgentExecution, *, beat: bool) -> bool:
         """The running row's watcher (execution_engine._watch): False once the row is no longer running or
         a cancel was requested. `beat` also records the heartbeat, in the same query."""
@@ -272,15 +269,6 @@ class StateManager:
 
     async def aget_agent_executions(self, agent: Agent, limit: int = 50) -> list[AgentExecution]:
         return [e async for e in AgentExecution.objects.filter(agent=agent).order_by("-created_at")[:limit]]
-
-    def stale_running(self, now: datetime | None = None) -> list[AgentExecution]:
-        """Live rows past their deadline: what the reaper fails."""
-        now = now or timezone.now()
-        return list(
-            AgentExecution.objects.filter(
-                status__in=(S.PENDING, S.RUNNING), deadline_at__lt=now
-            ).select_related("agent")
-        )
 
 
 # The async twins' work: each a sync method run as one unit that releases its connection (services/db.py).

@@ -38,6 +38,15 @@ def test_create_returns_201_with_the_agent_owned_by_the_caller(alice_client, ali
     assert agent.owner == alice and str(agent.pk) == body["id"]
 
 
+def test_an_integral_number_is_an_integer_as_in_json_schema(alice_client):
+    # The schema is OpenAPI 3.1 (JSON Schema 2020-12), where 60.0 is the integer 60: a client or fuzzer that
+    # sends it must not get a 400 for a value the schema allows.
+    response = alice_client.post("/api/v1/agents/", {**NEW_AGENT, "timeout_seconds": 60.0}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["timeout_seconds"] == 60
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -235,3 +235,20 @@ def test_conversation_input_is_validated(alice_client):
         "invalid",
     )
     assert "color" in error["fields"] or "title" in error["fields"]
+
+
+@pytest.mark.parametrize(
+    ("resume", "field"),
+    [
+        ({"HTTP_LAST_EVENT_ID": ""}, "Last-Event-ID"),
+        ({"HTTP_LAST_EVENT_ID": "x"}, "Last-Event-ID"),
+        ({"QUERY_STRING": "after="}, "after"),
+        ({"HTTP_LAST_EVENT_ID": "3", "QUERY_STRING": "after=-7"}, "after"),  # checked even when unused
+    ],
+)
+def test_an_empty_or_bad_last_event_id_is_400_not_from_the_start(alice_client, agent, alice, resume, field):
+    # The schema says an integer; an empty header or `after=` used to be read as "from the start".
+    execution = ExecutionFactory(agent=agent, user=alice, status=ExecutionStatus.COMPLETED)
+    response = alice_client.get(f"/api/v1/executions/{execution.pk}/events/", **resume)
+    error = assert_envelope(response, 400, "invalid")
+    assert field in error["fields"]

@@ -10,7 +10,9 @@ too, not only the 404s.
 from __future__ import annotations
 
 import json
+import tomllib
 import zlib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -48,7 +50,9 @@ def _openapi_document() -> dict:  # type: ignore[type-arg]
 
 # Phases: the schema's examples, then generated requests (valid and invalid). The "coverage" phase (boundary
 # values of every keyword) is left out: it is computed at collection time and costs a minute here.
-CONFIG = schemathesis.Config.from_dict({"phases": {"coverage": {"enabled": False}}})
+# The operations' settings are those of the full run (schemathesis.toml, which says how to start it).
+FULL_RUN = tomllib.loads((Path(__file__).parent / "schemathesis.toml").read_text())
+CONFIG = schemathesis.Config.from_dict({**FULL_RUN, "phases": {"coverage": {"enabled": False}}})
 schema = schemathesis.openapi.from_dict(_openapi_document(), config=CONFIG)
 
 

@@ -14,11 +14,11 @@ from django.utils import timezone
 from apps.agents.models import ExecutionMode, ExecutionStatus
 from apps.agents.services.events_bus import (
     BusEvent,
-    InProcessEventBus,
     RedisEventBus,
     get_bus,
     subscribe,
 )
+from apps.agents.services.events_memory import InProcessEventBus
 from tests.factories import ExecutionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)

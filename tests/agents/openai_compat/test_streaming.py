@@ -1,4 +1,4 @@
-"""The SSE translation on its own, over a scripted event iterator standing in for the engine's stream (the live
+"""The SSE translation on its own, over a run stream of scripted events standing in for the engine (the live
 tests in test_chat_completions.py cover the real engine): framing, early failures, and that every way of
 leaving closes the engine's stream."""
 
@@ -17,6 +17,7 @@ from apps.agents.engine.events import (
     OutputDelta,
     PlatformFallback,
 )
+from apps.agents.engine.run_stream import RunStream
 from apps.agents.openai_compat.schemas import parse_chat_request
 from apps.agents.openai_compat.streaming import stream_chat
 
@@ -76,7 +77,7 @@ async def test_frames_role_content_finish_usage_done_and_nothing_of_the_agents_i
         OutputDelta("lo"),
         done("Hello", metadata={"finish_reason": "length"}),
     )
-    response = await stream_chat(script.stream(), CHAT)
+    response = await stream_chat(RunStream.over(script.stream()), CHAT)
 
     frames = await body_of(response)
     assert response["Content-Type"] == "text/event-stream" and response["X-Execution-Id"] == "e1"
@@ -95,7 +96,7 @@ async def test_frames_role_content_finish_usage_done_and_nothing_of_the_agents_i
 
 async def test_an_answer_that_came_without_deltas_is_sent_whole():
     script = Script(ExecutionCreated("e1", "greeter"), done({"answer": 42}))
-    chunks = (await body_of(await stream_chat(script.stream(), CHAT)))[:-1]
+    chunks = (await body_of(await stream_chat(RunStream.over(script.stream()), CHAT)))[:-1]
     assert chunks[1]["choices"][0]["delta"] == {"content": '{"answer": 42}'}
 
 
@@ -103,7 +104,7 @@ async def test_a_failure_before_any_text_is_an_http_error_not_a_stream():
     failure = AgentResult(success=False, error=AgentError("timeout", "too slow"), execution_id="e1")
     script = Script(ExecutionCreated("e1", "greeter"), ExecutionFailed(failure.error, failure))
 
-    response = await stream_chat(script.stream(), CHAT)
+    response = await stream_chat(RunStream.over(script.stream()), CHAT)
 
     assert response.status_code == 504 and response["x-should-retry"] == "false"
     assert json.loads(response.content)["error"]["code"] == "timeout"
@@ -114,13 +115,13 @@ async def test_a_failure_after_text_is_an_error_event_without_done():
     script = Script(
         ExecutionCreated("e1", "greeter"), OutputDelta("Hi"), ExecutionFailed(failure.error, failure)
     )
-    frames = await body_of(await stream_chat(script.stream(), CHAT))
+    frames = await body_of(await stream_chat(RunStream.over(script.stream()), CHAT))
     assert frames[-1]["error"]["code"] == "provider_error" and "data: [DONE]" not in frames
 
 
 async def test_leaving_mid_stream_cancels_the_engines_stream():
     script = Script(ExecutionCreated("e1", "greeter"), OutputDelta("Hi"), hang=True)
-    response = await stream_chat(script.stream(), CHAT)
+    response = await stream_chat(RunStream.over(script.stream()), CHAT)
     body = response.streaming_content
     await anext(body)  # role
     await anext(body)  # "Hi"
@@ -135,7 +136,7 @@ async def test_a_response_never_iterated_still_closes_the_run_when_the_request_e
     script = Script(ExecutionCreated("e1", "greeter"), OutputDelta("Hi"), hang=True)
 
     async def request() -> None:
-        await stream_chat(script.stream(), CHAT)  # the client left before the body was sent
+        await stream_chat(RunStream.over(script.stream()), CHAT)  # the client left before the body was sent
 
     await asyncio.create_task(request())
     for _ in range(100):

@@ -41,6 +41,7 @@ from apps.agents.engine.events import (
     ToolCallEvent,
     ToolResultEvent,
 )
+from apps.agents.engine.run_stream import RunStream
 from apps.agents.engine.serialize import result_body
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation
@@ -112,7 +113,7 @@ class Command(BaseCommand):
         try:
             if stream:
                 return await self._consume(
-                    execution_engine.execute_streaming(agent, input_data, user, context)
+                    await execution_engine.open_stream(agent, input_data, user, context)
                 )
             return await execution_engine.execute_agent(agent, input_data, user, context)
         finally:
@@ -121,11 +122,14 @@ class Command(BaseCommand):
             await get_registry().aclose()
             await sync_to_async(connections.close_all)()
 
-    async def _consume(self, events: Any) -> AgentResult:
+    async def _consume(self, stream: RunStream) -> AgentResult:
+        """The terminal renderer of a run stream. Ctrl-C cancels this task: closing the stream then cancels
+        the run, which closes the upstream request and records the run cancelled."""
         terminal: Any = None
         open_line = False  # streamed text whose last line has no newline yet
         try:
-            async for event in events:
+            while (item := await stream.read()) is not None:
+                event = item.event  # type: ignore[union-attr]
                 if isinstance(event, OutputDelta) and not self.as_json:
                     self.stdout.write(event.text, ending="")
                     self.stdout.flush()
@@ -143,7 +147,7 @@ class Command(BaseCommand):
                 elif isinstance(event, ExecutionCreated):
                     pass  # the id is in the summary
         finally:
-            await events.aclose()
+            await stream.aclose()
         if open_line:
             self.stdout.write("")  # end the streamed text's last line before the summary
         return _terminal_result(terminal)
