@@ -12,6 +12,7 @@ export HOST PORT
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 LLAMA_SPEC := $(shell sed -n 's/^ *"\(llama-cpp-python[^"]*\)",*$$/\1/p' pyproject.toml)
 WHEELS ?= $(HOME)/.cache/agentplatform/wheels/$(shell echo '$(LLAMA_SPEC) $(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+INSTRUCTOR_SPEC := instructor==1.17.0
 # The stamp changes whenever pyproject.toml or the llama build does, so `make` reinstalls only then;
 # the venv itself is never re-created.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(notdir $(WHEELS))
@@ -32,6 +33,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	  && mv $(WHEELS).tmp $(WHEELS); }
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# instructor pins jiter<0.15, which the openai SDK excludes: installed without its pins for the client
+	# tests (tests/agents/openai_compat/test_clients.py); its imports work with the newer jiter.
+	$(BIN)/pip install --quiet --no-deps "$(INSTRUCTOR_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
