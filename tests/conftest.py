@@ -70,3 +70,23 @@ def alice(db):
 @pytest.fixture
 def bob(db):
     return UserFactory(username="bob")
+
+
+def _close_connection_pools() -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings):  # type: ignore[no-untyped-def]
+    """Django's PostgreSQL connection pool is made on first use for the database NAME of that moment and kept
+    per alias for the whole process. Something touches the database before pytest-django creates the test
+    database (at collection or setup), so without this the pool, made for the configured database, would
+    serve the test database's migrations and every test from the configured one instead. Closing it here,
+    before the test database is made, lets the first connection after the switch build it for the test
+    database."""
+    _close_connection_pools()
