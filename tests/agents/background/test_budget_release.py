@@ -11,7 +11,8 @@ from asgiref.sync import sync_to_async
 
 from apps.agents.models import Budget, BudgetReservation, BudgetUsage
 from apps.agents.services.reaper import reap
-from tests.agents.background.test_worker import _queue, _requests, _row, _status_is, _until
+from tests.agents.background.test_worker import _queue, _requests, _status_is
+from tests.agents.background.waiting import execution_row, until
 from tests.factories import AgentFactory
 from tests.fakes.server import Fault
 
@@ -31,8 +32,8 @@ async def test_the_reservation_of_a_killed_worker_is_released_by_the_reaper(own_
     doomed = await asyncio.to_thread(own_workers.start, pool="solo", concurrency=1)
     try:
         execution = await _queue(agent, alice)
-        await _until(lambda: _requests(fake_openai))
-        await _until(lambda: _status_is(execution.pk, S_RUNNING))
+        await until(lambda: _requests(fake_openai))
+        await until(lambda: _status_is(execution.pk, S_RUNNING))
         held = await BudgetUsage.objects.exclude(period_start__year=1970).aget(budget=budget)
         assert held.reserved_units > 0 and held.reserved_tokens > 0
         assert await BudgetReservation.objects.filter(execution_id=execution.pk).acount() == 2  # spend + slot
@@ -41,10 +42,10 @@ async def test_the_reservation_of_a_killed_worker_is_released_by_the_reaper(own_
 
     async def reaped():
         await sync_to_async(reap)()  # what beat does every REAPER_INTERVAL_SECONDS
-        row = await _row(execution.pk)
+        row = await execution_row(execution.pk)
         return row if row.is_terminal else None
 
-    row = await _until(reaped, every=0.5)
+    row = await until(reaped, every=0.5)
     assert (row.status, row.error_code) == (S_FAILED, "worker_lost")
     usage = await BudgetUsage.objects.exclude(period_start__year=1970).aget(budget=budget)
     assert (usage.reserved_units, usage.reserved_tokens, usage.spent_units) == (0, 0, 0)

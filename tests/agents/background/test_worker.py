@@ -24,14 +24,12 @@ from apps.agents.services.execution_engine import execution_engine as engine
 from apps.agents.services.idempotency import request_hash
 from apps.agents.services.reaper import reap
 from apps.agents.tasks import reap_executions_task, run_execution_task
+from tests.agents.background.waiting import execution_row, terminal, until
 from tests.factories import AgentFactory, ConversationFactory
 from tests.fakes.server import Fault, Reply
 
 S = ExecutionStatus
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-# Generous: these only stop a broken test from hanging; nothing asserts how fast a worker is.
-LIMIT = 60.0
 
 
 @pytest.fixture
@@ -39,31 +37,8 @@ def agent(alice):
     return AgentFactory(owner=alice, agent_id="bg-worker-agent", preferred_platform="openai", max_retries=0)
 
 
-async def _until(predicate, *, limit: float = LIMIT, every: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(every)
-
-
-async def _row(execution_id) -> AgentExecution:
-    return await AgentExecution.objects.aget(pk=execution_id)
-
-
-async def _terminal(execution_id, *, limit: float = LIMIT) -> AgentExecution:
-    async def done():
-        row = await _row(execution_id)
-        return row if row.is_terminal else None
-
-    return await _until(done, limit=limit)
-
-
 async def _status_is(execution_id, status) -> bool:
-    return (await _row(execution_id)).status == status
+    return (await execution_row(execution_id)).status == status
 
 
 async def _requests(fake, n: int = 1) -> bool:
@@ -94,7 +69,7 @@ async def test_a_queued_run_is_completed_by_the_worker(worker, fake_openai, agen
     fake_openai.reply(text="done by a worker", input_tokens=100, output_tokens=20)
     execution = await _queue(agent, alice)
     assert execution.status == S.PENDING
-    row = await _terminal(execution.pk)
+    row = await terminal(execution.pk)
     assert (row.status, row.output, row.mode) == (S.COMPLETED, "done by a worker", "background")
     assert (row.input_tokens, row.output_tokens) == (100, 20) and row.cost > 0
     assert row.started_at is not None and row.heartbeat_at is not None
@@ -120,7 +95,7 @@ async def test_events_resume_after_last_event_id_without_gaps_or_duplicates(
     assert "".join(e.data["text"] for e in seen if e.name == "output.delta") == " ".join(words)
 
     # A client that connects after the end gets the whole record, then the stream closes.
-    await _terminal(execution.pk)
+    await terminal(execution.pk)
     assert await _events(execution.pk, 0) == seen
     assert await _events(execution.pk, len(seen) - 2) == seen[-2:]
 
@@ -128,12 +103,12 @@ async def test_events_resume_after_last_event_id_without_gaps_or_duplicates(
 async def test_cancel_from_another_process_stops_the_run_on_the_worker(worker, fake_openai, agent, alice):
     fake_openai.fail(Fault("hang"))
     execution = await _queue(agent, alice)
-    await _until(lambda: _requests(fake_openai))
-    await _until(lambda: _status_is(execution.pk, S.RUNNING))
+    await until(lambda: _requests(fake_openai))
+    await until(lambda: _status_is(execution.pk, S.RUNNING))
 
     assert await request_cancel(execution.pk)  # this process does not hold the run: flag + notice
 
-    row = await _terminal(execution.pk)
+    row = await terminal(execution.pk)
     assert (row.status, row.error_code) == (S.CANCELLED, "cancelled_by_user")
     assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 10)  # the upstream request was closed
     assert "cancel notice: stopping" in worker.log()  # stopped by the notice, not by the next poll
@@ -151,7 +126,7 @@ async def test_concurrent_identical_requests_make_one_run(worker, fake_openai, a
 
     assert first.pk == second.pk
     assert sorted([first.replayed, second.replayed]) == [False, True]
-    assert (await _terminal(first.pk)).output == "exactly once"
+    assert (await terminal(first.pk)).output == "exactly once"
     again = await _queue(agent, alice, **kwargs)  # a retry after the end: same execution, nothing queued
     assert again.pk == first.pk
     assert await AgentExecution.objects.acount() == 1
@@ -168,7 +143,7 @@ async def test_a_busy_conversation_refuses_a_second_run_with_409(worker, fake_re
     with pytest.raises(ConversationBusy) as info:
         await engine.execute_agent(agent, {"task": "second"}, alice, context)
     assert (info.value.status, info.value.code) == (409, "conversation_busy")
-    assert (await _terminal(first.pk)).status == S.COMPLETED
+    assert (await terminal(first.pk)).status == S.COMPLETED
     fake_openai.reply(text="second answer")
     assert (await engine.execute_agent(agent, {"task": "second"}, alice, context)).output == "second answer"
     assert len(fake_openai.requests) == 2
@@ -177,11 +152,11 @@ async def test_a_busy_conversation_refuses_a_second_run_with_409(worker, fake_re
 async def test_redelivery_of_a_finished_run_is_a_no_op(worker, fake_openai, agent, alice):
     fake_openai.reply(text="once")
     execution = await _queue(agent, alice)
-    await _terminal(execution.pk)
+    await terminal(execution.pk)
     await asyncio.to_thread(
         run_execution_task.apply_async, args=[str(execution.pk)]
     )  # the same message again
-    await _until(lambda: _logged(worker, f"{execution.pk} is already completed"))
+    await until(lambda: _logged(worker, f"{execution.pk} is already completed"))
     assert len(fake_openai.requests) == 1
 
 
@@ -192,7 +167,7 @@ async def test_the_reaper_task_fails_an_artificially_stale_run(worker, agent, al
         status=S.RUNNING, started_at=long_ago, heartbeat_at=long_ago
     )
     await asyncio.to_thread(reap_executions_task.delay)
-    row = await _terminal(execution.pk)
+    row = await terminal(execution.pk)
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
 
 
@@ -205,12 +180,12 @@ async def test_celery_beat_schedules_the_reaper(worker, broker, agent, alice):
     )
     beat = await asyncio.to_thread(broker.start_beat, REAPER_INTERVAL_SECONDS=1)
     try:
-        row = await _terminal(execution.pk)
+        row = await terminal(execution.pk)
         # Beat sent the pass and the worker ran it. Waited for, not just read once: this process may have an
         # in-process runner (started by an earlier test) whose own reaper can end the row first, and beat
         # would then be stopped before its first tick.
-        await _until(lambda: _logged(beat, "Sending due task reap-executions"))
-        await _until(lambda: _logged(worker, "apps.agents.tasks.reap_executions_task"))
+        await until(lambda: _logged(beat, "Sending due task reap-executions"))
+        await until(lambda: _logged(worker, "apps.agents.tasks.reap_executions_task"))
     finally:
         await asyncio.to_thread(beat.stop)
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
@@ -223,10 +198,10 @@ async def test_celery_beat_schedules_the_reaper(worker, broker, agent, alice):
 async def test_cancel_of_a_queued_run_never_reaches_the_provider(own_workers, fake_openai, agent, alice):
     execution = await _queue(agent, alice)  # no worker running yet
     assert await request_cancel(execution.pk)
-    assert (await _row(execution.pk)).status == S.CANCELLED
+    assert (await execution_row(execution.pk)).status == S.CANCELLED
     process = await asyncio.to_thread(own_workers.start)
     try:
-        await _until(lambda: _logged(process, "already cancelled"))
+        await until(lambda: _logged(process, "already cancelled"))
     finally:
         await asyncio.to_thread(process.stop)
     assert fake_openai.requests == []
@@ -241,14 +216,14 @@ async def test_sigkill_mid_run_ends_terminal_and_is_never_billed_twice(
     fake_openai.fail(Fault("slow_first_byte", delay=120))
     doomed = await asyncio.to_thread(own_workers.start, pool="solo", concurrency=1)
     execution = await _queue(agent, alice)
-    await _until(lambda: _requests(fake_openai))
-    await _until(lambda: _status_is(execution.pk, S.RUNNING))
+    await until(lambda: _requests(fake_openai))
+    await until(lambda: _status_is(execution.pk, S.RUNNING))
 
     await asyncio.to_thread(doomed.kill)
 
     successor = await asyncio.to_thread(own_workers.start)
     try:
-        row = await _terminal(execution.pk, limit=90)
+        row = await terminal(execution.pk, limit=90)
         log = successor.log()
     finally:
         await asyncio.to_thread(successor.stop)
@@ -271,8 +246,8 @@ async def test_a_killed_pool_process_is_redelivered_at_once_and_never_run_twice(
     worker = await asyncio.to_thread(own_workers.start, pool="prefork", concurrency=2)
     try:
         execution = await _queue(agent, alice)
-        await _until(lambda: _requests(fake_openai))
-        await _until(lambda: _status_is(execution.pk, S.RUNNING))
+        await until(lambda: _requests(fake_openai))
+        await until(lambda: _status_is(execution.pk, S.RUNNING))
         for pid in worker.pool_processes():
             os.kill(pid, signal.SIGKILL)
 
@@ -280,14 +255,14 @@ async def test_a_killed_pool_process_is_redelivered_at_once_and_never_run_twice(
             log = worker.log()
             return "not starting it twice" in log or "not re-running it" in log
 
-        await _until(redelivered)
+        await until(redelivered)
 
         async def reaped():
             await sync_to_async(reap)()  # what beat does every REAPER_INTERVAL_SECONDS
-            row = await _row(execution.pk)
+            row = await execution_row(execution.pk)
             return row if row.is_terminal else None
 
-        row = await _until(reaped, every=0.5)
+        row = await until(reaped, every=0.5)
     finally:
         await asyncio.to_thread(worker.stop)
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")

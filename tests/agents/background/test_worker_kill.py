@@ -27,39 +27,15 @@ from apps.agents.services import dispatch
 from apps.agents.services.background import enqueue_execution
 from apps.agents.services.execution_engine import execution_engine as engine
 from apps.agents.services.reaper import reap
+from tests.agents.background.waiting import execution_row, terminal, until
 from tests.factories import AgentFactory
 from tests.fakes.server import Fault
 
 S = ExecutionStatus
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
-# Generous: these only stop a broken test from hanging; nothing asserts how fast a worker is.
-LIMIT = 60.0
 # Longer than the test: a message held by the killed worker never comes back from Redis by itself.
 LONG_VISIBILITY = {"CELERY_VISIBILITY_TIMEOUT": 3600}
-
-
-async def _until(predicate, *, limit: float = LIMIT, every: float = 0.1):
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(every)
-
-
-async def _row(execution_id) -> AgentExecution:
-    return await AgentExecution.objects.aget(pk=execution_id)
-
-
-async def _terminal(execution_id, *, limit: float = LIMIT) -> AgentExecution:
-    async def done():
-        row = await _row(execution_id)
-        return row if row.is_terminal else None
-
-    return await _until(done, limit=limit)
 
 
 async def _queue(agent, user, task: str) -> AgentExecution:
@@ -80,16 +56,18 @@ async def _hold_a_run_and_die(factory, fake_openai, fake_anthropic, alice, **sur
     blocked = await _queue(slow, alice, "never answered")
 
     async def blocking() -> bool:
-        return bool(fake_anthropic.requests) and (await _row(blocked.pk)).status == S.RUNNING
+        return bool(fake_anthropic.requests) and (await execution_row(blocked.pk)).status == S.RUNNING
 
-    await _until(blocking)
+    await until(blocking)
     held = await _queue(fast, alice, "held by a worker that dies")
 
     async def received() -> bool:
         return f"[{held.pk}] received" in doomed.log()
 
-    await _until(received)
-    assert (await _row(held.pk)).status == S.PENDING  # received, not started: its one process is busy
+    await until(received)
+    assert (
+        await execution_row(held.pk)
+    ).status == S.PENDING  # received, not started: its one process is busy
     assert await sync_to_async(dispatch.waiting_runs)() == 0  # the message is with the worker, not queued
 
     # The survivor is up before the kill, so it is there when RabbitMQ requeues.
@@ -101,10 +79,10 @@ async def _hold_a_run_and_die(factory, fake_openai, fake_anthropic, alice, **sur
 async def _blocked_run_ends_worker_lost(blocked) -> AgentExecution:
     async def reaped():
         await sync_to_async(reap)()  # the heartbeat rule: what any reaper pass does
-        row = await _row(blocked.pk)
+        row = await execution_row(blocked.pk)
         return row if row.is_terminal else None
 
-    return await _until(reaped, every=0.5)
+    return await until(reaped, every=0.5)
 
 
 async def test_rabbitmq_gives_a_killed_workers_held_run_to_the_survivor(
@@ -115,7 +93,7 @@ async def test_rabbitmq_gives_a_killed_workers_held_run_to_the_survivor(
         rabbitmq, fake_openai, fake_anthropic, alice, PENDING_REDISPATCH_SECONDS=3600
     )
     try:
-        row = await _terminal(held.pk)
+        row = await terminal(held.pk)
         lost = await _blocked_run_ends_worker_lost(blocked)
     finally:
         await asyncio.to_thread(survivor.stop)
@@ -133,8 +111,8 @@ async def test_redis_held_run_of_a_killed_worker_is_sent_again_by_the_reaper(
     blocked, held, survivor = await _hold_a_run_and_die(own_workers, fake_openai, fake_anthropic, alice)
     beat = await asyncio.to_thread(own_workers.start_beat, REAPER_INTERVAL_SECONDS=1)
     try:
-        row = await _terminal(held.pk)
-        lost = await _terminal(blocked.pk)  # the survivor's reaper passes end it by its stale heartbeat
+        row = await terminal(held.pk)
+        lost = await terminal(blocked.pk)  # the survivor's reaper passes end it by its stale heartbeat
     finally:
         await asyncio.to_thread(beat.stop)
         await asyncio.to_thread(survivor.stop)
