@@ -183,7 +183,7 @@ def _field(attempt: Any, name: str) -> Any:
 def record_attempts(attempts: Iterable[Any]) -> None:
     """Attempt latencies, retries, fallbacks and cooldown skips of one run, from its attempts in order.
 
-    The same rules as the engine's loop (apps/agents/engine/base_agent.py): a call right after a failed call
+    The same rules as the engine's loop (apps/agents/engine/platform_calls.py): a call right after a failed call
     on the same platform is a retry; a call on another platform right after a failed or skipped one is a
     fallback (what the engine announces as `platform.fallback`). Two successful calls in a row (a summary then
     the answer, a tool loop, a re-ask) are neither.
