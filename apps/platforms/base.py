@@ -13,6 +13,18 @@ from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 
+# The fields of Sampling, by the names `Platform.supported_options` uses (OpenAI's).
+SAMPLING_OPTIONS = (
+    "stop",
+    "seed",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+    "logprobs",
+    "top_logprobs",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -77,20 +89,7 @@ class Sampling:
 
     def used(self) -> tuple[str, ...]:
         """The options this request sets, by name."""
-        return tuple(
-            name
-            for name in (
-                "stop",
-                "seed",
-                "top_p",
-                "presence_penalty",
-                "frequency_penalty",
-                "user",
-                "logprobs",
-                "top_logprobs",
-            )
-            if getattr(self, name) not in (None, (), False)
-        )
+        return tuple(name for name in SAMPLING_OPTIONS if getattr(self, name) not in (None, (), False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
+from importlib import import_module
 
 from apps.platforms.base import Platform, Usage
 from apps.platforms.errors import PlatformError
@@ -113,6 +114,13 @@ def set_registry(registry: PlatformRegistry | None) -> None:
 
 # An OpenAI-compatible server (Ollama, vLLM, LM Studio) needs no key, but the SDK will not start without one.
 OPENAI_PLACEHOLDER_KEY = "not-needed"
+# The platforms reached with an API key: (registry name, prefix of their settings <PREFIX>_API_KEY,
+# _BASE_URL and _DEFAULT_MODEL, adapter class). The adapter's module is imported only when its key is set.
+HOSTED_PLATFORMS = (
+    ("openai", "OPENAI", "apps.platforms.openai:OpenAIPlatform"),
+    ("anthropic", "ANTHROPIC", "apps.platforms.anthropic:AnthropicPlatform"),
+    ("gemini", "GEMINI", "apps.platforms.gemini:GeminiPlatform"),
+)
 
 
 def build_registry_from_settings() -> PlatformRegistry:
@@ -127,31 +135,19 @@ def build_registry_from_settings() -> PlatformRegistry:
 
     timeout = float(settings.PLATFORM_REQUEST_TIMEOUT)
     platforms: dict[str, Platform] = {}
-    if settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL:
-        from apps.platforms.openai import OpenAIPlatform
-
-        platforms["openai"] = OpenAIPlatform(
-            api_key=settings.OPENAI_API_KEY or OPENAI_PLACEHOLDER_KEY,
-            base_url=settings.OPENAI_BASE_URL or None,
-            default_model=settings.OPENAI_DEFAULT_MODEL,
-            timeout=timeout,
-        )
-    if settings.ANTHROPIC_API_KEY:
-        from apps.platforms.anthropic import AnthropicPlatform
-
-        platforms["anthropic"] = AnthropicPlatform(
-            api_key=settings.ANTHROPIC_API_KEY,
-            base_url=settings.ANTHROPIC_BASE_URL or None,
-            default_model=settings.ANTHROPIC_DEFAULT_MODEL,
-            timeout=timeout,
-        )
-    if settings.GEMINI_API_KEY:
-        from apps.platforms.gemini import GeminiPlatform
-
-        platforms["gemini"] = GeminiPlatform(
-            api_key=settings.GEMINI_API_KEY,
-            base_url=settings.GEMINI_BASE_URL or None,
-            default_model=settings.GEMINI_DEFAULT_MODEL,
+    for name, prefix, adapter in HOSTED_PLATFORMS:
+        api_key = getattr(settings, f"{prefix}_API_KEY")
+        base_url = getattr(settings, f"{prefix}_BASE_URL") or None
+        if name == "openai" and base_url and not api_key:
+            api_key = OPENAI_PLACEHOLDER_KEY  # an OpenAI-compatible server is configured by its URL alone
+        if not api_key:
+            continue
+        module, class_name = adapter.split(":")
+        platform_class = getattr(import_module(module), class_name)
+        platforms[name] = platform_class(
+            api_key=api_key,
+            base_url=base_url,
+            default_model=getattr(settings, f"{prefix}_DEFAULT_MODEL"),
             timeout=timeout,
         )
     if settings.LOCAL_ENABLED:
