@@ -51,71 +51,40 @@ NO_PLATFORM = "none"
 SKIPPED = frozenset({"cooldown", "unavailable"})
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
-EXECUTIONS = Counter(
-    "executions",
-    "Agent runs that ended, by outcome.",
-    ["agent", "platform", "status"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
-)
-EXECUTION_SECONDS = Histogram(
+
+def _counter(name: str, documentation: str, labels: list[str]) -> Counter:
+    return Counter(name, documentation, labels, namespace=NAMESPACE, registry=REGISTRY)
+
+
+def _histogram(name: str, documentation: str, labels: list[str], *, buckets: tuple[float, ...]) -> Histogram:
+    return Histogram(name, documentation, labels, namespace=NAMESPACE, registry=REGISTRY, buckets=buckets)
+
+
+EXECUTIONS = _counter("executions", "Agent runs that ended, by outcome.", ["agent", "platform", "status"])
+EXECUTION_SECONDS = _histogram(
     "execution_seconds",
     "Run time of agent runs, from start to finish.",
     ["agent", "platform", "status"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
 )
-TOKENS = Counter(
-    "tokens",
-    "Tokens used by agent runs.",
-    ["agent", "platform", "direction"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
-)
-COST = Counter(
-    "cost_usd",
-    "Cost of agent runs in US dollars.",
-    ["agent", "platform"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
-)
-ATTEMPT_SECONDS = Histogram(
+TOKENS = _counter("tokens", "Tokens used by agent runs.", ["agent", "platform", "direction"])
+COST = _counter("cost_usd", "Cost of agent runs in US dollars.", ["agent", "platform"])
+ATTEMPT_SECONDS = _histogram(
     "provider_attempt_seconds",
     "Latency of each call to a provider, by how it ended.",
     ["platform", "status"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
 )
-RETRIES = Counter(
-    "retries",
-    "Provider calls repeated on the same platform after a failure.",
-    ["platform"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
+RETRIES = _counter("retries", "Provider calls repeated on the same platform after a failure.", ["platform"])
+FALLBACKS = _counter(
+    "fallbacks", "Moves from one platform to the next after a failure or a skip.", ["from", "to"]
 )
-FALLBACKS = Counter(
-    "fallbacks",
-    "Moves from one platform to the next after a failure or a skip.",
-    ["from", "to"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
-)
-COOLDOWNS = Counter(
-    "cooldowns",
-    "Times a platform was skipped because it was cooling down.",
-    ["platform"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
-)
+COOLDOWNS = _counter("cooldowns", "Times a platform was skipped because it was cooling down.", ["platform"])
 
-BUDGET_REFUSALS = Counter(
+BUDGET_REFUSALS = _counter(
     "budget_refusals",
     "Runs or attempts a budget refused (reason: spend or concurrency), before anything was sent.",
     ["budget", "reason"],
-    namespace=NAMESPACE,
-    registry=REGISTRY,
 )
 
 

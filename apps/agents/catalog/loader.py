@@ -23,31 +23,14 @@ from django.core.exceptions import ValidationError
 
 from apps.agents.engine.schema_policy import SchemaRefused, first_error
 from apps.agents.engine.tools import BUILTIN_TOOLS
-from apps.agents.models import Agent
+from apps.agents.models import AGENT_CONFIG_FIELDS, Agent
 from apps.agents.schema_policy import refusal_text, schema_limits
 
 CATALOG_DIR = Path(__file__).resolve().parent
 
 #: The Agent fields a catalog entry sets. seed_agents writes exactly these and compares exactly these to
 #: detect a user's edit; everything else on the row (is_active, owner, ...) is the operator's.
-MANAGED_FIELDS: tuple[str, ...] = (
-    "name",
-    "description",
-    "agent_type",
-    "system_prompt",
-    "capabilities",
-    "preferred_platform",
-    "model",
-    "temperature",
-    "max_tokens",
-    "output_schema",
-    "tools",
-    "timeout_seconds",
-    "max_retries",
-    "history_window",
-    "max_tool_calls",
-    "is_shared",
-)
+MANAGED_FIELDS: tuple[str, ...] = ("name", *AGENT_CONFIG_FIELDS, "is_shared")
 
 REQUIRED_KEYS = ("agent_id", "name", "description", "system_prompt", "capabilities")
 # Keys a file may set; a key missing from the file takes the Agent model field's default.

@@ -19,32 +19,13 @@ from django.db import IntegrityError, transaction
 
 from apps.agents.catalog.slugs import is_catalog_slug
 from apps.agents.errors import ApplicationError
-from apps.agents.models import Agent
+from apps.agents.models import AGENT_CONFIG_FIELDS, Agent
 from apps.agents.selectors import SHARE_PERMISSION, agent_can_share
 from apps.agents.services.limits import check_agent_limits
 from apps.agents.services.tools import unknown_tool_names
 
 # What a client may set; everything else (id, owner, timestamps) is decided here.
-EDITABLE_FIELDS = (
-    "name",
-    "agent_id",
-    "description",
-    "agent_type",
-    "system_prompt",
-    "capabilities",
-    "preferred_platform",
-    "model",
-    "temperature",
-    "max_tokens",
-    "output_schema",
-    "tools",
-    "is_shared",
-    "is_active",
-    "timeout_seconds",
-    "max_retries",
-    "history_window",
-    "max_tool_calls",
-)
+EDITABLE_FIELDS = ("name", "agent_id", *AGENT_CONFIG_FIELDS, "is_shared", "is_active")
 
 
 _TAKEN = "An agent with this agent_id already exists."
