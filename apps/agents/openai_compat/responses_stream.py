@@ -1,5 +1,5 @@
 """`POST /v1/responses` with `stream: true`: the engine's events rendered as typed `response.*` SSE events
-(`event: <type>` + `data: <json>`), read through the same EventReader as the chat stream (streaming.py).
+(`event: <type>` + `data: <json>`), read from the run stream with the chat stream's helpers (streaming.py).
 
 Unlike a chat stream, nothing is held back: the Responses API reports a failed run in-band
 (`response.failed`), which the SDKs surface as such, so the 200 is committed as soon as the row exists.
@@ -8,66 +8,43 @@ Unlike a chat stream, nothing is held back: the Responses API reports a failed r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpResponseBase
 
-from apps.agents.api.sse import event_stream_response
-from apps.agents.engine.events import (
-    ExecutionCancelled,
-    ExecutionCompleted,
-    ExecutionCreated,
-    ExecutionFailed,
-    OutputDelta,
-)
+from apps.agents.api.sse import PING_FRAME, event_stream_response
+from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed, OutputDelta
 from apps.agents.engine.run_stream import PING, RunStream
 from apps.agents.openai_compat.responses_render import EventFactory, ResponseEcho
-from apps.agents.openai_compat.streaming import PING_FRAME, next_event
+from apps.agents.openai_compat.streaming import first_event, run_events, sse
 
 logger = logging.getLogger(__name__)
 
 
-def sse_event(kind: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {kind}\ndata: {payload}\n\n".encode("utf-8", "replace")
-
-
 def _all(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[bytes]:
-    return (sse_event(kind, data) for kind, data in events)
+    return (sse(data, event=kind) for kind, data in events)
 
 
 async def stream_response(stream: RunStream, echo: ResponseEcho) -> HttpResponseBase:
     """Answer with the typed `response.*` events of the run behind `stream` (a renderer over the run stream,
     like the chat chunks). The response owns `stream`: it is closed when the response ends or the client
     leaves."""
-    try:
-        created = await next_event(stream)
-        if not isinstance(created, ExecutionCreated):
-            raise RuntimeError(f"the engine's stream began with {created!r}")
-    except BaseException:
-        await stream.aclose()
-        raise
+    created = await first_event(stream)
     factory = EventFactory(execution_id=created.execution_id, echo=echo)
     stream.close_when_done(asyncio.current_task())
     return event_stream_response(_body(stream, factory), headers={"X-Execution-Id": created.execution_id})
 
 
 async def _body(stream: RunStream, factory: EventFactory) -> AsyncIterator[bytes]:
-    interval = float(settings.SSE_PING_SECONDS)
     sent_text = False
     try:
         for chunk in _all(factory.start()):
             yield chunk
-        while True:
-            event = await next_event(stream, interval)
+        async for event in run_events(stream):
             if event is PING:
                 yield PING_FRAME
-            elif event is None:
-                raise RuntimeError("the engine's stream ended without a terminal event")
             elif isinstance(event, OutputDelta):
                 if event.text:
                     sent_text = True
@@ -76,11 +53,9 @@ async def _body(stream: RunStream, factory: EventFactory) -> AsyncIterator[bytes
             elif isinstance(event, ExecutionCompleted):
                 for chunk in _all(factory.complete(event.result, sent_text)):
                     yield chunk
-                return
             elif isinstance(event, ExecutionFailed | ExecutionCancelled):
                 for chunk in _all(factory.failed(event.result)):
                     yield chunk
-                return
     except Exception:
         logger.exception("response stream failed")
         for chunk in _all(factory.failed(None)):

@@ -24,7 +24,7 @@ from apps.agents.openai_compat.views import (
     _engine,
     _method_not_allowed,
     _openai_errors,
-    _read_json,
+    admit_run,
     agent_for_request,
 )
 from apps.agents.openai_compat.wire import validate_body
@@ -80,13 +80,7 @@ def _parse(body: ResponsesBody, prior_calls: dict[str, str]) -> ChatRequest:
 async def responses(request: HttpRequest) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
-    try:
-        raw, body_error = _read_json(request), None
-    except OpenAIError as exc:
-        raw, body_error = None, exc
-    admission = await admit(request, model=raw.get("model") if isinstance(raw, dict) else None, execute=True)
-    if body_error is not None:
-        raise body_error
+    raw, admission = await admit_run(request)
     body: ResponsesBody = validate_body(ResponsesBody, raw)
     if admission.agent is None:
         raise model_not_found(body.model)

@@ -23,13 +23,13 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponseBase
 
-from apps.agents.api.sse import event_stream_response
+from apps.agents.api.sse import PING_FRAME, event_stream_response
 from apps.agents.engine.events import (
     ExecutionCancelled,
     ExecutionCompleted,
@@ -45,13 +45,14 @@ from apps.agents.openai_compat.schemas import ChatRequest
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
-PING_FRAME = b": ping\n\n"
 SERVER_ERROR = OpenAIError("The stream failed on the server.", status=500, code="server_error")
 
 
-def sse(data: Any) -> bytes:
+def sse(data: Any, *, event: str | None = None) -> bytes:
+    """One server-sent event: `data` as JSON, under `event:` when named (the Responses API's typed events)."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode("utf-8", "replace")
+    name = f"event: {event}\n" if event else ""
+    return f"{name}data: {payload}\n\n".encode("utf-8", "replace")
 
 
 async def next_event(stream: RunStream, wait: float | None = None) -> Any:
@@ -60,14 +61,39 @@ async def next_event(stream: RunStream, wait: float | None = None) -> Any:
     return item if item is None or item is PING else item.event  # type: ignore[union-attr]
 
 
-async def stream_chat(stream: RunStream, chat: ChatRequest) -> HttpResponseBase:
-    """Wait for the run's first text (or its early failure), then answer with the chunk stream. The response
-    owns `stream`: it is closed when the response ends or the client leaves."""
-    held: list[Any] = []
+async def run_events(stream: RunStream, held: Iterable[Any] = ()) -> AsyncIterator[Any]:
+    """The run's events after ExecutionCreated (first those `held` back), with PING after every idle
+    SSE_PING_SECONDS; ends after the terminal event, raises RuntimeError if the stream ends without one."""
+    queued = deque(held)
+    interval = float(settings.SSE_PING_SECONDS)
+    while True:
+        event = queued.popleft() if queued else await next_event(stream, interval)
+        if event is None:
+            raise RuntimeError("the engine's stream ended without a terminal event")
+        yield event
+        if isinstance(event, ExecutionCompleted | ExecutionFailed | ExecutionCancelled):
+            return
+
+
+async def first_event(stream: RunStream) -> ExecutionCreated:
+    """The ExecutionCreated every run stream begins with. On anything else, or if the wait is cancelled (the
+    client left), `stream` is closed, which cancels the run, and the error propagates."""
     try:
         created = await next_event(stream)
         if not isinstance(created, ExecutionCreated):
             raise RuntimeError(f"the engine's stream began with {created!r}")
+    except BaseException:
+        await stream.aclose()
+        raise
+    return created
+
+
+async def stream_chat(stream: RunStream, chat: ChatRequest) -> HttpResponseBase:
+    """Wait for the run's first text (or its early failure), then answer with the chunk stream. The response
+    owns `stream`: it is closed when the response ends or the client leaves."""
+    created = await first_event(stream)
+    held: list[Any] = []
+    try:
         loop = asyncio.get_running_loop()
         hold_until = loop.time() + float(settings.SSE_PING_SECONDS)
         while True:
@@ -95,17 +121,12 @@ async def stream_chat(stream: RunStream, chat: ChatRequest) -> HttpResponseBase:
 
 
 async def _body(stream: RunStream, factory: ChunkFactory, held: list[Any]) -> AsyncIterator[bytes]:
-    queued = deque(held)
-    interval = float(settings.SSE_PING_SECONDS)
     sent_text = False
     try:
         yield sse(factory.role())
-        while True:
-            event = queued.popleft() if queued else await next_event(stream, interval)
+        async for event in run_events(stream, held):
             if event is PING:
                 yield PING_FRAME
-            elif event is None:
-                raise RuntimeError("the engine's stream ended without a terminal event")
             elif isinstance(event, OutputDelta):
                 if event.text:
                     sent_text = True
@@ -122,10 +143,8 @@ async def _body(stream: RunStream, factory: ChunkFactory, held: list[Any]) -> As
                 if factory.include_usage:
                     yield sse(factory.usage(event.result))
                 yield DONE
-                return
             elif isinstance(event, ExecutionFailed | ExecutionCancelled):
                 yield sse(run_failure(event.result, factory.execution_id).body())
-                return
             # Tool calls and platform fallbacks are the agent's own business: not part of OpenAI's stream.
     except Exception:
         logger.exception("chat completion stream failed")

@@ -21,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.agents.api.parsers import JSONTooDeep, loads_bounded
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent
-from apps.agents.openai_compat.auth import admit
+from apps.agents.openai_compat.auth import Admission, admit
 from apps.agents.openai_compat.checks import check_request_fits_agent
 from apps.agents.openai_compat.errors import (
     OpenAIError,
@@ -74,6 +74,21 @@ def _read_json(request: HttpRequest) -> Any:
         ) from None
 
 
+async def admit_run(request: HttpRequest) -> tuple[Any, Admission]:
+    """The JSON body of a request that runs an agent, and its admission. 401 and 429 come before any
+    complaint about the body, as with OpenAI."""
+    try:
+        body, body_error = _read_json(request), None
+    except OpenAIError as exc:
+        body, body_error = None, exc
+    admission = await admit(
+        request, model=body.get("model") if isinstance(body, dict) else None, execute=True
+    )
+    if body_error is not None:
+        raise body_error
+    return body, admission
+
+
 def agent_for_request(agent: Agent, chat: ChatRequest) -> Agent:
     """The agent as this request runs it: the row itself, or an unsaved copy carrying the request's
     temperature / max_tokens and its system messages appended to the agent's prompt. The copy keeps the
@@ -123,15 +138,7 @@ def _openai_errors(view: Any) -> Any:
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
-    try:
-        body, body_error = _read_json(request), None
-    except OpenAIError as exc:
-        body, body_error = None, exc
-    model = body.get("model") if isinstance(body, dict) else None
-    # 401 and 429 come before any complaint about the body, as with OpenAI.
-    admission = await admit(request, model=model, execute=True)
-    if body_error is not None:
-        raise body_error
+    body, admission = await admit_run(request)
     chat = parse_chat_request(
         body, max_messages=2 * int(settings.MAX_HISTORY_MESSAGES), max_chars=int(settings.MAX_TASK_CHARS)
     )
