@@ -100,34 +100,23 @@ class McpServerAdmin(admin.ModelAdmin):
     )
 
 
+# What a budget applies to and what it allows, in the list and in the form alike.
+BUDGET_TERMS = ("scope", "user", "agent", "period", "limit_usd", "limit_tokens", "max_concurrent")
+
+
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     """Budgets are edited here (or with `manage.py set_budget` / POST /api/v1/budgets/). Usage is not: it
     is what the runs' reservations and settlements wrote, and an edit would race them."""
 
-    list_display = (
-        "label",
-        "scope",
-        "user",
-        "agent",
-        "period",
-        "limit_usd",
-        "limit_tokens",
-        "max_concurrent",
-    )
+    list_display = ("label", *BUDGET_TERMS)
     list_filter = ("scope", "period", "is_active")
     search_fields = ("name", "user__username", "agent__agent_id")
     raw_id_fields = ("user", "agent")
     readonly_fields = ("from_default", "created_at", "updated_at", "current_usage")
     fields = (
         "name",
-        "scope",
-        "user",
-        "agent",
-        "period",
-        "limit_usd",
-        "limit_tokens",
-        "max_concurrent",
+        *BUDGET_TERMS,
         "is_active",
         "current_usage",
         "from_default",

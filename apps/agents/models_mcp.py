@@ -18,10 +18,14 @@ MCP_SERVER_NAME = RegexValidator(
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _is_env_name(text: object) -> bool:
+    return isinstance(text, str) and ENV_VAR_NAME.match(text) is not None
+
+
 def validate_header_env(value: object) -> None:
     """{header name: environment variable name}: the secret itself never enters the database."""
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and k and isinstance(v, str) and ENV_VAR_NAME.match(v) for k, v in value.items()
+        isinstance(k, str) and k and _is_env_name(v) for k, v in value.items()
     ):
         raise ValidationError(
             'must map header names to environment variable names, e.g. {"Authorization": "DOCS_TOKEN"}',
@@ -31,10 +35,7 @@ def validate_header_env(value: object) -> None:
 
 def validate_env_from_env(value: object) -> None:
     """{variable in the server's environment: variable of this process's environment}."""
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and ENV_VAR_NAME.match(k) and isinstance(v, str) and ENV_VAR_NAME.match(v)
-        for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(_is_env_name(k) and _is_env_name(v) for k, v in value.items()):
         raise ValidationError(
             'must map variable names to variable names, e.g. {"DOCS_API_KEY": "DOCS_API_KEY"}',
             code="invalid_env",

@@ -11,17 +11,14 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from apps.agents.models import Agent, AgentExecution, ExecutionStatus
+from apps.agents.services.stats import OutcomeCounts
 
 MAX_DAYS = 90
 
 
 @dataclass(frozen=True, slots=True)
-class DailyCount:
+class DailyCount(OutcomeCounts):
     date: date
-    total: int
-    completed: int
-    failed: int
-    cancelled: int
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)

@@ -167,25 +167,11 @@ def load_entry(path: Path) -> CatalogEntry:
     values = {key: _typed(path, key, data.get(key, _default(key))) for key in ALLOWED_KEYS - {"example"}}
     _check_model_rules(path, values)
     _check_catalog_rules(path, values)
+    # The entry's fields are the file's values under the Agent fields' names; lists become tuples (frozen).
+    fields = {name: values[name] for name in ("agent_id", "name", *AGENT_CONFIG_FIELDS)}
+    fields.update(capabilities=tuple(values["capabilities"]), tools=tuple(values["tools"]))
     entry = CatalogEntry(
-        agent_id=values["agent_id"],
-        name=values["name"],
-        description=values["description"],
-        system_prompt=values["system_prompt"],
-        capabilities=tuple(values["capabilities"]),
-        agent_type=values["agent_type"],
-        temperature=values["temperature"],
-        output_schema=values["output_schema"],
-        tools=tuple(values["tools"]),
-        preferred_platform=values["preferred_platform"],
-        model=values["model"],
-        max_tokens=values["max_tokens"],
-        timeout_seconds=values["timeout_seconds"],
-        max_retries=values["max_retries"],
-        history_window=values["history_window"],
-        max_tool_calls=values["max_tool_calls"],
-        example=_example(path, data.get("example"), values["output_schema"]),
-        source=path,
+        **fields, example=_example(path, data.get("example"), values["output_schema"]), source=path
     )
     try:  # the row stores JSON: a YAML date or set would only fail later, inside the database layer
         json.dumps(entry.agent_values())

@@ -59,7 +59,7 @@ class MessageItem(Open):
 
 class FunctionCallItem(Open):
     type: Literal["function_call"]
-    call_id: Annotated[Text, Field(min_length=1, max_length=200)]
+    call_id: wire.CallId
     name: Annotated[str, Field(pattern=wire.TOOL_NAME)]
     arguments: Text
     id: str | None = None
@@ -68,7 +68,7 @@ class FunctionCallItem(Open):
 
 class FunctionCallOutputItem(Open):
     type: Literal["function_call_output"]
-    call_id: Annotated[Text, Field(min_length=1, max_length=200)]
+    call_id: wire.CallId
     output: Text | list[InputText]
     id: str | None = None
     status: str | None = None

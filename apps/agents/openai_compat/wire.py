@@ -35,6 +35,8 @@ def _clean_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_clean_text)]
+# A tool call's id as clients echo it back (OpenAI's "call_...", the Responses API's call_id).
+CallId = Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 class Closed(BaseModel):
@@ -79,7 +81,7 @@ class FunctionCall(Open):
 
 
 class ToolCallBody(Open):
-    id: Annotated[Text, Field(min_length=1, max_length=200)]
+    id: CallId
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -106,7 +108,7 @@ class AssistantMessage(Open):
 
 class ToolMessage(Open):
     role: Literal["tool"]
-    tool_call_id: Annotated[Text, Field(min_length=1, max_length=200)]
+    tool_call_id: CallId
     content: Text | list[TextPart]
 
 

@@ -37,11 +37,18 @@ EXACT_PERCENTILES_UP_TO = 20_000
 
 
 @dataclass(frozen=True, slots=True)
-class AgentStats:
+class OutcomeCounts:
+    """An agent's runs, in total and by how they ended. The console's daily chart (console/selectors.py)
+    counts with this too, so that its bars and the stats beside them agree."""
+
     total: int
     completed: int
     failed: int
     cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats(OutcomeCounts):
     running: int
     pending: int
     success_rate: float | None  # completed / finished; None before any run finished
