@@ -146,6 +146,10 @@ class BudgetUsage(models.Model):
     spent_tokens = models.BigIntegerField(default=0)
     reserved_tokens = models.BigIntegerField(default=0)
     active_runs = models.IntegerField(default=0)
+    #: Of `spent_*`, what was settled at a reservation's worst case because its attempt's process died
+    #: before it reported usage (the reaper): an upper bound of what the provider may have billed.
+    estimated_units = models.BigIntegerField(default=0)
+    estimated_tokens = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -162,6 +166,10 @@ class BudgetUsage(models.Model):
     @property
     def reserved_usd(self) -> Decimal:
         return units_to_usd(self.reserved_units)
+
+    @property
+    def estimated_usd(self) -> Decimal:
+        return units_to_usd(self.estimated_units)
 
 
 class ReservationKind(models.TextChoices):
