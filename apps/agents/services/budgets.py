@@ -28,7 +28,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.engine.spend import AttemptSpec, SpendRefused
@@ -38,12 +37,13 @@ from apps.agents.models_budget import BudgetPeriod, BudgetScope, ReservationKind
 from apps.agents.services.budget_ledger import Hold, Release, apply, claims_for, hold
 from apps.agents.services.budget_reaper import release_orphaned  # noqa: F401 - the service's API
 from apps.agents.services.budget_windows import (  # noqa: F401 - the service's API, re-exported
+    Applicable,
     BudgetLimits,
     Windows,
     first_refusal,
     period_reset,
     period_start,
-    read_windows,
+    read_applicable,
 )
 from apps.platforms.base import Usage
 
@@ -53,31 +53,21 @@ Cost = Callable[[str, str, Usage], Decimal]
 
 
 # ---------------------------------------------------------------------- which budgets apply
-def applicable_query(*, user: Any, agent: Any) -> Q:
-    condition = Q(scope=BudgetScope.DEPLOYMENT)
-    if agent is not None and getattr(agent, "pk", None) is not None:
-        condition |= Q(scope=BudgetScope.AGENT, agent_id=agent.pk)
-    if getattr(user, "is_authenticated", False):
-        condition |= Q(scope=BudgetScope.USER, user_id=user.pk)
-        if agent is not None and getattr(agent, "pk", None) is not None:
-            condition |= Q(scope=BudgetScope.USER_AGENT, user_id=user.pk, agent_id=agent.pk)
-    return condition
+def _read(user: Any, agent: Any) -> Applicable:
+    authenticated = getattr(user, "is_authenticated", False)
+    user_id = user.pk if authenticated else None
+    agent_id = getattr(agent, "pk", None) if agent is not None else None
+    applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
+    if authenticated and BudgetScope.USER not in applicable.scopes and default_user_budget(user) is not None:
+        # A user without a budget of their own gets one from BUDGET_DEFAULT_USER, written once (their first
+        # run) and editable like any other.
+        applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
+    return applicable
 
 
 def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
-    """Every active budget that applies to `user` running `agent`, ordered by id (the order in which rows
-    are locked, so two runs never wait on each other in a cycle). A user without a budget of their own gets
-    one from BUDGET_DEFAULT_USER, written once and editable like any other."""
-    rows = list(
-        Budget.objects.filter(applicable_query(user=user, agent=agent))
-        .select_related("user", "agent")
-        .order_by("id")
-    )
-    if getattr(user, "is_authenticated", False) and not any(b.scope == BudgetScope.USER for b in rows):
-        default = default_user_budget(user)
-        if default is not None:
-            rows = sorted([*rows, default], key=lambda b: b.pk)
-    return [BudgetLimits.of(budget) for budget in rows if budget.is_active]
+    """Every active budget that applies to `user` running `agent`, ordered by id."""
+    return list(_read(user, agent).budgets)
 
 
 def default_user_budget(user: Any) -> Budget | None:
@@ -277,10 +267,10 @@ def as_application_error(refused: SpendRefused) -> BudgetExceeded:
 
 
 def load_budgets(*, user: Any, agent: Any) -> tuple[tuple[BudgetLimits, ...], Windows]:
-    """The budgets that apply to a run and their current windows: read together, in the run's preparation
-    (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
-    budgets = tuple(applicable_budgets(user=user, agent=agent))
-    return budgets, (read_windows(budgets, timezone.now()) if budgets else {})
+    """The budgets that apply to a run and their current windows, read together in one query, in the run's
+    preparation (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
+    applicable = _read(user, agent)
+    return applicable.budgets, applicable.windows
 
 
 aload_budgets = sync_to_async(load_budgets)
