@@ -59,17 +59,6 @@ class BudgetLimits:
     def limits_spend(self) -> bool:
         return self.limit_usd is not None or self.limit_tokens is not None
 
-    @classmethod
-    def of(cls, budget: Budget) -> BudgetLimits:
-        return cls(
-            id=budget.pk,
-            label=budget.label,
-            period=budget.period,
-            limit_usd=budget.limit_usd,
-            limit_tokens=budget.limit_tokens,
-            max_concurrent=budget.max_concurrent,
-        )
-
 
 def _describe_limit(budget: BudgetLimits) -> str:
     parts = []

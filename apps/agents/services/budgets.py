@@ -70,21 +70,33 @@ def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
     return list(_read(user, agent).budgets)
 
 
-def default_user_budget(user: Any) -> Budget | None:
+def default_budget(user: Any) -> Budget | None:
+    """The budget BUDGET_DEFAULT_USER gives a user with none of their own, unsaved (None: no default)."""
     spec = settings.BUDGET_DEFAULT_USER or {}
     if not spec:
         return None
-    period = str(spec.get("period", BudgetPeriod.MONTH))
-    budget, _ = Budget.objects.get_or_create(
+    return Budget(
         scope=BudgetScope.USER,
         user=user,
-        period=period,
-        defaults={
-            "limit_usd": Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
-            "limit_tokens": int(spec["tokens"]) if spec.get("tokens") is not None else None,
-            "max_concurrent": int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
-            "from_default": True,
-        },
+        period=str(spec.get("period", BudgetPeriod.MONTH)),
+        limit_usd=Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
+        limit_tokens=int(spec["tokens"]) if spec.get("tokens") is not None else None,
+        max_concurrent=int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
+        from_default=True,
+    )
+
+
+def default_user_budget(user: Any) -> Budget | None:
+    """The user's default budget, written at their first run (once: a concurrent first run gets the same)."""
+    default = default_budget(user)
+    if default is None:
+        return None
+    fields = ("limit_usd", "limit_tokens", "max_concurrent", "from_default")
+    budget, _ = Budget.objects.get_or_create(
+        scope=default.scope,
+        user=user,
+        period=default.period,
+        defaults={field: getattr(default, field) for field in fields},
     )
     return budget
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.agents.budget_selectors import usage_for_user
 from apps.agents.models import Budget, BudgetUsage
 from apps.agents.services import budgets as budget_services
 from apps.agents.services.budget_ledger import Release, apply
@@ -42,6 +43,12 @@ def test_a_timed_out_runs_reservation_waits_for_its_process_then_is_settled_at_i
     # What the provider may have billed is not known: the worst case is spent, and marked as estimated.
     assert (usage.spent_tokens, usage.spent_units) == (400, 70)
     assert (usage.estimated_tokens, usage.estimated_units) == (400, 70)
+    (shown,) = usage_for_user(user=alice)  # GET /api/v1/usage/ says which part of the spend is estimated
+    assert (shown.spent_tokens, shown.estimated_tokens, shown.estimated_usd) == (
+        400,
+        400,
+        usage.estimated_usd,
+    )
     # The process settles late: nothing is released twice, nothing goes negative.
     assert apply([Release(held, spent_units=0, spent_tokens=100)]).released == [False]
     usage.refresh_from_db()
