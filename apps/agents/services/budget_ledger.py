@@ -38,13 +38,14 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.agents.models import BudgetReservation, BudgetUsage
+from apps.agents.models import Budget, BudgetReservation, BudgetUsage
 from apps.agents.models_budget import EPOCH, ReservationKind
 from apps.agents.services.budget_windows import BudgetLimits, diagnose, period_start, refusal
 
 logger = logging.getLogger(__name__)
 
 USAGE = BudgetUsage._meta.db_table
+BUDGETS = Budget._meta.db_table
 RESERVATIONS = BudgetReservation._meta.db_table
 _KEY = "(budget_id = %s AND period_start = %s)"
 _RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
@@ -211,8 +212,12 @@ def _missing_windows(cursor: Any, claims: Sequence[Claim]) -> list[Claim]:
 
 
 def _ensure_windows(claims: Sequence[Claim]) -> None:
+    """Create the missing window rows of budgets that still exist (one deleted since the run read it gets
+    none: its claim then cannot be made, and the hold is refused rather than failing on the foreign key)."""
+    existing = set(Budget.objects.filter(pk__in={c.budget.id for c in claims}).values_list("pk", flat=True))
     BudgetUsage.objects.bulk_create(
-        [BudgetUsage(budget_id=c.budget.id, period_start=c.start) for c in claims], ignore_conflicts=True
+        [BudgetUsage(budget_id=c.budget.id, period_start=c.start) for c in claims if c.budget.id in existing],
+        ignore_conflicts=True,
     )
 
 
@@ -277,6 +282,7 @@ class _PostgresLedger:
         if claims:  # a window's first hold creates its row (only a missing one: no sequence value is used)
             missing = " UNION ALL ".join(
                 f"SELECT %s::bigint, %s::timestamptz WHERE NOT EXISTS (SELECT 1 FROM {USAGE} WHERE {_KEY})"
+                f" AND EXISTS (SELECT 1 FROM {BUDGETS} WHERE id = %s)"  # deleted meanwhile: no FK error
                 for _ in claims
             )
             statements.append(
@@ -285,7 +291,7 @@ class _PostgresLedger:
                 f" SELECT w.*, 0, 0, 0, 0, 0, 0, 0 FROM ({missing}) AS w ON CONFLICT DO NOTHING"
             )
             for claim in claims:
-                params += [claim.budget.id, _when(claim.start)] * 2
+                params += [*[claim.budget.id, _when(claim.start)] * 2, claim.budget.id]
         windows = sorted({w for r in releases for w in r.hold.windows} | {c.window for c in claims})
         if windows:  # every row this step changes, locked in one order (no two steps wait in a cycle)
             keys, key_params = _keys(windows)

@@ -91,7 +91,17 @@ def test_each_step_is_one_round_trip_on_postgresql(alice):
     # SQLite has no round trips (it runs in the process) and no data-modifying CTEs: one statement each, in
     # one transaction (the windows' first hold also creates their rows).
     counts = [len(statements(queries)) for queries in (first, second, close)]
-    assert counts == ([1, 1, 1] if postgres else [6, 4, 4])
+    assert counts == ([1, 1, 1] if postgres else [7, 4, 4])
     for row in BudgetUsage.objects.all():
         assert (row.reserved_units, row.reserved_tokens, row.active_runs) == (0, 0, 0)
     assert BudgetReservation.objects.count() == 0
+
+
+def test_a_budget_deleted_during_a_run_refuses_its_hold_instead_of_failing(alice):
+    budget = Budget.objects.create(scope="user", user=alice, period="day", limit_tokens=1000)
+    limits = budget_services.applicable_budgets(user=alice, agent=None)  # the run read it
+    budget.delete()  # ... and an administrator deletes it (its windows go with it)
+    execution = ExecutionFactory(status="running", user=alice)
+    with pytest.raises(SpendRefused):  # a 429 for the run, not an IntegrityError (a 500)
+        budget_services.hold(claims(limits, tokens=10), execution_id=execution.pk)
+    assert BudgetUsage.objects.count() == 0 and BudgetReservation.objects.count() == 0
