@@ -11,15 +11,17 @@ and writes the reservation rows (the proof of the hold) only if it did. Settling
 and moves its amount from reserved to spent only if the row was still there, so a reservation is never
 released twice (its holder and the reaper race for the DELETE; one wins).
 
-Why no hold can overshoot: on PostgreSQL (READ COMMITTED) the rows are first locked in a fixed order
-(`SELECT ... ORDER BY ... FOR UPDATE`, which waits for concurrent holders), and the UPDATE that follows takes a
-new snapshot: the count it checks is the latest committed state, which nobody else can change while the locks
-are held. SQLite runs one writer at a time (IMMEDIATE transactions, config/settings.py), so the count and the
-UPDATE see the same state there too.
+Why no hold can overshoot: on PostgreSQL (READ COMMITTED) a step that changes several rows first locks them in
+a fixed order (`SELECT ... ORDER BY ... FOR UPDATE`, which waits for concurrent holders), and the UPDATE that
+follows takes a new snapshot: the count it checks is the latest committed state, which nobody else can change
+while the locks are held. A step on one row needs no lock: that row's own conditions are in the UPDATE's
+WHERE, which PostgreSQL re-checks on the latest version of a row it had to wait for. SQLite runs one writer at
+a time (IMMEDIATE transactions, config/settings.py), so the count and the UPDATE see the same state there too.
 
 PostgreSQL: each step is sent as one multi-statement query (Django's psycopg cursor binds parameters on the
 client, so the server runs the statements back to back as one implicit transaction: one round trip, and an
-error rolls all of it back). Data-modifying CTEs make the hold and the settlement one statement each. The
+error rolls all of it back). A window's first hold (once per budget and period) takes a second round trip to
+create the window's row. Data-modifying CTEs make the hold and the settlement one statement each. The
 transaction commits with synchronous_commit off: visible to every other transaction at once (the guarantee
 above is unchanged), but not waiting for the WAL fsync. Only a crash of PostgreSQL itself could lose the last
 fraction of a second of holds and settlements; a lost hold is harmless once the server is back (its run
@@ -45,7 +47,6 @@ from apps.agents.services.budget_windows import BudgetLimits, diagnose, period_s
 logger = logging.getLogger(__name__)
 
 USAGE = BudgetUsage._meta.db_table
-BUDGETS = Budget._meta.db_table
 RESERVATIONS = BudgetReservation._meta.db_table
 _KEY = "(budget_id = %s AND period_start = %s)"
 _RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
@@ -204,21 +205,28 @@ def _reservation_rows(claims: Sequence[Claim], execution_id: Any) -> list[tuple[
     return rows
 
 
-def _missing_windows(cursor: Any, claims: Sequence[Claim]) -> list[Claim]:
+def _create_missing_windows(claims: Sequence[Claim]) -> bool:
+    """Create the window rows `claims` need that do not exist yet (a window's first hold), for budgets that
+    still exist: one deleted since the run read it gets none, and its hold is refused rather than failing on
+    the foreign key. Whether any was missing."""
     keys, params = _keys(claim.window for claim in claims)
-    cursor.execute(f"SELECT budget_id, period_start FROM {USAGE} WHERE {keys}", params)
-    present = {(int(budget_id), str(start)) for budget_id, start in cursor.fetchall()}
-    return [c for c in claims if (c.budget.id, str(_when(c.start))) not in present]
-
-
-def _ensure_windows(claims: Sequence[Claim]) -> None:
-    """Create the missing window rows of budgets that still exist (one deleted since the run read it gets
-    none: its claim then cannot be made, and the hold is refused rather than failing on the foreign key)."""
-    existing = set(Budget.objects.filter(pk__in={c.budget.id for c in claims}).values_list("pk", flat=True))
-    BudgetUsage.objects.bulk_create(
-        [BudgetUsage(budget_id=c.budget.id, period_start=c.start) for c in claims if c.budget.id in existing],
-        ignore_conflicts=True,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT budget_id, period_start FROM {USAGE} WHERE {keys}", params)
+        present = {(int(budget_id), str(start)) for budget_id, start in cursor.fetchall()}
+    missing = [c for c in claims if (c.budget.id, str(_when(c.start))) not in present]
+    if missing:
+        existing = set(
+            Budget.objects.filter(pk__in={c.budget.id for c in missing}).values_list("pk", flat=True)
+        )
+        BudgetUsage.objects.bulk_create(  # a concurrent creator is ignored
+            [
+                BudgetUsage(budget_id=c.budget.id, period_start=c.start)
+                for c in missing
+                if c.budget.id in existing
+            ],
+            ignore_conflicts=True,
+        )
+    return bool(missing)
 
 
 class _Ledger:
@@ -240,16 +248,9 @@ class _Ledger:
         return True
 
     def _hold(self, cursor: Any, claims: Sequence[Claim], execution_id: Any) -> dict[str, Hold] | None:
-        sql, params = _hold_update(claims)
-        cursor.execute(sql, params)
+        cursor.execute(*_hold_update(claims))
         if not cursor.rowcount:
-            missing = _missing_windows(cursor, claims)
-            if not missing:
-                return None
-            _ensure_windows(missing)  # the windows' first attempt; a concurrent creator is ignored
-            cursor.execute(sql, params)
-            if not cursor.rowcount:
-                return None
+            return None
         holds = {}
         for kind, hold, values in _reservation_rows(claims, execution_id):
             cursor.execute(
@@ -262,15 +263,15 @@ class _Ledger:
 
 
 def _hold_update(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
-    """The all-or-nothing UPDATE of a hold (without RETURNING)."""
+    """The all-or-nothing UPDATE of a hold (without RETURNING): every claimed row that fits, if all fit.
+    Each row's own conditions are in the WHERE too, so that PostgreSQL re-checks them on the row's latest
+    version if it waited for another writer (enough when one row is claimed; more are locked first)."""
     changes, change_params = _hold_set_clause(claims)
-    keys, key_params = _keys(claim.window for claim in claims)
     fits = [claim.fits() for claim in claims]
-    sql = (
-        f"UPDATE {USAGE} SET {changes} WHERE ({keys})"
-        f" AND (SELECT count(*) FROM {USAGE} WHERE {' OR '.join(sql for sql, _ in fits)}) = %s"
-    )
-    return sql, [*change_params, *key_params, *(p for _, params in fits for p in params), len(claims)]
+    any_fits = " OR ".join(sql for sql, _ in fits)
+    fit_params = [p for _, params in fits for p in params]
+    sql = f"UPDATE {USAGE} SET {changes} WHERE ({any_fits}) AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
+    return sql, [*change_params, *fit_params, *fit_params, len(claims)]
 
 
 class _PostgresLedger:
@@ -279,21 +280,10 @@ class _PostgresLedger:
     def apply(self, releases: Sequence[Release], claims: Sequence[Claim], execution_id: Any) -> Outcome:
         statements: list[str] = ["SELECT set_config('synchronous_commit', 'off', true)"]
         params: list[Any] = []
-        if claims:  # a window's first hold creates its row (only a missing one: no sequence value is used)
-            missing = " UNION ALL ".join(
-                f"SELECT %s::bigint, %s::timestamptz WHERE NOT EXISTS (SELECT 1 FROM {USAGE} WHERE {_KEY})"
-                f" AND EXISTS (SELECT 1 FROM {BUDGETS} WHERE id = %s)"  # deleted meanwhile: no FK error
-                for _ in claims
-            )
-            statements.append(
-                f"INSERT INTO {USAGE} (budget_id, period_start, spent_units, reserved_units, spent_tokens,"
-                f" reserved_tokens, active_runs, estimated_units, estimated_tokens)"
-                f" SELECT w.*, 0, 0, 0, 0, 0, 0, 0 FROM ({missing}) AS w ON CONFLICT DO NOTHING"
-            )
-            for claim in claims:
-                params += [*[claim.budget.id, _when(claim.start)] * 2, claim.budget.id]
         windows = sorted({w for r in releases for w in r.hold.windows} | {c.window for c in claims})
-        if windows:  # every row this step changes, locked in one order (no two steps wait in a cycle)
+        if (
+            len(windows) > 1
+        ):  # every row this step changes, locked in one order (no two steps wait in a cycle)
             keys, key_params = _keys(windows)
             statements.append(
                 f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
@@ -368,6 +358,8 @@ def hold(
     now = now or timezone.now()
     outcome = apply(releases, claims, execution_id=execution_id)
     holds = outcome.holds
+    if holds is None and _create_missing_windows(claims):  # the windows' first hold: a second round trip
+        holds = apply((), claims, execution_id=execution_id).holds
     if holds is None:
         refused = diagnose(claims, now)
         if refused is None:  # the room it found full came back just after: try once more

@@ -75,6 +75,9 @@ def test_each_step_is_one_round_trip_on_postgresql(alice):
     limits = budget_services.applicable_budgets(user=alice, agent=agent)
     execution = ExecutionFactory(status="running", user=alice)
     postgres = connection.vendor == "postgresql"
+    # A window's first hold also creates its row: once per budget and period, not measured here.
+    created, _ = budget_services.hold(claims(limits, tokens=1, slot=True), execution_id=execution.pk)
+    apply([Release(created["spend"]), Release(created["slot"])])
     with CaptureQueriesContext(connection) as first:  # three spend windows and a run slot
         holds, _ = budget_services.hold(
             claims(limits, tokens=100, units=9, slot=True), execution_id=execution.pk
@@ -89,9 +92,9 @@ def test_each_step_is_one_round_trip_on_postgresql(alice):
         assert apply([Release(again["spend"], 3, 50), Release(holds["slot"])]).released == [True, True]
     assert released == [True]
     # SQLite has no round trips (it runs in the process) and no data-modifying CTEs: one statement each, in
-    # one transaction (the windows' first hold also creates their rows).
+    # one transaction.
     counts = [len(statements(queries)) for queries in (first, second, close)]
-    assert counts == ([1, 1, 1] if postgres else [7, 4, 4])
+    assert counts == ([1, 1, 1] if postgres else [3, 4, 4])
     for row in BudgetUsage.objects.all():
         assert (row.reserved_units, row.reserved_tokens, row.active_runs) == (0, 0, 0)
     assert BudgetReservation.objects.count() == 0
