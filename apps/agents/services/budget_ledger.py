@@ -51,14 +51,14 @@ RESERVATIONS = BudgetReservation._meta.db_table
 _KEY = "(budget_id = %s AND period_start = %s)"
 _RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
 
-Window_ = tuple[int, datetime]
+WindowKey = tuple[int, datetime]
 
 
 def _when(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _keys(windows: Iterable[Window_]) -> tuple[str, list[Any]]:
+def _keys(windows: Iterable[WindowKey]) -> tuple[str, list[Any]]:
     windows = list(windows)
     params = [value for budget_id, start in windows for value in (budget_id, _when(start))]
     return " OR ".join([_KEY] * len(windows)), params
@@ -77,7 +77,7 @@ class Claim:
     spend: bool = False  # checked against the spend limits (a slot alone checks max_concurrent only)
 
     @property
-    def window(self) -> Window_:
+    def window(self) -> WindowKey:
         return self.budget.id, self.start
 
     def fits(self) -> tuple[str, list[Any]]:
@@ -101,7 +101,7 @@ def claims_for(
 ) -> list[Claim]:
     """One claim per usage row, in lock order: a budget's current window for the spend, its EPOCH row for a
     run slot. A total budget's spend window is its EPOCH row too: merged, checked against both limits."""
-    merged: dict[Window_, Claim] = {}
+    merged: dict[WindowKey, Claim] = {}
     for budget in budgets:
         if spend and budget.limits_spend:
             start = period_start(budget.period, now)
@@ -120,7 +120,7 @@ class Hold:
     id: int
     units: int
     tokens: int
-    windows: tuple[Window_, ...]
+    windows: tuple[WindowKey, ...]
     kind: str = ReservationKind.SPEND
 
 
@@ -270,7 +270,10 @@ def _hold_update(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
     fits = [claim.fits() for claim in claims]
     any_fits = " OR ".join(sql for sql, _ in fits)
     fit_params = [p for _, params in fits for p in params]
-    sql = f"UPDATE {USAGE} SET {changes} WHERE ({any_fits}) AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
+    sql = (
+        f"UPDATE {USAGE} SET {changes} WHERE ({any_fits})"
+        f" AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
+    )
     return sql, [*change_params, *fit_params, *fit_params, len(claims)]
 
 
@@ -281,9 +284,9 @@ class _PostgresLedger:
         statements: list[str] = ["SELECT set_config('synchronous_commit', 'off', true)"]
         params: list[Any] = []
         windows = sorted({w for r in releases for w in r.hold.windows} | {c.window for c in claims})
-        if (
-            len(windows) > 1
-        ):  # every row this step changes, locked in one order (no two steps wait in a cycle)
+        # A step on several rows locks them all first, in one order (no two steps wait for each other in a
+        # cycle); on one row its UPDATE's re-check is enough (_hold_update).
+        if len(windows) > 1:
             keys, key_params = _keys(windows)
             statements.append(
                 f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
