@@ -201,11 +201,13 @@ async def measure(base_url: str, agent: Agent, user: object, runs: int, warmup: 
     spec = AttemptSpec("openai", "gpt-4o-mini", 60, 256)
 
     async def budget_writes() -> None:
-        # One attempt's reservation and settlement alone, as the engine makes them (two thread hops).
+        # One attempt's reservation and settlement alone, as the engine makes them: the hold, then the
+        # settlement (noted, no I/O) written by the run's close (two thread hops, two round trips).
         guard = guard_for(execution_id=None, budgets=budgets, registry=get_registry())
         assert guard is not None
         reserved = await guard.reserve(spec)
         await guard.settle(reserved, Usage(11, 7), Decimal("0.0000060000"))
+        await guard.close()
 
     async def db_writes() -> None:
         # The two writes every sync run makes, alone: the INSERT (already running) and the final UPDATE.

@@ -8,13 +8,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.models import Budget, BudgetUsage
 from apps.agents.models_budget import EPOCH, BudgetScope, units_to_usd
-from apps.agents.services.budgets import period_reset, period_start
+from apps.agents.services.budgets import default_budget, period_reset, period_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +38,9 @@ class BudgetStatus:
     active_runs: int
     is_active: bool = True
     from_default: bool = False
+    #: Of the spend, what was settled at an attempt's worst case because its process died (the reaper).
+    estimated_usd: Decimal = Decimal(0)
+    estimated_tokens: int = 0
 
     @property
     def remaining_usd(self) -> Decimal | None:
@@ -60,8 +62,9 @@ def budget_statuses(budgets: Iterable[Budget], now: datetime | None = None) -> l
     if not budgets:
         return []
     where = Q(pk__in=[])
-    for budget in budgets:
-        where |= Q(budget_id=budget.pk, period_start__in=[period_start(budget.period, now), EPOCH])
+    for budget in budgets:  # an unsaved budget (a user's default, not created yet) has no usage
+        if budget.pk is not None:
+            where |= Q(budget_id=budget.pk, period_start__in=[period_start(budget.period, now), EPOCH])
     rows = {(row.budget_id, row.period_start): row for row in BudgetUsage.objects.filter(where)}
     result = []
     for budget in budgets:
@@ -88,6 +91,8 @@ def budget_statuses(budgets: Iterable[Budget], now: datetime | None = None) -> l
                 active_runs=slots.active_runs,
                 is_active=budget.is_active,
                 from_default=budget.from_default,
+                estimated_usd=window.estimated_usd,
+                estimated_tokens=window.estimated_tokens,
             )
         )
     return result
@@ -104,41 +109,10 @@ def usage_for_user(*, user: Any, now: datetime | None = None) -> list[BudgetStat
         | Q(scope=BudgetScope.AGENT, agent__owner=user)
     )
     budgets = list(Budget.objects.filter(mine, is_active=True).select_related("user", "agent").order_by("id"))
-    statuses = budget_statuses(budgets, now)
-    spec = settings.BUDGET_DEFAULT_USER or {}
-    if spec and not any(b.scope == BudgetScope.USER for b in budgets):
-        default = Budget(
-            scope=BudgetScope.USER,
-            user=user,
-            period=str(spec.get("period", "month")),
-            limit_usd=Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
-            limit_tokens=int(spec["tokens"]) if spec.get("tokens") is not None else None,
-            max_concurrent=int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
-            from_default=True,
-        )
-        start = period_start(default.period, now)
-        statuses.append(
-            BudgetStatus(
-                id=None,
-                name=default.label,
-                scope=default.scope,
-                user=user.get_username(),
-                agent=None,
-                period=default.period,
-                period_start=start,
-                resets_at=period_reset(default.period, start),
-                limit_usd=default.limit_usd,
-                limit_tokens=default.limit_tokens,
-                max_concurrent=default.max_concurrent,
-                spent_usd=Decimal(0),
-                reserved_usd=Decimal(0),
-                spent_tokens=0,
-                reserved_tokens=0,
-                active_runs=0,
-                from_default=True,
-            )
-        )
-    return statuses
+    default = default_budget(user)
+    if default is not None and not any(b.scope == BudgetScope.USER for b in budgets):
+        budgets.append(default)  # as it will be created at their first run
+    return budget_statuses(budgets, now)
 
 
 def all_budgets(now: datetime | None = None) -> list[BudgetStatus]:

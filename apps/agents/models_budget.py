@@ -32,6 +32,18 @@ def units_to_usd(units: int) -> Decimal:
     return (Decimal(units) / UNITS_PER_USD).quantize(Decimal("0.0000000001"))
 
 
+def budget_label(name: str, scope: str, period: str, *, user: str = "", agent: str = "") -> str:
+    """How refusals and the usage API name a budget: its name, else its scope's target and period."""
+    if name:
+        return name
+    targets = {
+        "user": f"user {user}",
+        "agent": f"agent {agent}",
+        "user_agent": f"user {user} on agent {agent}",
+    }
+    return f"{targets.get(scope, 'deployment')} ({period})"
+
+
 class BudgetScope(models.TextChoices):
     USER = "user", "A user"
     AGENT = "agent", "An agent"
@@ -109,19 +121,9 @@ class Budget(models.Model):
 
     @property
     def label(self) -> str:
-        if self.name:
-            return self.name
         user = self.user.get_username() if self.user_id is not None else ""
         agent = self.agent.agent_id if self.agent_id is not None else ""
-        if self.scope == BudgetScope.USER:
-            target = f"user {user}"
-        elif self.scope == BudgetScope.AGENT:
-            target = f"agent {agent}"
-        elif self.scope == BudgetScope.USER_AGENT:
-            target = f"user {user} on agent {agent}"
-        else:
-            target = "deployment"
-        return f"{target} ({self.period})"
+        return budget_label(self.name, self.scope, self.period, user=user, agent=agent)
 
     def clean(self) -> None:
         needs_user = self.scope in (BudgetScope.USER, BudgetScope.USER_AGENT)
@@ -146,6 +148,10 @@ class BudgetUsage(models.Model):
     spent_tokens = models.BigIntegerField(default=0)
     reserved_tokens = models.BigIntegerField(default=0)
     active_runs = models.IntegerField(default=0)
+    #: Of `spent_*`, what was settled at a reservation's worst case because its attempt's process died
+    #: before it reported usage (the reaper): an upper bound of what the provider may have billed.
+    estimated_units = models.BigIntegerField(default=0)
+    estimated_tokens = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -162,6 +168,10 @@ class BudgetUsage(models.Model):
     @property
     def reserved_usd(self) -> Decimal:
         return units_to_usd(self.reserved_units)
+
+    @property
+    def estimated_usd(self) -> Decimal:
+        return units_to_usd(self.estimated_units)
 
 
 class ReservationKind(models.TextChoices):

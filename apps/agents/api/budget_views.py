@@ -40,11 +40,20 @@ class BudgetStatusSerializer(serializers.Serializer):
     max_concurrent = serializers.IntegerField(allow_null=True)
     spent_usd = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=True)
     reserved_usd = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=True)
+    estimated_usd = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=10,
+        coerce_to_string=True,
+        help_text="Of spent_usd, what attempts lost with their worker were settled at (their worst case).",
+    )
     remaining_usd = serializers.DecimalField(
         max_digits=20, decimal_places=10, allow_null=True, coerce_to_string=True
     )
     spent_tokens = serializers.IntegerField()
     reserved_tokens = serializers.IntegerField()
+    estimated_tokens = serializers.IntegerField(
+        help_text="Of spent_tokens, the estimated part (estimated_usd)."
+    )
     remaining_tokens = serializers.IntegerField(allow_null=True)
     active_runs = serializers.IntegerField()
     is_active = serializers.BooleanField()

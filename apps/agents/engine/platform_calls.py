@@ -29,7 +29,7 @@ from apps.agents.engine.events import PlatformFallback
 from apps.agents.engine.request_options import request_extras
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import RunFailure, RunScope
-from apps.agents.engine.spend import SpendGuard, SpendRefused, attempt_spec, settle_shielded
+from apps.agents.engine.spend import SpendGuard, SpendRefused, attempt_spec, ends_the_call, settle_shielded
 from apps.agents.engine.streaming import stream_completion
 from apps.platforms.base import (
     ChatMessage,
@@ -87,8 +87,10 @@ class PlatformCalls:
             raise RunFailure("no_platform", "no AI platform is configured")
         stream = scope.streaming and stream_text
         last_error: PlatformError | None = None
+        refused: SpendRefused | None = None  # a budget refused every platform tried since the last error
         skipped: list[str] = []
         previous: tuple[str, str] | None = None  # (platform, why we left it)
+        first_attempt = len(scope.state.attempts)
         for name in chain:
             left = self.cooldowns.remaining(name)
             if left:
@@ -135,12 +137,20 @@ class PlatformCalls:
                 skipped.append(f"{name}: {why}")
                 previous = (name, "unsupported")
                 continue
-            completion, error = await self._try_platform(scope, name, platform, request, stream)
+            try:
+                completion, error = await self._try_platform(scope, name, platform, request, stream)
+            except SpendRefused as exc:
+                if ends_the_call(name, chain[0], scope.state.attempts[first_attempt:]):
+                    raise
+                refused, previous = exc, (name, "budget_exceeded")
+                continue
             if completion is not None:
                 return completion
             assert error is not None
-            last_error = error
+            last_error, refused = error, None
             previous = (name, error.kind if error.status is None else f"{error.kind} {error.status}")
+        if refused is not None:
+            raise refused
         if last_error is None:
             raise RunFailure("no_platform", "no platform available: " + "; ".join(skipped))
         message = await self.handle_error(last_error, scope.input_data, scope.context)

@@ -50,6 +50,15 @@ class SpendRefused(RunFailure):
         self.budget = budget
 
 
+def ends_the_call(platform: str, preferred: str, attempts: Sequence[Any]) -> bool:
+    """Whether a budget refusal of an attempt on `platform` fails the model call, given the call's attempts
+    so far (the refused one last). A refusal never starts a fallback: the preferred platform's first attempt
+    refused fails the run (the caller asked for that model, nothing was tried). But it does not end one
+    either: a retry or a fallback the budget cannot afford moves on to the next platform of the chain, which
+    may be cheaper; the run fails `budget_exceeded` only when no later platform fits."""
+    return platform == preferred and not any(a.platform == platform for a in attempts[:-1])
+
+
 class SpendGuard(Protocol):
     #: max_tokens sent when the agent sets none, so that the reservation is a true upper bound.
     output_cap: int

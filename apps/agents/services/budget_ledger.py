@@ -1,136 +1,118 @@
-"""Spend control's ledger: the atomic writes that hold, settle and release amounts in budget windows.
+"""Spend control's ledger: the writes that hold, settle and release amounts in budget windows.
 
-Each function is one short transaction of hand-written SQL: these run before and after every provider
-attempt, and the ORM's query building alone cost more than the statements (bench/engine.py). The guarantee
-is the conditional UPDATE in `_hold`: `spent + reserved <= limit - amount`. Under PostgreSQL's READ COMMITTED
-an UPDATE that waited for another's row lock re-evaluates its WHERE on the new row version, and SQLite runs
-one writer at a time (IMMEDIATE transactions), so two attempts can never both take the last room.
+One step, one round trip. A hold (before a provider attempt) claims room in every budget window that applies,
+and on the run's first attempt its concurrency slot too, in ONE statement that changes all of those usage rows
+or none of them:
 
-On PostgreSQL these transactions commit with synchronous_commit off: the commit is visible to every other
-transaction at once (so the guarantee above is unchanged), but does not wait for the WAL to reach the disk.
-Only a crash of PostgreSQL itself could lose the last fraction of a second of holds and settlements; a lost
-hold is harmless once the server is back (its run failed with the crash) and a lost settlement leaves its
-reservation row, which the reaper releases. A durable commit costs an fsync (several ms on these disks),
-which would be most of a run's overhead.
+    UPDATE usage SET reserved = reserved + amount, active_runs = active_runs + CASE ... END
+     WHERE <the rows> AND (SELECT count(*) FROM usage WHERE <row 1 fits> OR <row 2 fits> ...) = <rows>
+
+and writes the reservation rows (the proof of the hold) only if it did. Settling deletes the reservation row
+and moves its amount from reserved to spent only if the row was still there, so a reservation is never
+released twice (its holder and the reaper race for the DELETE; one wins).
+
+Why no hold can overshoot: on PostgreSQL (READ COMMITTED) a step that changes several rows first locks them in
+a fixed order (`SELECT ... ORDER BY ... FOR UPDATE`, which waits for concurrent holders), and the UPDATE that
+follows takes a new snapshot: the count it checks is the latest committed state, which nobody else can change
+while the locks are held. A step on one row needs no lock: that row's own conditions are in the UPDATE's
+WHERE, which PostgreSQL re-checks on the latest version of a row it had to wait for. SQLite runs one writer at
+a time (IMMEDIATE transactions, config/settings.py), so the count and the UPDATE see the same state there too.
+
+PostgreSQL: each step is sent as one multi-statement query (Django's psycopg cursor binds parameters on the
+client, so the server runs the statements back to back as one implicit transaction: one round trip, and an
+error rolls all of it back). A window's first hold (once per budget and period) takes a second round trip to
+create the window's row. Data-modifying CTEs make the hold and the settlement one statement each. The
+transaction commits with synchronous_commit off: visible to every other transaction at once (the guarantee
+above is unchanged), but not waiting for the WAL fsync. Only a crash of PostgreSQL itself could lose the last
+fraction of a second of holds and settlements; a lost hold is harmless once the server is back (its run
+failed with the crash), and a lost settlement leaves its reservation row for the reaper. SQLite (and any other
+database) runs the same statements one by one in a transaction; it has no data-modifying CTEs.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from apps.agents.engine.spend import SpendRefused
-from apps.agents.metrics import record_budget_refusal
 from apps.agents.models import Budget, BudgetReservation, BudgetUsage
-from apps.agents.models_budget import EPOCH, BudgetPeriod, ReservationKind, usd_to_units
+from apps.agents.models_budget import EPOCH, ReservationKind
+from apps.agents.services.budget_windows import BudgetLimits, diagnose, period_start, refusal
 
 logger = logging.getLogger(__name__)
 
-USAGE_TABLE = BudgetUsage._meta.db_table
-RESERVATION_TABLE = BudgetReservation._meta.db_table
+USAGE = BudgetUsage._meta.db_table
+RESERVATIONS = BudgetReservation._meta.db_table
+_KEY = "(budget_id = %s AND period_start = %s)"
+_RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
+
+WindowKey = tuple[int, datetime]
 
 
-# ---------------------------------------------------------------------- periods
-def period_start(period: str, now: datetime) -> datetime:
-    """The start of the calendar window (UTC) that `now` falls in."""
-    now = now.astimezone(EPOCH.tzinfo)
-    if period == BudgetPeriod.DAY:
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == BudgetPeriod.MONTH:
-        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return EPOCH
+def _when(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
 
 
-def period_reset(period: str, start: datetime) -> datetime | None:
-    """When the window starting at `start` ends (None: a total budget never resets)."""
-    if period == BudgetPeriod.DAY:
-        return start + timedelta(days=1)
-    if period == BudgetPeriod.MONTH:
-        return (start + timedelta(days=32)).replace(day=1)
-    return None
+def _keys(windows: Iterable[WindowKey]) -> tuple[str, list[Any]]:
+    windows = list(windows)
+    params = [value for budget_id, start in windows for value in (budget_id, _when(start))]
+    return " OR ".join([_KEY] * len(windows)), params
 
 
-# ---------------------------------------------------------------------- budgets as a run holds them
+# ---------------------------------------------------------------------- what a hold claims
 @dataclass(frozen=True, slots=True)
-class BudgetLimits:
-    """A budget as a run holds it: read once per run, so each attempt costs writes only."""
+class Claim:
+    """Room one hold needs in one usage row (a budget window), and the limits that row must stay within."""
 
-    id: int
-    label: str
-    period: str
-    limit_usd: Decimal | None
-    limit_tokens: int | None
-    max_concurrent: int | None
-
-    @property
-    def limit_units(self) -> int | None:
-        return None if self.limit_usd is None else usd_to_units(self.limit_usd)
+    budget: BudgetLimits
+    start: datetime
+    units: int = 0
+    tokens: int = 0
+    runs: int = 0
+    spend: bool = False  # checked against the spend limits (a slot alone checks max_concurrent only)
 
     @property
-    def limits_spend(self) -> bool:
-        return self.limit_usd is not None or self.limit_tokens is not None
+    def window(self) -> WindowKey:
+        return self.budget.id, self.start
 
-    @classmethod
-    def of(cls, budget: Budget) -> BudgetLimits:
-        return cls(
-            id=budget.pk,
-            label=budget.label,
-            period=budget.period,
-            limit_usd=budget.limit_usd,
-            limit_tokens=budget.limit_tokens,
-            max_concurrent=budget.max_concurrent,
-        )
-
-
-# ---------------------------------------------------------------------- refusals
-def _describe_limit(budget: BudgetLimits) -> str:
-    parts = []
-    if budget.limit_usd is not None:
-        parts.append(f"{budget.limit_usd.normalize():f} USD")
-    if budget.limit_tokens is not None:
-        parts.append(f"{budget.limit_tokens} tokens")
-    per = {"day": "per day (UTC)", "month": "per calendar month (UTC)", "total": "in total"}[budget.period]
-    return f"{' and '.join(parts)} {per}"
+    def fits(self) -> tuple[str, list[Any]]:
+        """This row, if the claim fits in it: `spent + reserved <= limit - amount` for each limit."""
+        sql, params = [_KEY], [self.budget.id, _when(self.start)]
+        limit_units, limit_tokens = self.budget.limit_units, self.budget.limit_tokens
+        if self.spend and limit_units is not None:
+            sql.append("spent_units + reserved_units <= %s")
+            params.append(limit_units - self.units)
+        if self.spend and limit_tokens is not None:
+            sql.append("spent_tokens + reserved_tokens <= %s")
+            params.append(limit_tokens - self.tokens)
+        if self.runs:
+            sql.append("active_runs <= %s")
+            params.append(int(self.budget.max_concurrent or 0) - self.runs)
+        return "(" + " AND ".join(sql) + ")", params
 
 
-def refusal(budget: BudgetLimits, now: datetime, *, held: bool = False) -> SpendRefused:
-    """Name the budget, its limit and when it resets. When the room is held by runs in flight (not spent),
-    it comes back as they settle: Retry-After is then a few seconds, not the period's end."""
-    start = period_start(budget.period, now)
-    reset = period_reset(budget.period, start)
-    if held:
-        when, retry_after = "room held by runs in flight is released as they finish", 5
-    elif reset is None:
-        when, retry_after = "it never resets (ask an administrator to raise it)", None
-    else:
-        when, retry_after = (
-            f"it resets at {reset.isoformat()}",
-            max(1, math.ceil((reset - now).total_seconds())),
-        )
-    message = f"budget '{budget.label}' cannot afford this request: limit {_describe_limit(budget)}; {when}"
-    record_budget_refusal(budget.label, "spend")
-    return SpendRefused(message, retry_after=retry_after, budget=budget.label)
+def claims_for(
+    budgets: Sequence[BudgetLimits], *, units: int, tokens: int, spend: bool, slot: bool, now: datetime
+) -> list[Claim]:
+    """One claim per usage row, in lock order: a budget's current window for the spend, its EPOCH row for a
+    run slot. A total budget's spend window is its EPOCH row too: merged, checked against both limits."""
+    merged: dict[WindowKey, Claim] = {}
+    for budget in budgets:
+        if spend and budget.limits_spend:
+            start = period_start(budget.period, now)
+            merged[(budget.id, start)] = Claim(budget, start, units, tokens, spend=True)
+        if slot and budget.max_concurrent is not None:
+            same = merged.get((budget.id, EPOCH))
+            merged[(budget.id, EPOCH)] = replace(same, runs=1) if same else Claim(budget, EPOCH, runs=1)
+    return [merged[window] for window in sorted(merged)]
 
 
-def concurrency_refusal(budget: BudgetLimits) -> SpendRefused:
-    record_budget_refusal(budget.label, "concurrency")
-    return SpendRefused(
-        f"budget '{budget.label}' allows {budget.max_concurrent} runs at once; wait for one to finish",
-        retry_after=1,
-        budget=budget.label,
-    )
-
-
-# ---------------------------------------------------------------------- the atomic writes
+# ---------------------------------------------------------------------- holds and their release
 @dataclass(frozen=True, slots=True)
 class Hold:
     """A reservation as its holder knows it: enough to release it without reading it back."""
@@ -138,255 +120,256 @@ class Hold:
     id: int
     units: int
     tokens: int
-    windows: tuple[tuple[int, datetime], ...]
-
-
-def _atomic() -> Any:
-    return transaction.atomic()
-
-
-def _relaxed_commit(cursor: Any) -> None:
-    if connection.vendor == "postgresql":
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
-
-
-def _when(value: datetime) -> Any:
-    return connection.ops.adapt_datetimefield_value(value)
-
-
-def _ensure_window(budget_id: int, start: datetime) -> None:
-    BudgetUsage.objects.bulk_create(
-        [BudgetUsage(budget_id=budget_id, period_start=start)], ignore_conflicts=True
-    )
-
-
-def _hold(cursor: Any, budget: BudgetLimits, start: datetime, units: int, tokens: int) -> bool:
-    """One conditional UPDATE: hold `units`/`tokens` in the window if it stays within every limit."""
-    sql = (
-        f"UPDATE {USAGE_TABLE} SET reserved_units = reserved_units + %s, reserved_tokens = reserved_tokens + %s"
-        " WHERE budget_id = %s AND period_start = %s"
-    )
-    params: list[Any] = [units, tokens, budget.id, _when(start)]
-    limit_units = budget.limit_units
-    if limit_units is not None:
-        sql += " AND spent_units + reserved_units <= %s"
-        params.append(limit_units - units)
-    if budget.limit_tokens is not None:
-        sql += " AND spent_tokens + reserved_tokens <= %s"
-        params.append(budget.limit_tokens - tokens)
-    cursor.execute(sql, params)
-    if cursor.rowcount:
-        return True
-    if BudgetUsage.objects.filter(budget_id=budget.id, period_start=start).exists():
-        return False
-    _ensure_window(budget.id, start)  # the window's first attempt; a concurrent creator is ignored
-    cursor.execute(sql, params)
-    return bool(cursor.rowcount)
-
-
-def _held_only(budget: BudgetLimits, start: datetime, units: int, tokens: int) -> bool:
-    """Whether the refused amount would fit once the reservations in flight are settled."""
-    window = BudgetUsage.objects.filter(budget_id=budget.id, period_start=start)
-    row = window.values("spent_units", "spent_tokens").first() or {}
-    fits_usd = budget.limit_units is None or row.get("spent_units", 0) + units <= budget.limit_units
-    fits_tokens = budget.limit_tokens is None or row.get("spent_tokens", 0) + tokens <= budget.limit_tokens
-    return fits_usd and fits_tokens
-
-
-def _insert_reservation(
-    cursor: Any, *, execution_id: Any, kind: str, units: int, tokens: int, windows: list[tuple[int, datetime]]
-) -> int:
-    fields = BudgetReservation._meta
-    execution = fields.get_field("execution").get_db_prep_save(execution_id, connection)
-    as_json = fields.get_field("windows").get_db_prep_save(
-        [[budget_id, start.isoformat()] for budget_id, start in windows], connection
-    )
-    cursor.execute(
-        f"INSERT INTO {RESERVATION_TABLE} (execution_id, kind, amount_units, tokens, windows, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        [execution, kind, units, tokens, as_json, _when(timezone.now())],
-    )
-    return int(cursor.fetchone()[0])
-
-
-def reserve(
-    *,
-    execution_id: Any,
-    budgets: Sequence[BudgetLimits],
-    units: int,
-    tokens: int,
-    now: datetime | None = None,
-) -> Hold | None:
-    """Hold `units` and `tokens` in the current window of every budget with a spend limit, or in none of
-    them (SpendRefused naming the first budget that cannot afford it)."""
-    now = now or timezone.now()
-    windows: list[tuple[int, datetime]] = []
-    with _atomic(), connection.cursor() as cursor:
-        _relaxed_commit(cursor)
-        for budget in budgets:
-            if not budget.limits_spend:
-                continue
-            start = period_start(budget.period, now)
-            if not _hold(cursor, budget, start, units, tokens):
-                raise refusal(budget, now, held=_held_only(budget, start, units, tokens))
-            windows.append((budget.id, start))
-        if not windows:
-            return None
-        pk = _insert_reservation(
-            cursor,
-            execution_id=execution_id,
-            kind=ReservationKind.SPEND,
-            units=units,
-            tokens=tokens,
-            windows=windows,
-        )
-    return Hold(pk, units, tokens, tuple(windows))
-
-
-def _release(cursor: Any, hold: Hold) -> bool:
-    cursor.execute(f"DELETE FROM {RESERVATION_TABLE} WHERE id = %s", [hold.id])
-    return bool(cursor.rowcount)
-
-
-def settle(hold: Hold, *, spent_units: int, spent_tokens: int) -> bool:
-    """Move the attempt's exact cost to `spent` and release the rest; False if it was released already
-    (the reservation row is deleted first: only one of the holder and the reaper adjusts the counters)."""
-    with _atomic(), connection.cursor() as cursor:
-        _relaxed_commit(cursor)
-        if not _release(cursor, hold):
-            return False
-        for budget_id, start in hold.windows:
-            cursor.execute(
-                f"UPDATE {USAGE_TABLE} SET reserved_units = reserved_units - %s,"
-                " reserved_tokens = reserved_tokens - %s, spent_units = spent_units + %s,"
-                " spent_tokens = spent_tokens + %s WHERE budget_id = %s AND period_start = %s",
-                [hold.units, hold.tokens, spent_units, spent_tokens, budget_id, _when(start)],
-            )
-    return True
-
-
-def _take_slot(cursor: Any, budget: BudgetLimits) -> bool:
-    sql = (
-        f"UPDATE {USAGE_TABLE} SET active_runs = active_runs + 1"
-        " WHERE budget_id = %s AND period_start = %s AND active_runs < %s"
-    )
-    params = [budget.id, _when(EPOCH), budget.max_concurrent]
-    cursor.execute(sql, params)
-    if cursor.rowcount:
-        return True
-    _ensure_window(budget.id, EPOCH)
-    cursor.execute(sql, params)
-    return bool(cursor.rowcount)
-
-
-def acquire_slot(*, execution_id: Any, budgets: Sequence[BudgetLimits]) -> Hold | None:
-    """One run in flight more in every budget with max_concurrent, or in none (SpendRefused)."""
-    windows: list[tuple[int, datetime]] = []
-    with _atomic(), connection.cursor() as cursor:
-        _relaxed_commit(cursor)
-        for budget in budgets:
-            if budget.max_concurrent is None:
-                continue
-            if not _take_slot(cursor, budget):
-                raise concurrency_refusal(budget)
-            windows.append((budget.id, EPOCH))
-        if not windows:
-            return None
-        pk = _insert_reservation(
-            cursor, execution_id=execution_id, kind=ReservationKind.SLOT, units=0, tokens=0, windows=windows
-        )
-    return Hold(pk, 0, 0, tuple(windows))
-
-
-def release_slot(hold: Hold) -> bool:
-    with _atomic(), connection.cursor() as cursor:
-        _relaxed_commit(cursor)
-        if not _release(cursor, hold):
-            return False
-        for budget_id, start in hold.windows:
-            cursor.execute(
-                f"UPDATE {USAGE_TABLE} SET active_runs = active_runs - 1 WHERE budget_id = %s AND period_start = %s",
-                [budget_id, _when(start)],
-            )
-    return True
+    windows: tuple[WindowKey, ...]
+    kind: str = ReservationKind.SPEND
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    """A budget window as read at admission (a snapshot: only the reservation decides)."""
+class Release:
+    """A hold to release: a spend hold settles `spent_*` (exact, or `estimated`: the reaper's worst case)."""
 
+    hold: Hold
     spent_units: int = 0
-    reserved_units: int = 0
     spent_tokens: int = 0
-    reserved_tokens: int = 0
-    active_runs: int = 0
+    estimated: bool = False
+
+    def deltas(self) -> dict[str, int]:
+        if self.hold.kind == ReservationKind.SLOT:
+            return {"active_runs": -1}
+        deltas = {
+            "reserved_units": -self.hold.units,
+            "reserved_tokens": -self.hold.tokens,
+            "spent_units": self.spent_units,
+            "spent_tokens": self.spent_tokens,
+        }
+        if self.estimated:
+            deltas |= {"estimated_units": self.spent_units, "estimated_tokens": self.spent_tokens}
+        return deltas
 
 
-Windows = dict[tuple[int, str], Window]
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    released: list[bool]  # per Release: False if it had been released already
+    holds: dict[str, Hold] | None  # by kind; None: refused (nothing held)
 
 
-def window_key(budget_id: int, start: datetime) -> tuple[int, str]:
-    return budget_id, str(_when(start))
+def _set_clause(deltas: dict[str, int]) -> tuple[str, list[Any]]:
+    changed = {column: delta for column, delta in deltas.items() if delta}
+    if not changed:  # a release of nothing still needs a valid UPDATE
+        return "active_runs = active_runs", []
+    return ", ".join(f"{column} = {column} + %s" for column in changed), list(changed.values())
 
 
-def read_windows(budgets: Sequence[BudgetLimits], now: datetime) -> Windows:
-    """The current windows (and concurrency counters) of `budgets`, in one SELECT."""
-    starts = {period_start(b.period, now) for b in budgets} | {EPOCH}
-    if not budgets:
-        return {}
-    ids = [b.id for b in budgets]
-    sql = (
-        "SELECT budget_id, period_start, spent_units, reserved_units, spent_tokens, reserved_tokens,"
-        f" active_runs FROM {USAGE_TABLE} WHERE budget_id IN ({', '.join(['%s'] * len(ids))})"
-        f" AND period_start IN ({', '.join(['%s'] * len(starts))})"
-    )
+def _hold_set_clause(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
+    parts: list[str] = []
+    params: list[Any] = []
+    for column, attribute in (
+        ("reserved_units", "units"),
+        ("reserved_tokens", "tokens"),
+        ("active_runs", "runs"),
+    ):
+        rows = [claim for claim in claims if getattr(claim, attribute)]
+        if not rows:
+            continue
+        if len(rows) == len(claims) and len({getattr(claim, attribute) for claim in rows}) == 1:
+            parts.append(f"{column} = {column} + %s")
+            params.append(getattr(rows[0], attribute))
+            continue
+        cases = " ".join(f"WHEN {_KEY} THEN %s" for _ in rows)
+        parts.append(f"{column} = {column} + CASE {cases} ELSE 0 END")
+        for claim in rows:
+            params += [claim.budget.id, _when(claim.start), getattr(claim, attribute)]
+    return ", ".join(parts) or "active_runs = active_runs", params
+
+
+def _reservation_rows(claims: Sequence[Claim], execution_id: Any) -> list[tuple[str, Hold, list[Any]]]:
+    """The reservation rows a hold writes: one for the spend, one for a run slot. (kind, hold, values)."""
+    fields = BudgetReservation._meta
+    execution = fields.get_field("execution").get_db_prep_save(execution_id, connection)
+    created = _when(timezone.now())
+    rows = []
+    for kind, members in (
+        (ReservationKind.SPEND, [c for c in claims if c.spend]),
+        (ReservationKind.SLOT, [c for c in claims if c.runs]),
+    ):
+        if not members:
+            continue
+        units = members[0].units if kind == ReservationKind.SPEND else 0
+        tokens = members[0].tokens if kind == ReservationKind.SPEND else 0
+        windows = tuple(claim.window for claim in members)
+        stored = fields.get_field("windows").get_db_prep_save(
+            [[budget_id, start.isoformat()] for budget_id, start in windows], connection
+        )
+        hold = Hold(0, units, tokens, windows, kind)
+        rows.append((str(kind), hold, [execution, str(kind), units, tokens, stored, created]))
+    return rows
+
+
+def _create_missing_windows(claims: Sequence[Claim]) -> bool:
+    """Create the window rows `claims` need that do not exist yet (a window's first hold), for budgets that
+    still exist: one deleted since the run read it gets none, and its hold is refused rather than failing on
+    the foreign key. Whether any was missing."""
+    keys, params = _keys(claim.window for claim in claims)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*ids, *(_when(start) for start in starts)])
-        return {(int(row[0]), str(row[1])): Window(*row[2:]) for row in cursor.fetchall()}
+        cursor.execute(f"SELECT budget_id, period_start FROM {USAGE} WHERE {keys}", params)
+        present = {(int(budget_id), str(start)) for budget_id, start in cursor.fetchall()}
+    missing = [c for c in claims if (c.budget.id, str(_when(c.start))) not in present]
+    if missing:
+        existing = set(
+            Budget.objects.filter(pk__in={c.budget.id for c in missing}).values_list("pk", flat=True)
+        )
+        BudgetUsage.objects.bulk_create(  # a concurrent creator is ignored
+            [
+                BudgetUsage(budget_id=c.budget.id, period_start=c.start)
+                for c in missing
+                if c.budget.id in existing
+            ],
+            ignore_conflicts=True,
+        )
+    return bool(missing)
 
 
-def _hold_of(row: BudgetReservation) -> Hold:
-    windows = tuple((int(budget_id), datetime.fromisoformat(start)) for budget_id, start in row.windows)
-    return Hold(row.pk, row.amount_units, row.tokens, windows)
+class _Ledger:
+    """Portable: the statements one by one in a transaction (SQLite: one writer at a time)."""
 
+    def apply(self, releases: Sequence[Release], claims: Sequence[Claim], execution_id: Any) -> Outcome:
+        with transaction.atomic(), connection.cursor() as cursor:
+            released = [self._release(cursor, release) for release in releases]
+            holds = self._hold(cursor, claims, execution_id) if claims else {}
+        return Outcome(released, holds)
 
-def release(rows: Iterable[BudgetReservation]) -> int:
-    """Release reservations whose holder is gone, spending nothing: what the lost attempt used is not known.
-    Returns how many were released (a row released meanwhile by its holder is skipped)."""
-    released = 0
-    for row in rows:
-        hold = _hold_of(row)
-        if row.kind == ReservationKind.SLOT:
-            done = release_slot(hold)
-        else:
-            done = settle(hold, spent_units=0, spent_tokens=0)
-        if done:
-            released += 1
-            logger.warning(
-                "released the %s reservation %s of a lost run",
-                row.kind,
-                row.pk,
-                extra={"execution_id": str(row.execution_id)},
+    def _release(self, cursor: Any, release: Release) -> bool:
+        cursor.execute(f"DELETE FROM {RESERVATIONS} WHERE id = %s", [release.hold.id])
+        if not cursor.rowcount:
+            return False
+        keys, key_params = _keys(release.hold.windows)
+        changes, params = _set_clause(release.deltas())
+        cursor.execute(f"UPDATE {USAGE} SET {changes} WHERE {keys}", [*params, *key_params])
+        return True
+
+    def _hold(self, cursor: Any, claims: Sequence[Claim], execution_id: Any) -> dict[str, Hold] | None:
+        cursor.execute(*_hold_update(claims))
+        if not cursor.rowcount:
+            return None
+        holds = {}
+        for kind, hold, values in _reservation_rows(claims, execution_id):
+            cursor.execute(
+                f"INSERT INTO {RESERVATIONS} ({', '.join(_RESERVATION_COLUMNS)})"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                values,
             )
-    return released
+            holds[kind] = replace(hold, id=int(cursor.fetchone()[0]))
+        return holds
 
 
-# ---------------------------------------------------------------------- the reaper's part
-def release_orphaned(
-    *, lost: Iterable[Any] = (), now: datetime | None = None, grace: timedelta, sweep: bool = True
-) -> int:
-    """Release the reservations no live process will settle: those of runs the reaper just found lost
-    (their worker is dead), and those of any ended run older than `grace` (a process that ended its run
-    settles first; one whose row was ended under it, e.g. timed out, gets `grace` to settle its last
-    attempt itself, with its real usage)."""
-    from apps.agents.models import TERMINAL_STATUSES
+def _hold_update(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
+    """The all-or-nothing UPDATE of a hold (without RETURNING): every claimed row that fits, if all fit.
+    Each row's own conditions are in the WHERE too, so that PostgreSQL re-checks them on the row's latest
+    version if it waited for another writer (enough when one row is claimed; more are locked first)."""
+    changes, change_params = _hold_set_clause(claims)
+    fits = [claim.fits() for claim in claims]
+    any_fits = " OR ".join(sql for sql, _ in fits)
+    fit_params = [p for _, params in fits for p in params]
+    sql = (
+        f"UPDATE {USAGE} SET {changes} WHERE ({any_fits})"
+        f" AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
+    )
+    return sql, [*change_params, *fit_params, *fit_params, len(claims)]
 
+
+class _PostgresLedger:
+    """One multi-statement query per step: lock, release, hold (see the module's docstring)."""
+
+    def apply(self, releases: Sequence[Release], claims: Sequence[Claim], execution_id: Any) -> Outcome:
+        statements: list[str] = ["SELECT set_config('synchronous_commit', 'off', true)"]
+        params: list[Any] = []
+        windows = sorted({w for r in releases for w in r.hold.windows} | {c.window for c in claims})
+        # A step on several rows locks them all first, in one order (no two steps wait for each other in a
+        # cycle); on one row its UPDATE's re-check is enough (_hold_update).
+        if len(windows) > 1:
+            keys, key_params = _keys(windows)
+            statements.append(
+                f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
+            )
+            params += key_params
+        release_at = []
+        for release in releases:
+            keys, key_params = _keys(release.hold.windows)
+            changes, change_params = _set_clause(release.deltas())
+            release_at.append(len(statements))
+            statements.append(
+                f"WITH gone AS (DELETE FROM {RESERVATIONS} WHERE id = %s RETURNING id),"
+                f" moved AS (UPDATE {USAGE} SET {changes} WHERE ({keys}) AND EXISTS (SELECT 1 FROM gone)"
+                " RETURNING 1) SELECT count(*) FROM gone"
+            )
+            params += [release.hold.id, *change_params, *key_params]
+        rows = _reservation_rows(claims, execution_id) if claims else []
+        if claims:
+            update, update_params = _hold_update(claims)
+            casts = ("uuid", "varchar", "bigint", "bigint", "jsonb", "timestamptz")
+            first = ", ".join(f"%s::{cast}" for cast in casts)
+            values = ", ".join([f"({first})"] + ["(%s, %s, %s, %s, %s, %s)"] * (len(rows) - 1))
+            statements.append(
+                f"WITH held AS ({update} RETURNING 1)"
+                f" INSERT INTO {RESERVATIONS} ({', '.join(_RESERVATION_COLUMNS)})"
+                f" SELECT * FROM (VALUES {values}) AS v WHERE EXISTS (SELECT 1 FROM held) RETURNING id, kind"
+            )
+            params += [*update_params, *(value for _, _, row in rows for value in row)]
+        with connection.cursor() as cursor:
+            cursor.execute(";\n".join(statements), params)
+            results = _results(cursor)
+        released = [bool(results[at][0][0]) for at in release_at]
+        if not claims:
+            return Outcome(released, {})
+        ids = {kind: int(pk) for pk, kind in results[-1]}
+        if not ids:
+            return Outcome(released, None)
+        return Outcome(released, {kind: replace(hold, id=ids[kind]) for kind, hold, _ in rows})
+
+
+def _results(cursor: Any) -> list[list[tuple[Any, ...]]]:
+    """Every result of a multi-statement query, in order (an empty list for a statement without rows)."""
+    results = []
+    while True:
+        results.append(cursor.fetchall() if cursor.description else [])
+        if not cursor.nextset():
+            return results
+
+
+def _ledger() -> _Ledger | _PostgresLedger:
+    return _PostgresLedger() if connection.vendor == "postgresql" else _Ledger()
+
+
+def apply(
+    releases: Sequence[Release] = (), claims: Sequence[Claim] = (), *, execution_id: Any = None
+) -> Outcome:
+    """Release `releases`, then hold `claims` (all of them or none): one round trip on PostgreSQL."""
+    if not releases and not claims:
+        return Outcome([], {})
+    return _ledger().apply(releases, claims, execution_id)
+
+
+def hold(
+    claims: Sequence[Claim],
+    *,
+    execution_id: Any,
+    releases: Sequence[Release] = (),
+    now: datetime | None = None,
+) -> tuple[dict[str, Hold], list[bool]]:
+    """Release `releases` and hold `claims`, or raise SpendRefused naming the first budget that cannot afford
+    them (the releases are made either way). Returns the holds by kind and which releases were made."""
     now = now or timezone.now()
-    orphaned = Q(pk__in=[])
-    if sweep:
-        orphaned |= Q(execution__status__in=list(TERMINAL_STATUSES), created_at__lt=now - grace)
-        orphaned |= Q(execution__isnull=True, created_at__lt=now - grace)
-    lost = [str(pk) for pk in lost]
-    if lost:
-        orphaned |= Q(execution_id__in=lost)
-    return release(BudgetReservation.objects.filter(orphaned).order_by("id")[:1000])
+    outcome = apply(releases, claims, execution_id=execution_id)
+    holds = outcome.holds
+    if holds is None and _create_missing_windows(claims):  # the windows' first hold: a second round trip
+        holds = apply((), claims, execution_id=execution_id).holds
+    if holds is None:
+        refused = diagnose(claims, now)
+        if refused is None:  # the room it found full came back just after: try once more
+            holds = apply((), claims, execution_id=execution_id).holds
+            if holds is None:
+                refused = diagnose(claims, now) or refusal(claims[0].budget, now, held=True)
+        if refused is not None:
+            raise refused
+    assert holds is not None
+    return holds, outcome.released

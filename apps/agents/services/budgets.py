@@ -2,11 +2,14 @@
 attempt's worst case and settles it, the admission check, and editing budgets.
 
     admission (before the row exists)   precheck(): a budget already exhausted or full -> 429, nothing written
-    each attempt                         BudgetGuard.reserve(): budget_ledger.reserve, one conditional UPDATE
-                                         per budget window (`spent + reserved + amount <= limit`), one transaction
-    after each attempt                   BudgetGuard.settle(): the exact cost moves from reserved to spent
-    end of the run                       BudgetGuard.close(): the run's concurrency slot is freed
-    a worker died                        budget_ledger.release_orphaned(): called by the reaper
+    each attempt                         BudgetGuard.reserve(): one round trip (budget_ledger.hold) that first
+                                         settles the previous attempt, then holds this one's worst case in every
+                                         budget window at once (and the run's concurrency slot, the first time)
+    after each attempt                   BudgetGuard.settle(): notes the exact cost (no I/O: it is written by
+                                         the next reserve or by close, in the same round trip)
+    end of the run                       BudgetGuard.close(): the last settlement and the slot, one round trip
+    a worker died                        budget_reaper.release_orphaned(): called by the reaper, settles
+                                         a lost attempt at its worst case (estimated)
 
 Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 """
@@ -25,30 +28,22 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
 from apps.agents.models import Budget
-from apps.agents.models_budget import EPOCH, BudgetPeriod, BudgetScope, usd_to_units
-from apps.agents.services.budget_ledger import (  # noqa: F401 - the service's API, re-exported
+from apps.agents.models_budget import BudgetPeriod, BudgetScope, ReservationKind, usd_to_units
+from apps.agents.services.budget_ledger import Hold, Release, apply, claims_for, hold
+from apps.agents.services.budget_reaper import release_orphaned  # noqa: F401 - the service's API
+from apps.agents.services.budget_windows import (  # noqa: F401 - the service's API, re-exported
+    Applicable,
     BudgetLimits,
-    Hold,
-    Window,
     Windows,
-    acquire_slot,
-    concurrency_refusal,
+    first_refusal,
     period_reset,
     period_start,
-    read_windows,
-    refusal,
-    release,
-    release_orphaned,
-    release_slot,
-    reserve,
-    settle,
-    window_key,
+    read_applicable,
 )
 from apps.platforms.base import Usage
 
@@ -58,48 +53,50 @@ Cost = Callable[[str, str, Usage], Decimal]
 
 
 # ---------------------------------------------------------------------- which budgets apply
-def applicable_query(*, user: Any, agent: Any) -> Q:
-    condition = Q(scope=BudgetScope.DEPLOYMENT)
-    if agent is not None and getattr(agent, "pk", None) is not None:
-        condition |= Q(scope=BudgetScope.AGENT, agent_id=agent.pk)
-    if getattr(user, "is_authenticated", False):
-        condition |= Q(scope=BudgetScope.USER, user_id=user.pk)
-        if agent is not None and getattr(agent, "pk", None) is not None:
-            condition |= Q(scope=BudgetScope.USER_AGENT, user_id=user.pk, agent_id=agent.pk)
-    return condition
+def _read(user: Any, agent: Any) -> Applicable:
+    authenticated = getattr(user, "is_authenticated", False)
+    user_id = user.pk if authenticated else None
+    agent_id = getattr(agent, "pk", None) if agent is not None else None
+    applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
+    if authenticated and BudgetScope.USER not in applicable.scopes and default_user_budget(user) is not None:
+        # A user without a budget of their own gets one from BUDGET_DEFAULT_USER, written once (their first
+        # run) and editable like any other.
+        applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
+    return applicable
 
 
 def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
-    """Every active budget that applies to `user` running `agent`, ordered by id (the order in which rows
-    are locked, so two runs never wait on each other in a cycle). A user without a budget of their own gets
-    one from BUDGET_DEFAULT_USER, written once and editable like any other."""
-    rows = list(
-        Budget.objects.filter(applicable_query(user=user, agent=agent))
-        .select_related("user", "agent")
-        .order_by("id")
-    )
-    if getattr(user, "is_authenticated", False) and not any(b.scope == BudgetScope.USER for b in rows):
-        default = default_user_budget(user)
-        if default is not None:
-            rows = sorted([*rows, default], key=lambda b: b.pk)
-    return [BudgetLimits.of(budget) for budget in rows if budget.is_active]
+    """Every active budget that applies to `user` running `agent`, ordered by id."""
+    return list(_read(user, agent).budgets)
 
 
-def default_user_budget(user: Any) -> Budget | None:
+def default_budget(user: Any) -> Budget | None:
+    """The budget BUDGET_DEFAULT_USER gives a user with none of their own, unsaved (None: no default)."""
     spec = settings.BUDGET_DEFAULT_USER or {}
     if not spec:
         return None
-    period = str(spec.get("period", BudgetPeriod.MONTH))
-    budget, _ = Budget.objects.get_or_create(
+    return Budget(
         scope=BudgetScope.USER,
         user=user,
-        period=period,
-        defaults={
-            "limit_usd": Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
-            "limit_tokens": int(spec["tokens"]) if spec.get("tokens") is not None else None,
-            "max_concurrent": int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
-            "from_default": True,
-        },
+        period=str(spec.get("period", BudgetPeriod.MONTH)),
+        limit_usd=Decimal(str(spec["usd"])) if spec.get("usd") is not None else None,
+        limit_tokens=int(spec["tokens"]) if spec.get("tokens") is not None else None,
+        max_concurrent=int(spec["max_concurrent"]) if spec.get("max_concurrent") else None,
+        from_default=True,
+    )
+
+
+def default_user_budget(user: Any) -> Budget | None:
+    """The user's default budget, written at their first run (once: a concurrent first run gets the same)."""
+    default = default_budget(user)
+    if default is None:
+        return None
+    fields = ("limit_usd", "limit_tokens", "max_concurrent", "from_default")
+    budget, _ = Budget.objects.get_or_create(
+        scope=default.scope,
+        user=user,
+        period=default.period,
+        defaults={field: getattr(default, field) for field in fields},
     )
     return budget
 
@@ -159,8 +156,22 @@ def rates_for(registry: Any) -> WorstCaseRates:
     return rates
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """An attempt's outcome, to be written with the guard's next round trip."""
+
+    reservation: Reserved
+    usage: Usage
+    cost: Decimal | None
+
+
 class BudgetGuard:
-    """The engine's SpendGuard for one run: prices each attempt's worst case, holds it, settles it."""
+    """The engine's SpendGuard for one run: prices each attempt's worst case, holds it, settles it.
+
+    Each step is one thread hop and one round trip: a settlement is not written on its own but with the next
+    hold (a retry, a fallback, the next model call) or with close() at the end of the run, before the run's
+    outcome is recorded. Until then it stays held at its worst case (milliseconds); if the process dies in
+    between, the reaper settles it at that worst case."""
 
     def __init__(
         self,
@@ -179,59 +190,74 @@ class BudgetGuard:
         self._slot: Hold | None = None
         self._needs_slot = any(b.max_concurrent is not None for b in self.budgets)
         self._spends = any(b.limits_spend for b in self.budgets)
+        self._settled: list[_Settled] = []
 
     def worst_case_units(self, attempt: AttemptSpec) -> int:
         return self.rates.units(attempt.platform, attempt.model, attempt.usage)
 
-    def _reserve_sync(self, attempt: AttemptSpec) -> Reserved:
-        if self._needs_slot and self._slot is None:
-            self._slot = acquire_slot(execution_id=self.execution_id, budgets=self.budgets)
-        hold = None
-        if self._spends:
-            hold = reserve(
-                execution_id=self.execution_id,
-                budgets=self.budgets,
-                units=self.worst_case_units(attempt),
-                tokens=attempt.usage.total_tokens,
-            )
-        return Reserved(hold, attempt.platform, attempt.model)
-
     async def reserve(self, attempt: AttemptSpec) -> Reserved:
-        return await sync_to_async(self._reserve_sync)(attempt)
+        if not self._spends and not (self._needs_slot and self._slot is None) and not self._settled:
+            return Reserved(None, attempt.platform, attempt.model)
+        settled, self._settled = self._settled, []
+        try:
+            return await sync_to_async(self._reserve_sync)(attempt, settled)
+        except SpendRefused:
+            raise
+        except BaseException:
+            self._settled[:0] = settled  # not written: the next step (or close) writes them
+            raise
+
+    def _reserve_sync(self, attempt: AttemptSpec, settled: list[_Settled]) -> Reserved:
+        claims = claims_for(
+            self.budgets,
+            units=self.worst_case_units(attempt) if self._spends else 0,
+            tokens=attempt.usage.total_tokens,
+            spend=self._spends,
+            slot=self._needs_slot and self._slot is None,
+            now=timezone.now(),
+        )
+        holds, _ = hold(claims, execution_id=self.execution_id, releases=self._releases(settled))
+        self._slot = holds.get(ReservationKind.SLOT, self._slot)
+        return Reserved(holds.get(ReservationKind.SPEND), attempt.platform, attempt.model)
+
+    def _releases(self, settled: Sequence[_Settled]) -> list[Release]:
+        releases = []
+        for item in settled:
+            reservation, usage, cost = item.reservation, item.usage, item.cost
+            assert reservation.hold is not None
+            if cost is None:  # priced here, in the thread: genai-prices costs a third of a millisecond
+                cost = (
+                    self.cost(reservation.platform, reservation.model, usage)
+                    if usage.total_tokens
+                    else Decimal(0)
+                )
+            releases.append(Release(reservation.hold, usd_to_units(cost), usage.total_tokens))
+        return releases
 
     async def settle(self, reservation: Reserved, usage: Usage, cost: Decimal | None = None) -> None:
-        """`cost`: what the engine priced the attempt at (an answered one); else priced here from `usage`."""
-        if reservation.hold is None:
-            return
-        try:
-            await sync_to_async(self._settle_sync)(reservation, usage, cost)
-        except Exception:  # the reaper releases it; the run's own outcome must not be lost to this
-            logger.exception(
-                "settling reservation %s failed",
-                reservation.hold.id,
-                extra={"execution_id": str(self.execution_id)},
-            )
-
-    def _settle_sync(self, reservation: Reserved, usage: Usage, cost: Decimal | None) -> None:
-        assert reservation.hold is not None
-        if cost is None:
-            cost = (
-                self.cost(reservation.platform, reservation.model, usage)
-                if usage.total_tokens
-                else Decimal(0)
-            )
-        settle(reservation.hold, spent_units=usd_to_units(cost), spent_tokens=usage.total_tokens)
+        """`cost`: what the engine priced the attempt at (an answered one); else priced from `usage` when it
+        is written. No I/O: the next reserve() or close() writes it."""
+        if reservation.hold is not None:
+            self._settled.append(_Settled(reservation, usage, cost))
 
     async def close(self) -> None:
-        """Free the run's concurrency slot (its attempts are settled already)."""
+        """Write the last settlements and free the run's concurrency slot: one round trip."""
+        settled, self._settled = self._settled, []
         slot, self._slot = self._slot, None
+        if not settled and slot is None:
+            return
+        try:
+            await sync_to_async(self._close_sync)(settled, slot)
+        except Exception:  # the reaper releases them; the run's own outcome must not be lost to this
+            logger.exception(
+                "settling the run's reservations failed", extra={"execution_id": str(self.execution_id)}
+            )
+
+    def _close_sync(self, settled: list[_Settled], slot: Hold | None) -> None:
+        releases = self._releases(settled)
         if slot is not None:
-            try:
-                await sync_to_async(release_slot)(slot)
-            except Exception:
-                logger.exception(
-                    "releasing a run slot failed", extra={"execution_id": str(self.execution_id)}
-                )
+            releases.append(Release(slot))
+        apply(releases)
 
 
 def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:
@@ -253,10 +279,10 @@ def as_application_error(refused: SpendRefused) -> BudgetExceeded:
 
 
 def load_budgets(*, user: Any, agent: Any) -> tuple[tuple[BudgetLimits, ...], Windows]:
-    """The budgets that apply to a run and their current windows: read together, in the run's preparation
-    (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
-    budgets = tuple(applicable_budgets(user=user, agent=agent))
-    return budgets, (read_windows(budgets, timezone.now()) if budgets else {})
+    """The budgets that apply to a run and their current windows, read together in one query, in the run's
+    preparation (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
+    applicable = _read(user, agent)
+    return applicable.budgets, applicable.windows
 
 
 aload_budgets = sync_to_async(load_budgets)
@@ -265,27 +291,15 @@ aload_budgets = sync_to_async(load_budgets)
 def precheck(budgets: Sequence[BudgetLimits], windows: Windows, now: datetime | None = None) -> None:
     """Refuse (BudgetExceeded, 429) a run that a budget could not admit even one attempt of: exhausted,
     held in full by runs in flight, or at its concurrency limit, as `windows` (read in the run's
-    preparation) show it. Before the execution row is written. Only a fast path: the reservation before
-    each attempt is what guarantees the limit."""
+    preparation) show it. Before the execution row is written. Only a fast path: the hold before each
+    attempt is what guarantees the limit. (The smallest attempt: one token and one unit of money.)"""
     if not budgets:
         return
     now = now or timezone.now()
-    for budget in budgets:
-        if budget.max_concurrent is not None:
-            slots = windows.get(window_key(budget.id, EPOCH)) or Window()
-            if slots.active_runs >= budget.max_concurrent:
-                raise as_application_error(concurrency_refusal(budget))
-        if not budget.limits_spend:
-            continue
-        row = windows.get(window_key(budget.id, period_start(budget.period, now))) or Window()
-        limit_units, limit_tokens = budget.limit_units, budget.limit_tokens
-        full_usd = limit_units is not None and row.spent_units + row.reserved_units >= limit_units
-        full_tokens = limit_tokens is not None and row.spent_tokens + row.reserved_tokens >= limit_tokens
-        if full_usd or full_tokens:
-            spent_out = (limit_units is not None and row.spent_units >= limit_units) or (
-                limit_tokens is not None and row.spent_tokens >= limit_tokens
-            )
-            raise as_application_error(refusal(budget, now, held=not spent_out))
+    smallest = claims_for(budgets, units=1, tokens=1, spend=True, slot=True, now=now)
+    refused = first_refusal(smallest, windows, now)
+    if refused is not None:
+        raise as_application_error(refused)
 
 
 # ---------------------------------------------------------------------- editing budgets

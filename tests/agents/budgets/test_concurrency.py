@@ -25,8 +25,9 @@ AFFORDED = 10
 MAX_TOKENS = 64
 
 
+@pytest.mark.parametrize("with_roomier_budgets", [False, True], ids=["one budget", "three budgets"])
 async def test_fifty_concurrent_runs_against_a_budget_for_ten(
-    live_server_url, fake_registry, fake_openai, alice
+    live_server_url, fake_registry, fake_openai, alice, with_roomier_budgets
 ):
     agent = await sync_to_async(AgentFactory)(
         owner=alice, agent_id="budgeted", preferred_platform="openai", max_retries=0, max_tokens=MAX_TOKENS
@@ -41,6 +42,11 @@ async def test_fifty_concurrent_runs_against_a_budget_for_ten(
         limit_usd=units_to_usd(AFFORDED * each),
         limit_tokens=AFFORDED * spec.usage.total_tokens,
     )
+    if with_roomier_budgets:
+        # Each hold then claims three windows (and one run slot) at once: all of them or none, rows locked in
+        # one order (the one-budget case takes the single-row path, without a lock).
+        await Budget.objects.acreate(scope="deployment", period="total", limit_usd=units_to_usd(100 * each))
+        await Budget.objects.acreate(scope="user", user=alice, period="month", max_concurrent=RUNS)
     # Every answer reports exactly the worst case, so a settled run frees no room: exactly 10 fit.
     for _ in range(RUNS):
         fake_openai.reply(Reply(input_tokens=spec.input_tokens, output_tokens=spec.output_tokens))
@@ -62,7 +68,7 @@ async def test_fifty_concurrent_runs_against_a_budget_for_ten(
         assert refused.json()["error"]["code"] == "budget_exceeded"
         assert "budget '" in refused.json()["error"]["message"]
         assert int(refused.headers["Retry-After"]) >= 1
-    usage = await BudgetUsage.objects.aget(budget=budget)
+    usage = await BudgetUsage.objects.exclude(period_start__year=1970).aget(budget=budget)
     exact = usd_to_units(fake_registry.cost("openai", "gpt-4o-mini", spec.usage))  # what each answer cost
     assert usage.spent_units == AFFORDED * exact <= usd_to_units(budget.limit_usd)
     assert usage.spent_tokens == AFFORDED * spec.usage.total_tokens == budget.limit_tokens

@@ -19,7 +19,7 @@ from apps.platforms.base import Chunk, Completion, CompletionRequest, Platform, 
 from apps.platforms.errors import PlatformError
 from apps.platforms.pricing import Pricing
 from apps.platforms.registry import PlatformRegistry, installed_registry, set_registry
-from tests.agents.budgets.conftest import ausage_of, worst_case
+from tests.agents.budgets.conftest import ausage_of, cost_units, usd, worst_case
 from tests.factories import AgentFactory
 from tests.fakes.server import Fault, Reply
 
@@ -103,6 +103,60 @@ async def test_a_fallen_back_run_settles_at_the_fallback_platforms_price(
     spent = units(fake_registry, "anthropic", "claude-3-5-haiku-latest", Usage(20, 9))
     assert spent != units(fake_registry, "openai", "gpt-4o-mini", Usage(20, 9))
     await assert_settled(budget, tokens=29, spent_units=spent)
+
+
+async def budget_between(alice, fake_registry, cheaper: tuple[str, str], dearer: tuple[str, str]) -> Budget:  # type: ignore[no-untyped-def]
+    """A USD budget that affords one attempt of `cheaper` (platform, model) but not one of `dearer`."""
+    low, high = (
+        cost_units(fake_registry, worst_case("hi", platform=p, model=m, max_tokens=50))
+        for p, m in (cheaper, dearer)
+    )
+    assert low < high
+    return await Budget.objects.acreate(scope="user", user=alice, period="day", limit_usd=usd(low))
+
+
+async def test_a_fallback_the_budget_refuses_is_skipped_for_one_that_fits(
+    agent, alice, fake_registry, fake_openai, fake_anthropic, fake_gemini
+):
+    # openai fails (401: not retried), anthropic's haiku costs more than the budget holds, gemini (cheaper
+    # than gpt-4o-mini) fits.
+    budget = await budget_between(
+        alice, fake_registry, ("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-latest")
+    )
+    fake_openai.fail(Fault("status", status=401))
+    fake_gemini.reply(Reply(input_tokens=20, output_tokens=9))
+    result = await engine.execute_agent(agent, {"task": "hi"}, alice)
+    assert result.success, result.error
+    assert result.platform_used == "gemini"
+    assert fake_anthropic.requests == []  # refused: nothing sent
+    row = await AgentExecution.objects.aget(pk=result.execution_id)
+    assert [(a["platform"], a["status"]) for a in row.attempts] == [
+        ("openai", "auth"),
+        ("anthropic", "budget_exceeded"),
+        ("gemini", "ok"),
+    ]
+    spent = units(fake_registry, "gemini", "gemini-2.0-flash", Usage(20, 9))
+    await assert_settled(budget, tokens=29, spent_units=spent)
+
+
+async def test_a_run_fails_budget_exceeded_when_no_fallback_fits(
+    alice, fake_registry, fake_openai, fake_anthropic, fake_gemini
+):
+    agent = await sync_to_async(AgentFactory)(
+        owner=alice, preferred_platform="gemini", model="gemini-2.0-flash", max_retries=0, max_tokens=50
+    )
+    budget = await budget_between(
+        alice, fake_registry, ("gemini", "gemini-2.0-flash"), ("openai", "gpt-4o-mini")
+    )
+    fake_gemini.fail(Fault("status", status=401))
+    result = await engine.execute_agent(agent, {"task": "hi"}, alice)
+    assert not result.success and result.error.code == "budget_exceeded"
+    assert budget.label in result.error.message
+    assert fake_openai.requests == [] and fake_anthropic.requests == []
+    row = await AgentExecution.objects.aget(pk=result.execution_id)
+    assert (row.status, row.error_code) == ("failed", "budget_exceeded")
+    assert [a["status"] for a in row.attempts][1:] == ["budget_exceeded", "budget_exceeded"]
+    await assert_settled(budget, tokens=0, spent_units=0)
 
 
 async def test_a_run_a_budget_cannot_afford_sends_nothing(agent, alice, fake_registry, fake_openai):
