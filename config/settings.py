@@ -277,8 +277,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
-# How often a running execution checks its row for a cancel request made in another process (one query per
-# open run each time: bench/load_streams.py measures what it costs with hundreds of open streams).
+# How often a process checks its running executions' rows for a cancel request made in another process
+# (one query for all of them: apps/agents/services/run_watcher.py).
 EXECUTION_CANCEL_POLL_SECONDS = env.float("EXECUTION_CANCEL_POLL_SECONDS", default=1.0)
 # A `: ping` comment on every event stream (native SSE and /v1 chunks) after this many idle seconds, so
 # proxies keep a slow run's stream open (ARCHITECTURE.md: 15 s).
