@@ -267,7 +267,7 @@ def summarize_profile(raw: str) -> str:
         by_bucket[bucket_of(frames[-1])] = by_bucket.get(bucket_of(frames[-1]), 0) + samples
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + samples
-    lines = [f"server busy samples: {busy} (py-spy, 200 Hz, all threads, idle waits left out)", ""]
+    lines = [f"server samples: {busy} (py-spy, 200 Hz, the thread holding the GIL, idle waits left out)", ""]
     lines.append("by package (self time):")
     for name, samples in sorted(by_bucket.items(), key=lambda item: -item[1]):
         lines.append(f"  {samples / busy * 100:5.1f}%  {name}")
@@ -303,7 +303,7 @@ def profile_run(provider_url: str, token: str, path: str, total: int, concurrenc
     api, base = start_api({**server_env(provider_url, URL), **variant_env("pool")})
     try:
         asyncio.run(load(base, path, token, 4, 40))  # warm-up: imports, first connections, caches
-        spy = py_spy(api.pid, raw)
+        spy = py_spy(api.pid, raw, gil=True)
         asyncio.run(load(base, path, token, concurrency, total))
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=30)
@@ -319,14 +319,14 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="also profile the server (py-spy)")
     parser.add_argument("--profile-concurrency", type=int, default=1, help="concurrency of the profiled run")
-    parser.add_argument("--variants", default="no-pool,persistent,pool")
+    parser.add_argument("--variants", default="no-pool,persistent,pool", help="comma-separated; \"\" for none")
     args = parser.parse_args()
 
     token, path = prepare()
     provider, provider_url = start_fake_provider()
     rows: list[dict[str, float]] = []
     try:
-        for variant in filter(available, args.variants.split(",")):
+        for variant in filter(available, filter(None, args.variants.split(","))):
             rows += run_variant(variant, provider_url, token, path, args.requests)
         profile = (
             profile_run(provider_url, token, path, args.requests, args.profile_concurrency)

@@ -172,6 +172,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- API --------------------------------------------------------------------------------------------
 # Seconds a token -> user lookup is cached (api/authentication.py); 0 turns the cache off.
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
+# Seconds the agent a run request names is cached (apps/agents/agent_cache.py); 0 turns the cache off.
+AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
