@@ -1,6 +1,7 @@
 """Units of database work wait for a slot (apps/agents/services/db.py): with a pool of N connections at most
 N - UNIT_RESERVE run at once per process, so a burst of requests never has hundreds of threads fighting for
-the GIL while they hold connections; a unit that gets no slot in time is a 503 `overloaded`, never a 500."""
+the GIL while they hold connections; a unit that gets no slot in time is a 503 `overloaded`, never a 500.
+The health check does not wait behind them: it takes a pooled connection of its own with a short wait."""
 
 from __future__ import annotations
 
@@ -81,3 +82,35 @@ async def test_a_run_request_without_a_slot_is_a_503_with_retry_after(alice, mon
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "overloaded"
     assert response["Retry-After"] == str(db.OVERLOADED_RETRY_AFTER_SECONDS)
+
+
+class ExhaustedPool:
+    """A pool whose every connection stays busy: checkout raises the pool's own timeout."""
+
+    def __init__(self) -> None:
+        self.waited: list[float] = []
+
+    def open(self) -> None:
+        pass
+
+    def connection(self, timeout: float):  # type: ignore[no-untyped-def]
+        from psycopg_pool import PoolTimeout
+
+        self.waited.append(timeout)
+        raise PoolTimeout(f"couldn't get a connection after {timeout} sec")
+
+
+@pytest.mark.django_db
+def test_health_waits_briefly_for_a_busy_pool_and_says_so(monkeypatch, client):
+    from apps.agents.services import health
+
+    pool = ExhaustedPool()
+    monkeypatch.setattr(health, "_pool", lambda: pool)
+    response = client.get("/api/v1/health/")
+    assert response.status_code == 503
+    assert response.json()["database"] == {
+        "ok": False,
+        "detail": "database busy: no pooled connection came free in time",
+    }
+    # Its own short wait, not the pool's timeout (DB_POOL_TIMEOUT) behind a burst of run requests.
+    assert pool.waited == [health.DATABASE_WAIT_SECONDS]
