@@ -77,7 +77,10 @@ def check_database() -> Check:
     except Exception as exc:
         logger.warning("health: database check failed: %s", type(exc).__name__)
         if pool is not None and pool_exhausted(exc):
-            return Check(ok=False, detail="database busy: no pooled connection came free in time")
+            # Every pooled connection is in use serving requests: the database answers, the process is at
+            # capacity. Reported, not failed: a probe must not pull a busy but working server out of service
+            # (the requests beyond capacity get their own 503 `overloaded`).
+            return Check(ok=True, detail="busy: every pooled connection is in use")
         return Check(ok=False, detail="database unreachable")
 
 

@@ -107,10 +107,8 @@ def test_health_waits_briefly_for_a_busy_pool_and_says_so(monkeypatch, client):
     pool = ExhaustedPool()
     monkeypatch.setattr(health, "_pool", lambda: pool)
     response = client.get("/api/v1/health/")
-    assert response.status_code == 503
-    assert response.json()["database"] == {
-        "ok": False,
-        "detail": "database busy: no pooled connection came free in time",
-    }
+    # Busy is not down: the process serves, at capacity (its excess requests get 503 `overloaded`).
+    assert response.status_code == 200
+    assert response.json()["database"] == {"ok": True, "detail": "busy: every pooled connection is in use"}
     # Its own short wait, not the pool's timeout (DB_POOL_TIMEOUT) behind a burst of run requests.
     assert pool.waited == [health.DATABASE_WAIT_SECONDS]
