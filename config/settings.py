@@ -344,14 +344,22 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}auth",
         },
+        # Rate-limit counters (apps/agents/api/throttling.py): shared, so N server processes allow a user
+        # the configured rate, not N times it.
+        "throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}throttle",
+        },
     }
 else:
     AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
     # One process's memory: with several server processes and no Redis, a revocation reaches the other
-    # processes' caches after AUTH_CACHE_SECONDS.
+    # processes' caches after AUTH_CACHE_SECONDS, and each process counts rate limits on its own.
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "auth": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"},
+        "throttle": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"},
     }
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------
