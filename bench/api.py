@@ -14,8 +14,8 @@ Database connection setups measured side by side (`--variants`):
 - "persistent": no pool, CONN_MAX_AGE=60 (the connections of finished request threads linger until collected);
 - "pool": the settings as shipped, psycopg's pool (DB_POOL_*; README: Scaling out).
 
-`--profile` samples the server with py-spy (from the bench venv, made by `make bench`) during one
-concurrency-1 run and prints where its time goes: by package (self time) and the hottest frames of this
+`--profile` samples the server with py-spy (from the bench venv, made by `make bench`, or PY_SPY=path) during
+one run at `--profile-concurrency` (default 1) and prints where its time goes: by package (self time) and the hottest frames of this
 project and the libraries it calls (inclusive). Prints a table and writes bench/results/api.json.
 """
 
@@ -31,10 +31,12 @@ import socket
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import _root  # noqa: F401 - the repository root on sys.path (bench/_root.py)
 
 from bench._django import RESULTS, ROOT, setup, start_fake_provider
+from bench.compare import procs
 from bench.compare.common import percentile
 
 URL = setup("bench_api")
@@ -47,7 +49,8 @@ from apps.agents.models import Agent, AgentExecution  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
 BODY = {"input_data": {"task": "Say hello"}}
-PY_SPY = ROOT / ".venv-bench" / "bin" / "py-spy"
+# py-spy from the bench venv, or any other (PY_SPY=/path/to/py-spy): never installed into the project venv.
+PY_SPY = Path(os.environ.get("PY_SPY") or ROOT / ".venv-bench" / "bin" / "py-spy")
 LOGS = RESULTS / "logs"  # the servers' own output (errors under overload land here, not on the table)
 
 
@@ -198,14 +201,24 @@ def available(variant: str) -> bool:
 def run_variant(variant: str, provider_url: str, token: str, path: str, total: int) -> list[dict[str, float]]:
     api, base = start_api({**server_env(provider_url, URL), **variant_env(variant)})
     rows = []
+    postmaster = procs.postmaster_pid()
     try:
         for concurrency in CONCURRENCY:
+            cpu = procs.cpu_seconds(api.pid), procs.cpu_seconds(postmaster) if postmaster else 0.0
             row = asyncio.run(load(base, path, token, concurrency, max(total, concurrency * 10)))
+            # CPU per answered request: the server process, and every PostgreSQL process (other databases'
+            # work on a shared machine included, so an upper bound).
+            answered = max(1, row["requests"])
+            row["server_cpu_ms"] = (procs.cpu_seconds(api.pid) - cpu[0]) * 1000 / answered
+            row["postgres_cpu_ms"] = (
+                (procs.cpu_seconds(postmaster) - cpu[1]) * 1000 / answered if postmaster else None
+            )
             rows.append({"database": variant, **row})
             print(
                 f"{variant:<11} c={concurrency:<3} {row['requests_per_s']:8.1f} req/s  "
-                f"p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  failures {row['failures']} "
-                f"{row['first_failure'][:200]}",
+                f"p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  "
+                f"CPU/request server {row['server_cpu_ms']:5.1f} ms PG {row['postgres_cpu_ms'] or 0:5.1f} ms  "
+                f"failures {row['failures']} {row['first_failure'][:200]}",
                 flush=True,
             )
     finally:
@@ -254,7 +267,7 @@ def summarize_profile(raw: str) -> str:
         by_bucket[bucket_of(frames[-1])] = by_bucket.get(bucket_of(frames[-1]), 0) + samples
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + samples
-    lines = [f"server busy samples: {busy} (py-spy, 200 Hz, all threads, idle waits left out)", ""]
+    lines = [f"server samples: {busy} (py-spy, 200 Hz, the thread holding the GIL, idle waits left out)", ""]
     lines.append("by package (self time):")
     for name, samples in sorted(by_bucket.items(), key=lambda item: -item[1]):
         lines.append(f"  {samples / busy * 100:5.1f}%  {name}")
@@ -268,20 +281,30 @@ def summarize_profile(raw: str) -> str:
     return "\n".join(lines)
 
 
-def profile_run(provider_url: str, token: str, path: str, total: int) -> str:
+def py_spy(pid: int, raw: Path, *, gil: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (200 Hz) into `raw` until SIGINT: every thread, or with `gil` only the thread
+    holding the GIL (where the process's Python CPU goes, without threads waiting on locks or the GIL)."""
     if not PY_SPY.exists():
-        raise SystemExit(f"--profile needs py-spy: {PY_SPY} (run `make bench` once to create the bench venv)")
+        raise SystemExit(
+            f"--profile needs py-spy: {PY_SPY} (run `make bench` once to create the bench venv, or set PY_SPY)"
+        )
+    spy = subprocess.Popen(
+        [str(PY_SPY), "record", "-p", str(pid), "-o", str(raw), "-f", "raw", "-r", "200", "-t"]
+        + (["--gil"] if gil else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    return spy
+
+
+def profile_run(provider_url: str, token: str, path: str, total: int, concurrency: int) -> str:
     raw = LOGS / "api-profile.raw"
     api, base = start_api({**server_env(provider_url, URL), **variant_env("pool")})
     try:
         asyncio.run(load(base, path, token, 4, 40))  # warm-up: imports, first connections, caches
-        spy = subprocess.Popen(
-            [str(PY_SPY), "record", "-p", str(api.pid), "-o", str(raw), "-f", "raw", "-r", "200", "-t"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # py-spy attaches
-        asyncio.run(load(base, path, token, 1, total))
+        spy = py_spy(api.pid, raw, gil=True)
+        asyncio.run(load(base, path, token, concurrency, total))
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=30)
     finally:
@@ -294,26 +317,35 @@ def main() -> None:
     parser.add_argument(
         "--requests", type=int, default=400, help="requests per concurrency level (at least 10 x c)"
     )
-    parser.add_argument("--profile", action="store_true", help="also profile the server (py-spy) at c=1")
-    parser.add_argument("--variants", default="no-pool,persistent,pool")
+    parser.add_argument("--profile", action="store_true", help="also profile the server (py-spy)")
+    parser.add_argument("--profile-concurrency", type=int, default=1, help="concurrency of the profiled run")
+    parser.add_argument("--variants", default="no-pool,persistent,pool", help="comma-separated; \"\" for none")
     args = parser.parse_args()
 
     token, path = prepare()
     provider, provider_url = start_fake_provider()
     rows: list[dict[str, float]] = []
     try:
-        for variant in filter(available, args.variants.split(",")):
+        for variant in filter(available, filter(None, args.variants.split(","))):
             rows += run_variant(variant, provider_url, token, path, args.requests)
-        profile = profile_run(provider_url, token, path, args.requests) if args.profile else None
+        profile = (
+            profile_run(provider_url, token, path, args.requests, args.profile_concurrency)
+            if args.profile
+            else None
+        )
     finally:
         stop(provider)
 
     print()
-    print(f"{'database':<11} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'fail':>5}")
+    print(
+        f"{'database':<11} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>7} {'PG ms':>6} "
+        f"{'fail':>5}"
+    )
     for row in rows:
         print(
             f"{row['database']:<11} {row['concurrency']:>4} {row['requests_per_s']:>8.1f} "
-            f"{row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['failures']:>5}"
+            f"{row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['server_cpu_ms']:>7.1f} "
+            f"{row['postgres_cpu_ms'] or 0:>6.1f} {row['failures']:>5}"
         )
     if profile:
         print()

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import time
@@ -44,7 +45,7 @@ from django.db import connections  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from apps.agents.models import Agent  # noqa: E402
-from bench.api import server_env  # noqa: E402
+from bench.api import LOGS, py_spy, server_env, summarize_profile  # noqa: E402
 from bench.compare import procs  # noqa: E402
 
 SAMPLE_SECONDS = 0.25
@@ -214,6 +215,8 @@ async def run_load(base: str, token: str, server_pid: int, database: str, args: 
     admitted = max((r["answered"] for r in results if r.get("answered")), default=began)
     for sampled in (health, plain_get):
         timeline = sampled.pop("timeline")
+        # When the slow answers came (seconds after the burst began), to tell the burst from the steady state.
+        sampled["over_1s_at"] = [[round(at - began, 1), round(ms)] for at, ms in timeline if ms > 1000]
         after = [ms for at, ms in timeline if at >= admitted]
         sampled["after_admission"] = {
             "samples": len(after),
@@ -246,6 +249,9 @@ def main() -> None:
     parser.add_argument("--no-pool", action="store_true", help="DB_POOL_MAX_SIZE=0: the behaviour before")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default: one process)")
     parser.add_argument("--label", default="", help="name of this run in the JSON (default: pool / no-pool)")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the server with py-spy (PY_SPY, or the bench venv's)"
+    )
     args = parser.parse_args()
     if not 1 <= args.streams <= 2000:
         raise SystemExit("--streams must be between 1 and 2000")
@@ -260,9 +266,14 @@ def main() -> None:
     if args.no_pool:
         env["DB_POOL_MAX_SIZE"] = "0"
     server = start_server(env, args.workers)
+    raw = LOGS / "load-streams-profile.raw"
+    spy = py_spy(server.pid, raw, gil=True) if args.profile else None
     try:
         row = asyncio.run(run_load(server.url, token, server.pid, database, args))
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         procs.stop(server)
         procs.stop(fake)
     row = {
@@ -281,6 +292,9 @@ def main() -> None:
         **row,
     }
     print_table(row)
+    if spy is not None:
+        print()
+        print(summarize_profile(raw.read_text()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "load_streams.json"
     runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
@@ -313,6 +327,7 @@ def print_table(row: dict[str, Any]) -> None:
         ("PostgreSQL connections, most used", f"{row['max_connections_used']} of {row['max_connections']}"),
         ("server RSS, peak", f"{row['server_rss_peak_mb']} MB"),
         ("load average at end", str(row["load_average_at_end"])),
+        ("health over 1 s at (s, ms)", str(health["over_1s_at"][:12])),
     ]
     width = max(len(name) for name, _ in lines)
     for name, value in lines:

@@ -1,7 +1,93 @@
-import os
+"""The ASGI application: Django's, with each request's sync thread taken from a pool instead of started anew.
 
-from django.core.asgi import get_asgi_application
+Django runs each request in a ThreadSensitiveContext of its own, so that all the request's sync work (the
+DRF view, each unit of database work) runs on one thread. asgiref starts that thread on the request's first
+sync call and, when the request ends, starts a second thread only to join the first: two thread starts and a
+join per request, about an eighth of the server's CPU on a run request (`bench/api.py --profile`). Here the
+request's context is given an idle single-thread executor from a free list, which goes back to the list when
+the request ends, as a WSGI server reuses its threads between requests. Django's request_finished handling
+(closing or returning the database connection, in that thread) is unchanged. A task that outlives its
+request (a shielded final write after the client went away) gets a thread of its own from asgiref, as
+before, never the pooled one that a later request is using.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import django
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does first
 
-application = get_asgi_application()
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+
+#: Idle request threads kept for the next requests; more than this many idle ones are stopped.
+IDLE_THREADS = 64
+
+
+class RequestThreads:
+    """A free list of single-thread executors, one lent to each request."""
+
+    def __init__(self, idle: int = IDLE_THREADS) -> None:
+        self._idle: list[ThreadPoolExecutor] = []
+        self._most_idle = idle
+        self._lock = threading.Lock()
+
+    def lend(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        with self._lock:
+            if len(self._idle) < self._most_idle:
+                self._idle.append(executor)
+                return
+        executor.shutdown(wait=False)  # its thread ends once idle; nothing waits for it here
+
+
+class LentThreadContext(ThreadSensitiveContext):
+    """A request's ThreadSensitiveContext whose thread is lent by `threads` (see the module docstring).
+
+    The executor is put where asgiref looks for the context's own, and taken away on exit before anything
+    else can see it; a task of the request that runs sync code after that finds no executor for the context
+    and gets a new one, as with Django's context."""
+
+    def __init__(self, threads: RequestThreads) -> None:
+        super().__init__()
+        self._threads = threads
+        self._lent: ThreadPoolExecutor | None = None
+
+    async def __aenter__(self) -> "LentThreadContext":
+        await super().__aenter__()
+        if self.token is not None:  # the outermost context (as Django's): this request's thread
+            self._lent = self._threads.lend()
+            SyncToAsync.context_to_thread_executor[self] = self._lent
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.token is None:
+            return
+        if SyncToAsync.context_to_thread_executor.get(self) is self._lent:
+            del SyncToAsync.context_to_thread_executor[self]
+        SyncToAsync.thread_sensitive_context.reset(self.token)
+        self.token = None
+        if self._lent is not None:
+            self._threads.give_back(self._lent)
+            self._lent = None
+
+
+class PooledThreadsASGIHandler(ASGIHandler):
+    threads = RequestThreads()
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with LentThreadContext(self.threads):
+            await self.handle(scope, receive, send)
+
+
+application = PooledThreadsASGIHandler()

@@ -172,6 +172,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- API --------------------------------------------------------------------------------------------
 # Seconds a token -> user lookup is cached (api/authentication.py); 0 turns the cache off.
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
+# Seconds the agent a run request names is cached (apps/agents/agent_cache.py); 0 turns the cache off.
+AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -277,8 +279,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 EXECUTION_HEARTBEAT_SECONDS = env.float("EXECUTION_HEARTBEAT_SECONDS", default=5.0)
-# How often a running execution checks its row for a cancel request made in another process (one query per
-# open run each time: bench/load_streams.py measures what it costs with hundreds of open streams).
+# How often a process checks its running executions' rows for a cancel request made in another process
+# (one query for all of them: apps/agents/services/run_watcher.py).
 EXECUTION_CANCEL_POLL_SECONDS = env.float("EXECUTION_CANCEL_POLL_SECONDS", default=1.0)
 # A `: ping` comment on every event stream (native SSE and /v1 chunks) after this many idle seconds, so
 # proxies keep a slow run's stream open (ARCHITECTURE.md: 15 s).
@@ -342,14 +344,22 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}auth",
         },
+        # Rate-limit counters (apps/agents/api/throttling.py): shared, so N server processes allow a user
+        # the configured rate, not N times it.
+        "throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}throttle",
+        },
     }
 else:
     AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
     # One process's memory: with several server processes and no Redis, a revocation reaches the other
-    # processes' caches after AUTH_CACHE_SECONDS.
+    # processes' caches after AUTH_CACHE_SECONDS, and each process counts rate limits on its own.
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "auth": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"},
+        "throttle": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"},
     }
 
 # --- Demo user printed by `make run` ------------------------------------------------------------------------

@@ -56,10 +56,12 @@ def _login_failures_in_the_test_database(settings) -> None:
 
 @pytest.fixture(autouse=True)
 def _empty_auth_cache() -> None:
-    """Token -> user lookups are cached (apps/agents/api/authentication.py); a test starts with none."""
+    """Token -> user lookups and agents are cached (apps/agents/api/authentication.py, agent_cache.py), and
+    rate limits counted (api/throttling.py); a test starts with none of them."""
     from django.core.cache import caches
 
     caches["auth"].clear()
+    caches["throttle"].clear()
 
 
 @pytest.fixture

@@ -23,3 +23,5 @@ from config.settings import *  # noqa: E402, F403
 # Token -> user lookups are cached per process in tests (in Redis a cached entry would outlive the test
 # database it came from); tests/conftest.py empties the cache before each test.
 CACHES["auth"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"}  # noqa: F405
+# Rate-limit counters likewise (tests/agents/api/conftest.py empties them before each API test).
+CACHES["throttle"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}  # noqa: F405

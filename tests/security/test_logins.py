@@ -274,6 +274,7 @@ print("locked" if request.axes_locked_out else "not locked")
             "KEY_PREFIX": f"{prefix}logins",
         },
         "auth": settings.CACHES["auth"],
+        "throttle": settings.CACHES["throttle"],
     }
     await sync_to_async(AxesProxyHandler.get_implementation)(force=True)
     api = LOGIN_PATHS[0]

@@ -182,3 +182,14 @@ def test_the_demo_user_is_a_plain_user(settings) -> None:
     demo.refresh_from_db()
     assert not demo.is_staff and not demo.is_superuser
     assert "/admin/" not in out.getvalue()
+
+
+def test_rate_limits_are_counted_in_redis_when_it_is_configured() -> None:
+    # In each process's memory, N server processes would allow a user N times the configured rate.
+    show = "from django.conf import settings; print(settings.CACHES['throttle']['BACKEND'])"
+    with_redis = manage(
+        "shell", "-c", show, env=production_env(SECRET_KEY="x", REDIS_URL="redis://127.0.0.1:1/0")
+    )
+    without = manage("shell", "-c", show, env=production_env(SECRET_KEY="x", REDIS_URL=""))
+    assert with_redis.stdout.splitlines()[-1] == "django.core.cache.backends.redis.RedisCache", with_redis.stderr
+    assert without.stdout.splitlines()[-1] == "django.core.cache.backends.locmem.LocMemCache", without.stderr

@@ -21,9 +21,10 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.response import Response
+
+from apps.agents.services.db import db_unit
 
 Produce = Callable[[], Awaitable[HttpResponseBase]]
 
@@ -59,7 +60,9 @@ class AsyncActionsMixin:
         view = super().as_view(actions, **initkwargs)  # type: ignore[misc]
         if not actions or not set(actions.values()) & cls.async_actions:
             return view
-        run_drf_view = sync_to_async(view)
+        # A unit of database work like any other (services/db.py): it waits for a slot, and gives its
+        # connection back when the DRF half ends instead of holding it while a stream lasts.
+        run_drf_view = db_unit(view)
 
         async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             return await complete_deferred(await run_drf_view(request, *args, **kwargs))

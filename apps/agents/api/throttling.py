@@ -1,7 +1,9 @@
 """Per-user rate limits: REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] scopes "user" (every request), "execute"
 (runs, on top of "user") and "anon" (unauthenticated endpoints, per client address).
 
-A fixed-window counter (`cache.add` + `cache.incr`, atomic in Redis and in the local-memory cache) instead of
+A fixed-window counter in the "throttle" cache (Redis when REDIS_URL is set, so every server process counts
+against the same limit; the process's memory otherwise), `cache.add` + `cache.incr`, atomic in Redis and in the
+local-memory cache, instead of
 DRF's sliding window: DRF keeps and re-pickles a list of every request time in the window, which at the
 default 6000/min is a 6000-element list read and written on every request. The price is that a client can
 burst up to twice its rate across a window boundary. Rates are read on every request, so a settings
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from django.core.cache import cache
+from django.core.cache import caches
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -53,6 +55,7 @@ class WindowRateThrottle(BaseThrottle):
         now = time.time()
         window = int(now // period)
         key = f"throttle:{self.scope}:{self.ident(request)}:{window}"
+        cache = caches["throttle"]  # Redis when REDIS_URL is set: one count for every server process
         cache.add(key, 0, timeout=period + 1)
         try:
             count = cache.incr(key)

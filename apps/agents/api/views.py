@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.agents.agent_cache import agent_get_runnable
 from apps.agents.api import runs
 from apps.agents.api.base import AgentPagination, ApiMixin, Pagination
 from apps.agents.api.deferred import AsyncActionsMixin, DeferredResponse
@@ -144,7 +145,9 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         return agents_visible_to(self.request.user)
 
     def get_object(self) -> Agent:
-        agent = agent_get_visible(user=self.request.user, key=self.kwargs["pk"])
+        # Running needs the row only (cached, apps/agents/agent_cache.py); the other actions show its owner.
+        lookup = agent_get_runnable if self.action == "execute" else agent_get_visible
+        agent = lookup(user=self.request.user, key=self.kwargs["pk"])
         if agent is None:
             raise NotFound()
         self.check_object_permissions(self.request, agent)

@@ -11,7 +11,7 @@ is run (the engine's start is a conditional UPDATE, so two deliveries cannot bot
 `running` is never run again, whatever its heartbeat says: its provider call may have been made and billed,
 so a dead worker's run ends `worker_lost` (reaper) rather than being billed twice. Terminal rows: no-op.
 
-Cancel: the engine's `cancel` flags the row (the worker's watcher notices within a second) or stops a run of
+Cancel: the engine's `cancel` flags the row (the worker's run watcher notices within a second) or stops a run of
 this process at once; `notify_cancel` adds a Redis pub/sub notice so the worker holding the run stops it at
 once too (cancel_listener.py listens), and tells event readers when a queued run was cancelled before it started.
 """

@@ -1,6 +1,6 @@
 """Cross-process cancel notices: one Redis pub/sub subscription per worker process.
 
-A cancel request flags the row (the engine's watcher notices within a second) and publishes the execution id
+A cancel request flags the row (the process's run watcher, services/run_watcher.py, notices within a second) and publishes the execution id
 on the cancel channel (services/background.py `notify_cancel`); the process holding that run stops it at once.
 """
 

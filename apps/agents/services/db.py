@@ -10,12 +10,23 @@ which costs microseconds. So each unit of a run's database work (admission, hear
 poll of the row) runs as `db_unit(fn)`: one thread hop, then the thread's connection goes back to the pool.
 Without the pool (SQLite, or DB_POOL_MAX_SIZE=0) closing would mean reconnecting for every unit, so the
 connection is kept as before. Inside a transaction (a caller's `atomic()`, a test's) it is never closed.
+
+Units also wait for a slot: at most the pool's size less UNIT_RESERVE run at once per process (a run
+request's DRF half, api/deferred.py, counts as one). Each unit runs in its request's own thread, so a burst of
+500 requests started 500 threads that fought for the GIL while holding pool connections: connection holders
+got a slice rarely, the pool ran dry (503s to requests the server could serve), and the event loop, one thread
+among 500, answered health checks seconds late. Waiting for a slot costs nothing (an asyncio queue), holds no
+connection, and leaves connections free for what is not queued (health, reads). A unit that gets no slot
+within the pool's timeout is the same 503 `overloaded` as an exhausted pool.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -40,9 +51,37 @@ def release_connection(alias: str = DEFAULT_DB_ALIAS) -> None:
         connection.close()
 
 
+#: Pooled connections left for work that does not wait for a unit slot (health, plain reads, the admin).
+UNIT_RESERVE = 2
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def unit_slot(alias: str = DEFAULT_DB_ALIAS) -> AsyncIterator[None]:
+    """One of the process's unit slots (see the module docstring); none needed without a pool."""
+    pool = connections[alias].settings_dict.get("OPTIONS", {}).get("pool")
+    if not pool:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(max(1, int(pool["max_size"]) - UNIT_RESERVE))
+    try:
+        async with asyncio.timeout(float(pool["timeout"])):
+            await slots.acquire()
+    except TimeoutError:
+        raise Overloaded() from None
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def db_unit(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`fn` (sync, ORM work) as an awaitable that runs in the request's thread (one hop, like Django's own
-    async ORM methods) and releases the connection when it returns or raises."""
+    async ORM methods) once it has a unit slot, and releases the connection when it returns or raises."""
 
     @functools.wraps(fn)
     def unit(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -51,7 +90,14 @@ def db_unit(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         finally:
             release_connection()
 
-    return sync_to_async(unit)
+    hop = sync_to_async(unit)
+
+    @functools.wraps(fn)
+    async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+        async with unit_slot():
+            return await hop(*args, **kwargs)
+
+    return limited
 
 
 def _first(queryset: QuerySet[Any]) -> Any:
@@ -87,7 +133,7 @@ class Overloaded(ApplicationError):
 
 def pool_exhausted(exc: BaseException | None) -> bool:
     """Whether `exc` is (or was caused by) the pool's "no connection in time" (PoolTimeout) or "too many
-    waiting" (TooManyRequests) error. Django wraps it into its own OperationalError (`raise ... from`), so
+    waiting" (TooManyRequests) error, or a unit that got no slot in time (Overloaded). Django wraps it into its own OperationalError (`raise ... from`), so
     the chain is walked; any other database error is not an overload."""
     try:
         from psycopg_pool import PoolTimeout, TooManyRequests
@@ -95,7 +141,7 @@ def pool_exhausted(exc: BaseException | None) -> bool:
         return False
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, PoolTimeout | TooManyRequests):
+        if isinstance(exc, PoolTimeout | TooManyRequests | Overloaded):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

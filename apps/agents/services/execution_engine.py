@@ -2,8 +2,8 @@
 
     prepare (validate the input, load the conversation; a 4xx writes nothing)   -> execution_prepare.py
       -> create the row (sync / stream: inserted already `running`; background: `pending`)
-      -> the run stream: the engine runs in the stream's task, a watcher task beside it (heartbeat, cancel
-         requests); every client reads the stream's one queue                        -> run_stream.py
+      -> the run stream: the engine runs in the stream's task, watched with every other run of the process
+         (heartbeat, cancel requests; run_watcher.py); every client reads the stream's one queue -> run_stream.py
       -> one final conditional UPDATE through the StateManager (completed / failed / cancelled), also when
          the caller goes away (CancelledError, a closed stream); shielded  -> execution_records.py
 

@@ -17,14 +17,13 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 
-from django.conf import settings
-
 from apps.agents.engine import AgentResult, BaseAgent, RunState
 from apps.agents.engine.context import current_execution_id
 from apps.agents.engine.events import ExecutionCreated, StreamEvent
 from apps.agents.engine.run_stream import RunStream
 from apps.agents.models import AgentExecution
 from apps.agents.models import ExecutionStatus as Status
+from apps.agents.services import run_watcher
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.execution_records import record_outcome, shielded, terminal_event
 from apps.agents.services.state_manager import StateManager
@@ -67,7 +66,8 @@ async def _run(
     streamed: bool,
 ) -> AgentResult:
     run = RunState()
-    watcher = asyncio.create_task(_watch(execution, stream, state))
+    # Heartbeat and cancel requests from other processes: one watcher for all the runs of this process.
+    forget = run_watcher.watch(str(execution.pk), lambda: stream.cancel("cancelled by request"))
     cancelled: asyncio.CancelledError | None = None
     try:
         result = await agent.run(
@@ -88,7 +88,7 @@ async def _run(
         )
         target = Status.FAILED
     finally:
-        watcher.cancel()
+        forget()
         guard = getattr(agent, "spend_guard", None)
         if guard is not None:  # the run is over: its concurrency slot is free
             await shielded(guard.close())
@@ -98,29 +98,6 @@ async def _run(
     if cancelled is not None:
         raise cancelled
     return result
-
-
-async def _watch(execution: AgentExecution, stream: RunStream, state: StateManager) -> None:
-    """Heartbeat every EXECUTION_HEARTBEAT_SECONDS; every EXECUTION_CANCEL_POLL_SECONDS (default 1), stop
-    the run when a cancel was requested (from any process) or the row was ended elsewhere (the reaper)."""
-    beat = max(0.05, float(settings.EXECUTION_HEARTBEAT_SECONDS))
-    poll = min(float(settings.EXECUTION_CANCEL_POLL_SECONDS), beat)
-    loop = asyncio.get_running_loop()
-    next_beat = loop.time() + beat
-    while True:
-        await asyncio.sleep(poll)
-        try:
-            due = loop.time() >= next_beat
-            if due:
-                next_beat = loop.time() + beat
-            # Its own unit of work: no connection is held between polls (services/db.py).
-            alive = await state.astill_wanted(execution, beat=due)
-        except Exception:  # a database hiccup must not kill the run; the reaper covers a dead process
-            logger.warning("heartbeat failed", exc_info=True, extra={"execution_id": str(execution.pk)})
-            continue
-        if not alive:
-            stream.cancel("cancelled by request")
-            return
 
 
 def replay_from_row(execution: AgentExecution) -> RunStream:

@@ -236,17 +236,6 @@ class StateManager:
             == 1
         )
 
-    def still_wanted(self, execution: AgentExecution, *, beat: bool) -> bool:
-        """The running row's watcher (execution_engine._watch): False once the row is no longer running or
-        a cancel was requested. `beat` also records the heartbeat, in the same query."""
-        live = AgentExecution.objects.filter(pk=execution.pk, status=S.RUNNING, cancel_requested_at=None)
-        if beat:
-            return live.update(heartbeat_at=timezone.now()) == 1
-        return live.exists()
-
-    async def astill_wanted(self, execution: AgentExecution, *, beat: bool) -> bool:
-        return await _units.still_wanted(self, execution, beat=beat)
-
     def request_cancel(self, execution: AgentExecution) -> bool:
         """Flag a live row for cancellation by whichever process holds it. False if it is already terminal."""
         now = timezone.now()
@@ -277,7 +266,6 @@ _units = SimpleNamespace(
     create_execution=db_unit(StateManager.create_execution),
     transition=db_unit(StateManager.transition),
     heartbeat=db_unit(StateManager.heartbeat),
-    still_wanted=db_unit(StateManager.still_wanted),
     get_execution=db_unit(StateManager.get_execution),
 )
 

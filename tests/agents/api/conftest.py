@@ -1,19 +1,13 @@
-"""API test helpers: token-authenticated clients for alice, bob and a staff user, a clean rate-limit cache."""
+"""API test helpers: token-authenticated clients for alice, bob and a staff user (rate-limit counters are
+emptied before every test by tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits() -> None:
-    # Rate-limit counters live in the cache, which outlives a test's database.
-    cache.clear()
 
 
 @pytest.fixture(autouse=True)

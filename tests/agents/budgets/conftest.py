@@ -61,13 +61,6 @@ async def _close_orm_thread_connections():
     await sync_to_async(connections.close_all)()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits() -> None:
-    from django.core.cache import cache
-
-    cache.clear()
-
-
 @pytest.fixture
 def staff(db):  # type: ignore[no-untyped-def]
     from tests.factories import UserFactory

@@ -7,18 +7,11 @@ from collections.abc import Callable
 
 import openai
 import pytest
-from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 
 from apps.agents.catalog.loader import CatalogEntry, load_catalog
 from apps.agents.catalog.seed import seed_catalog
 from apps.agents.services.execution_engine import execution_engine
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits() -> None:
-    # Rate-limit counters live in the cache, which outlives a test's database.
-    cache.clear()
 
 
 @pytest.fixture(autouse=True)

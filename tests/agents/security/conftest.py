@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from tests.agents.api.conftest import (  # noqa: F401 - fixtures shared with the API tests
     _fast_password_hashing,
-    _fresh_rate_limits,
     alice_client,
     bob_client,
 )
