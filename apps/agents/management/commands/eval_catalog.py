@@ -27,7 +27,8 @@ from rich.table import Table
 from apps.agents.catalog.loader import CatalogEntry, load_catalog
 from apps.agents.engine.context import AgentConfig, AgentResult
 from apps.agents.engine.conversational_agent import ConversationalAgent
-from apps.agents.engine.task_agent import TaskAgent, validate_output
+from apps.agents.engine.schema_policy import SchemaLimits, first_error
+from apps.agents.engine.task_agent import TaskAgent
 from apps.platforms.local_model import REFUSAL_PREFIX
 from apps.platforms.registry import PlatformRegistry, get_registry
 
@@ -68,11 +69,9 @@ def config_for(entry: CatalogEntry, platform: str, timeout: float | None) -> Age
 def outcome_of(entry: CatalogEntry, result: AgentResult) -> tuple[str, str]:
     if result.success:
         if entry.output_schema is not None:
-            try:
-                validate_output(result.output, entry.output_schema)  # the engine did; say it twice
-            except Exception as exc:
-                return "invalid", str(exc)
-            return "valid", ""
+            # The engine validated it; say it twice (a valid run must not be counted on the engine's word).
+            error = first_error(result.output, entry.output_schema, SchemaLimits())
+            return ("invalid", error.message) if error is not None else ("valid", "")
         return ("valid", "") if str(result.output or "").strip() else ("invalid", "empty answer")
     assert result.error is not None
     message = result.error.message
