@@ -193,7 +193,9 @@ class LocalPlatform(Platform):
     async def generate(self, request: CompletionRequest) -> Completion:
         parts: list[str] = []
         final: Chunk | None = None
-        async with aclosing(self.stream(request)) as chunks:
+        # Nobody reads the pieces of a generate(): the text comes over in one piece at the end, sparing the
+        # model's thread a wake-up of the event loop per piece (it competes with llama.cpp for the cores).
+        async with aclosing(self._stream(request, live=False)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.text)
                 if chunk.finish_reason is not None:
@@ -214,7 +216,10 @@ class LocalPlatform(Platform):
             provider_id=final.provider_id,
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+    def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        return self._stream(request, live=True)
+
+    async def _stream(self, request: CompletionRequest, *, live: bool) -> AsyncIterator[Chunk]:
         shared = self._shared()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout if request.timeout else None
@@ -232,6 +237,7 @@ class LocalPlatform(Platform):
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             grammars=grammars,
             emit=lambda item: None,
+            live=live,
             seed=next(
                 (s for s in (request.sampling.seed, self.seed) if s is not None), random.getrandbits(32)
             ),

@@ -73,6 +73,8 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     #: The deadline was halved to leave time for a re-ask (a schema the grammar cannot fully enforce).
     halved: bool = False
+    #: Send text as it is written (a stream); otherwise all of it at the end (generate).
+    live: bool = True
     # The model's own counts so far, written by the worker thread, read by the waiting side on a timeout.
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -318,7 +320,7 @@ class _SharedModel:
                 # send at most one chunk per EMIT_EVERY: each wakes the event loop, which competes with
                 # llama.cpp's threads for this machine's cores.
                 now = time.perf_counter()
-                if now - last_emit >= EMIT_EVERY:
+                if job.live and now - last_emit >= EMIT_EVERY:
                     safe = len(text) - stop_prefix_len(text, stops)
                     if safe > emitted:
                         job.emit(("text", text[emitted:safe]))
