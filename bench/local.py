@@ -1,6 +1,7 @@
 """Tokens/s of our LocalPlatform (generate and stream) next to raw llama-cpp-python on the same model, prompt
 and settings, with and without a JSON grammar, plus how long a cancel takes to free the model; optionally
-the same for several LOCAL_THREADS values.
+the same for several LOCAL_THREADS values. Each pair is compared in tokens per wall-clock second and in
+tokens per CPU second of this process (steadier on a shared machine: it leaves out waiting for a core).
 
     .venv/bin/python bench/local.py [--rounds 7] [--max-tokens 128] [--threads 1] [--sweep-threads 1,2]
 
@@ -149,11 +150,14 @@ def request(prompt: str, max_tokens: int, **kwargs: object) -> CompletionRequest
     )
 
 
-async def measure(call: Callable[[], object]) -> tuple[float, ...]:
+async def measure(call: Callable[[], object]) -> tuple[tuple[float, ...], float]:
+    """The call's (tokens, seconds[, first token]) and the CPU seconds this process spent on it (every
+    thread: llama.cpp's, ours, the event loop's)."""
+    cpu = time.process_time()
     result = call()
     if asyncio.iscoroutine(result):
         result = await result
-    return result  # type: ignore[return-value]
+    return result, time.process_time() - cpu  # type: ignore[return-value]
 
 
 def ratio_summary(ours: list[tuple[float, ...]], raw: list[tuple[float, ...]]) -> dict[str, float]:
@@ -188,13 +192,15 @@ async def main(rounds: int, max_tokens: int, threads: int, sweep: list[int]) -> 
         ),
     }
     samples: dict[str, dict[str, list[tuple[float, ...]]]] = {n: {"raw": [], "ours": []} for n in pairs}
+    cpu: dict[str, dict[str, list[tuple[float, float]]]] = {n: {"raw": [], "ours": []} for n in pairs}
     for round_ in range(rounds + 1):  # round 0 warms up every variant and is discarded
         for name, (raw, ours) in pairs.items():
             order = (("raw", raw), ("ours", ours)) if round_ % 2 == 0 else (("ours", ours), ("raw", raw))
             for side, call in order:
                 result = await measure(call)
                 if round_:
-                    samples[name][side].append(result)
+                    samples[name][side].append(result[0])
+                    cpu[name][side].append((result[0][0], result[1]))
     cancels = [await cancel_latency(local) for _ in range(rounds)]
     outcome: dict[str, object] = {
         "prompt": PROMPT,
@@ -216,6 +222,9 @@ async def main(rounds: int, max_tokens: int, threads: int, sweep: list[int]) -> 
         },
         # Ours / raw tokens/s, paired round by round (the same machine noise hits both).
         "ratios": {name: ratio_summary(s["ours"], s["raw"]) for name, s in samples.items()},
+        # The same per tokens per CPU second of this process (every thread): on a shared machine wall time
+        # also counts waiting for a core; CPU time counts only the work, the steadier efficiency figure.
+        "cpu_ratios": {name: ratio_summary(c["ours"], c["raw"]) for name, c in cpu.items()},
         "cancel_to_free_ms_median": statistics.median(cancels) * 1000,
         "cancel_to_free_ms_max": max(cancels) * 1000,
     }
@@ -262,6 +271,11 @@ def print_table(result: dict[str, object]) -> None:
     print(
         "ours / raw tokens/s, per-round pairs, median [min-max]: "
         + ", ".join(f"{k} {v['median']:.0%} [{v['min']:.0%}-{v['max']:.0%}]" for k, v in ratios.items())
+    )
+    cpu: dict[str, dict[str, float]] = result["cpu_ratios"]  # type: ignore[assignment]
+    print(
+        "ours / raw tokens per CPU second, per-round pairs, median [min-max]: "
+        + ", ".join(f"{k} {v['median']:.0%} [{v['min']:.0%}-{v['max']:.0%}]" for k, v in cpu.items())
     )
     print(
         f"model load: {result['model_load_seconds']:.2f} s; cancel -> model free: "
