@@ -49,6 +49,7 @@ from apps.platforms.base import (
     Platform,
     PlatformInfo,
     ToolCall,
+    ToolDefinition,
     Usage,
 )
 from apps.platforms.errors import PlatformError
@@ -127,6 +128,8 @@ atexit.register(_close_models_at_exit)
 
 class LocalPlatform(Platform):
     name = "local"
+    #: tool_choice narrows the tool grammar (local_tools.offered_tools); seed fixes the sampler's.
+    supported_options = frozenset({"tool_choice", "seed"})
 
     def __init__(
         self,
@@ -190,7 +193,9 @@ class LocalPlatform(Platform):
     async def generate(self, request: CompletionRequest) -> Completion:
         parts: list[str] = []
         final: Chunk | None = None
-        async with aclosing(self.stream(request)) as chunks:
+        # Nobody reads the pieces of a generate(): the text comes over in one piece at the end, sparing the
+        # model's thread a wake-up of the event loop per piece (it competes with llama.cpp for the cores).
+        async with aclosing(self._stream(request, live=False)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.text)
                 if chunk.finish_reason is not None:
@@ -211,17 +216,20 @@ class LocalPlatform(Platform):
             provider_id=final.provider_id,
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+    def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        return self._stream(request, live=True)
+
+    async def _stream(self, request: CompletionRequest, *, live: bool) -> AsyncIterator[Chunk]:
         shared = self._shared()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout if request.timeout else None
-        tools = tuple(request.tools)
-        grammars = await self._grammars(request)
+        from apps.platforms.local_tools import offered_tools, tools_instructions
+
+        tools, must_call = offered_tools(request.tools, request.tool_choice)
+        grammars = await self._grammars(request, tools, must_call)
         messages = _to_llama_messages(request)
         if tools:
-            from apps.platforms.local_tools import tools_instructions
-
-            messages = _with_system_note(messages, tools_instructions(tools))
+            messages = _with_system_note(messages, tools_instructions(tools, must_call))
         queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         job = _Job(
             messages=messages,
@@ -229,7 +237,10 @@ class LocalPlatform(Platform):
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             grammars=grammars,
             emit=lambda item: None,
-            seed=self.seed if self.seed is not None else random.getrandbits(32),
+            live=live,
+            seed=next(
+                (s for s in (request.sampling.seed, self.seed) if s is not None), random.getrandbits(32)
+            ),
             deadline=None if deadline is None else time.monotonic() + (deadline - loop.time()),
         )
 
@@ -299,13 +310,15 @@ class LocalPlatform(Platform):
                 if request.on_usage is not None and (usage_so_far := _usage_so_far(job)) is not None:
                     request.on_usage(usage_so_far)
 
-    async def _grammars(self, request: CompletionRequest) -> tuple[JsonGrammar, ...] | None:
+    async def _grammars(
+        self, request: CompletionRequest, tools: tuple[ToolDefinition, ...], must_call: bool
+    ) -> tuple[JsonGrammar, ...] | None:
         """The request's grammars (loosest caps first), built off the event loop within GRAMMAR_TIMEOUT and
         cached per schema; the model's thread picks the one its token limit and deadline afford."""
-        if request.tools:
+        if tools:
             from apps.platforms.local_tools import tools_schema
 
-            schema: Any = tools_schema(request.tools, request.json_schema)
+            schema: Any = tools_schema(tools, request.json_schema, answer=not must_call)
         elif request.json_schema is not None:
             schema = request.json_schema
         else:

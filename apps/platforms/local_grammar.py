@@ -41,6 +41,7 @@ CHARS_PER_TOKEN = 2.5
 #: Used when neither the agent nor the caller sets max_tokens.
 DEFAULT_BUDGET = 768
 _CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+_NON_NEGATIVE = '("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? space'
 _REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 _MAX_PATTERN_REPEAT = 200
 
@@ -56,24 +57,83 @@ class JsonGrammar:
     text: str  # GBNF, root rule "root"
     budget: int  # the most tokens this grammar lets the model write (estimated)
     caps: Caps
+    #: Tokens of the schema's smallest valid value (empty strings, fewest items): what closing the answer
+    #: costs at most. The generation steers to the end once `budget` is spent or time runs short, so this,
+    #: not `budget`, is what must fit the deadline.
+    floor: int = 0
+    #: Whether every value the grammar allows also validates against the full schema. When not (a format,
+    #: uniqueItems, a dropped pattern...), the engine may re-ask, so the first answer gets half the time.
+    exact: bool = True
 
 
 def build_steps(schema: Mapping[str, Any]) -> tuple[JsonGrammar, ...]:
     """The grammar of `schema` under each of CAP_STEPS, loosest first (duplicates dropped): the generation
     picks the loosest whose budget fits its token limit and its deadline (`pick`)."""
     steps: list[JsonGrammar] = []
+    floor = token_budget(schema, Caps(0, 0))
+    exact = is_exact(schema)
     for string, array in CAP_STEPS:
         caps = Caps(string, array)
         budget = token_budget(schema, caps)
         if steps and steps[-1].budget == budget:
             continue
-        steps.append(JsonGrammar(grammar_text(schema, caps), budget, caps))
+        steps.append(JsonGrammar(grammar_text(schema, caps), budget, caps, floor, exact))
     return tuple(steps)
 
 
 def pick(steps: tuple[JsonGrammar, ...], limit: int) -> JsonGrammar | None:
     """The loosest grammar whose budget is at most `limit` tokens; None when even the tightest is over."""
     return next((g for g in steps if g.budget <= limit), None)
+
+
+#: Keywords the grammar does not enforce: a value it allows may still fail validation.
+_UNENFORCED = frozenset(
+    {
+        *("format", "uniqueItems", "multipleOf", "not", "if", "contains", "minProperties", "maxProperties"),
+        *("dependentRequired", "dependentSchemas", "dependencies", "patternProperties", "allOf"),
+    }
+)
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+
+
+def is_exact(schema: Any, depth: int = 0) -> bool:
+    """Whether every value the capped grammar of `schema` allows validates against `schema` itself."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, Mapping) or depth > 32:
+        return False
+    if _UNENFORCED & schema.keys():
+        return False
+    ref = schema.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+        return False
+    kind = schema.get("type")
+    if kind == "string" and (
+        _int(schema.get("minLength"), 0) > STRING_CAP
+        or (isinstance(schema.get("pattern"), str) and _pattern_too_big(schema["pattern"]))
+    ):
+        return False
+    if (kind == "array" or "items" in schema) and _int(schema.get("minItems"), 0) > MIN_ITEMS_CAP:
+        return False
+    if kind == "number" and not _number_rule_exact(schema):
+        return False
+    children: list[Any] = []
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            children.extend(schema[key])
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), Mapping):
+            children.extend(schema[key].values())
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), Mapping):
+            children.append(schema[key])
+    return all(is_exact(child, depth + 1) for child in children)
+
+
+def _number_rule_exact(schema: Mapping[str, Any]) -> bool:
+    bounds = {k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema}
+    return not bounds or (bounds == {"minimum"} and schema["minimum"] == 0)
 
 
 def build(schema: Mapping[str, Any], max_tokens: int | None) -> JsonGrammar:
@@ -141,6 +201,9 @@ class _Converter(SchemaConverter):
             rule = integer_rule(schema)
             if rule is not None:
                 return self._add_rule(name or "root", rule)
+        if isinstance(schema, Mapping) and schema.get("type") == "number" and schema.get("minimum") == 0:
+            # `minimum: 0` (estimates, amounts): no minus sign; other number bounds are left to validation.
+            return self._add_rule(name or "root", _NON_NEGATIVE)
         return super().visit(schema, name)
 
 

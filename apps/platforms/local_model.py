@@ -11,18 +11,17 @@ import codecs
 import functools
 import json
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from apps.platforms.base import Usage
 from apps.platforms.errors import PlatformError
+from apps.platforms.local_deadline import REFUSAL_PREFIX, SAFETY, Speed, affordable, refuse
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -40,15 +39,6 @@ EMIT_EVERY = 0.03
 END_MARGIN = 0.5
 #: The fewest output tokens a free-text answer is worth starting for (else the request is refused).
 MIN_TEXT_TOKENS = 32
-#: Share of the calibrated speed counted on (the machine's load varies between calibration and the run).
-SAFETY = 0.8
-#: Tokens allowed past a grammar's estimated budget (plus a quarter of it) before generation is cut: the
-#: budget converts characters to tokens at an average rate.
-BUDGET_MARGIN = 32
-CALIBRATION_PROMPT = 96
-CALIBRATION_TOKENS = 12
-#: Every fail-fast refusal starts with this.
-REFUSAL_PREFIX = "the local model is too slow for this run's deadline"
 #: Seconds grammar building may take before the request is refused (it runs in a worker thread).
 GRAMMAR_TIMEOUT = 5.0
 
@@ -65,17 +55,8 @@ class GenerationRecord:
     completion_tokens: int
     #: Sampled tokens the grammar rejected (each one cost a full-vocabulary pass).
     grammar_rejections: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Speed:
-    """Tokens per second of this model on this machine, measured when it loads and refreshed by each run."""
-
-    prompt_tps: float
-    decode_tps: float
-
-    def seconds(self, prompt_tokens: int, output_tokens: int) -> float:
-        return prompt_tokens / self.prompt_tps + output_tokens / self.decode_tps
+    #: Whether a JSON answer had to be steered to its end (its budget or its time ran out).
+    closed_early: bool = False
 
 
 @dataclass
@@ -90,6 +71,10 @@ class _Job:
     #: time.monotonic() by which the answer is due (None: no deadline); checked before any decoding.
     deadline: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: The deadline was halved to leave time for a re-ask (a schema the grammar cannot fully enforce).
+    halved: bool = False
+    #: Send text as it is written (a stream); otherwise all of it at the end (generate).
+    live: bool = True
     # The model's own counts so far, written by the worker thread, read by the waiting side on a timeout.
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -146,8 +131,10 @@ class _SharedModel:
                         kind="unavailable",
                         retryable=False,
                     ) from exc
-                self._format = _chat_formatter(llama)
-                self.speed = calibrate(llama)
+                from apps.platforms.local_sampling import calibrate, chat_formatter
+
+                self._format = chat_formatter(llama)
+                self.speed = Speed(*calibrate(llama))
                 self._llama = llama
                 logger.info(
                     "local model loaded",
@@ -206,19 +193,26 @@ class _SharedModel:
         # budget fits, free text is cut ("length") before the deadline. What cannot fit is refused now.
         room = self.n_ctx - len(prompt)
         limit = job.max_tokens if job.max_tokens and job.max_tokens > 0 else None
+        if job.grammars and not job.grammars[0].exact and job.deadline is not None:
+            # The grammar cannot enforce the whole schema, so the answer may fail validation and be re-asked:
+            # this answer gets half the time left, the re-ask the other half.
+            job.deadline = time.monotonic() + (job.deadline - time.monotonic()) / 2
+            job.halved = True
         affordable = self._affordable(job, llama, prompt)
         grammar = None
         if job.grammars:
             from apps.platforms.local_grammar import DEFAULT_BUDGET, pick
 
             target = min(limit or DEFAULT_BUDGET, room if affordable is None else affordable)
-            grammar = pick(job.grammars, target)
-            if grammar is None:
-                # Even the tightest caps are over the limit: refuse only if the deadline is the reason.
-                grammar = job.grammars[-1]
-                if affordable is not None and grammar.budget > affordable:
-                    self._refuse(job, llama, prompt, grammar.budget)
-            max_tokens = min(room, limit or grammar.budget + grammar.budget // 4 + BUDGET_MARGIN)
+            # Even the tightest caps over the target: that grammar, steered to its end in time (_decode);
+            # refused only when not even the smallest valid answer fits the deadline.
+            grammar = pick(job.grammars, target) or job.grammars[-1]
+            if affordable is not None and grammar.floor > affordable:
+                self._refuse(job, llama, prompt, grammar.floor)
+            # Structured output is never cut by a token count (cut JSON is invalid, so it would only be
+            # re-asked): the answer is steered to its end from `close_at` on (see _decode). This hard stop
+            # is the context window or the caller's own max_tokens.
+            max_tokens = min(room, limit) if limit else room
         else:
             max_tokens = min(room, limit) if limit else room
             if affordable is not None:
@@ -228,37 +222,12 @@ class _SharedModel:
         return self._decode(job, llama, prompt, max_tokens, rendered.stop, grammar)
 
     def _affordable(self, job: _Job, llama: Llama, prompt: list[int]) -> int | None:
-        """Output tokens that fit before the job's deadline at calibrated speeds (None: no deadline)."""
-        if job.deadline is None:
-            return None
-        from apps.platforms.local_sampling import cached_prefix
-
         assert self.speed is not None
-        # Both speeds discounted: a long prompt evaluates slower per token than the calibration's short one,
-        # and the machine's load may have risen since.
-        prompt_seconds = self.speed.seconds(len(prompt) - cached_prefix(llama, prompt), 0) / SAFETY
-        left = job.deadline - time.monotonic() - prompt_seconds
-        return max(0, int(left * self.speed.decode_tps * SAFETY))
+        return affordable(self.speed, job.deadline, llama, prompt)
 
     def _refuse(self, job: _Job, llama: Llama, prompt: list[int], output_tokens: int) -> NoReturn:
-        """Fail fast: the run cannot finish by its deadline at this machine's calibrated speeds."""
-        from apps.platforms.local_sampling import cached_prefix
-
         assert self.speed is not None and job.deadline is not None
-        to_evaluate = len(prompt) - cached_prefix(llama, prompt)
-        need = self.speed.seconds(to_evaluate, output_tokens) / SAFETY
-        left = job.deadline - time.monotonic()
-        raise PlatformError(
-            f"{REFUSAL_PREFIX}: {Path(self.path).name} would need about {need:.0f} s for this request "
-            f"({to_evaluate} prompt tokens at {self.speed.prompt_tps:.0f}/s, at least {output_tokens} output "
-            f"tokens at {self.speed.decode_tps:.0f}/s) but {max(left, 0):.0f} s are left. Configure a "
-            "provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY), point LOCAL_MODEL_PATH "
-            f"at a bigger or faster GGUF model, or raise the agent's timeout_seconds to {math.ceil(need) + 5} "
-            "or more",
-            provider=PROVIDER,
-            kind="unavailable",
-            retryable=False,
-        )
+        refuse(self.path, self.speed, job.deadline, job.halved, llama, prompt, output_tokens)
 
     def _decode(
         self,
@@ -271,7 +240,13 @@ class _SharedModel:
     ) -> GenerationRecord:
         import llama_cpp
 
-        from apps.platforms.local_sampling import Sampler, evaluate_prompt
+        from apps.platforms.local_sampling import (
+            JsonScan,
+            Sampler,
+            evaluate_prompt,
+            first_stop,
+            stop_prefix_len,
+        )
 
         stops = [s for s in (stops or []) if s]
         vocab = llama_cpp.llama_model_get_vocab(llama.model)
@@ -303,6 +278,16 @@ class _SharedModel:
             seed=job.seed,
             grammar=grammar.text if grammar is not None else None,
         )
+        # JSON is steered to its end (closing) once its token budget is spent, or when the time left is
+        # what closing needs, so a grammar-bound answer is complete and valid rather than cut.
+        scan = JsonScan() if grammar is not None else None
+        closing = False
+        close_at = max_tokens
+        close_by = deadline
+        if grammar is not None:
+            close_at = min(grammar.budget, max_tokens - grammar.floor)
+            if deadline is not None:
+                close_by = deadline - END_MARGIN - grammar.floor / (self.speed.decode_tps * SAFETY)
         try:
             while n < max_tokens:
                 # Checked once per token: a cancelled request stops within one decode step (milliseconds).
@@ -310,18 +295,23 @@ class _SharedModel:
                     outcome = "cancelled"
                     break
                 # Free text ends ("length") just before the deadline rather than being cut by it: the
-                # answer so far is an answer. JSON cut short is not; the platform's timeout handles that.
+                # answer so far is an answer. JSON cut short is not: it starts closing in time instead.
                 if grammar is None and deadline is not None and time.monotonic() > deadline - END_MARGIN:
                     break
-                token = sampler.sample()
+                if scan is not None and not closing:
+                    closing = n >= close_at or (close_by is not None and time.monotonic() > close_by)
+                token = sampler.sample(scan if closing else None)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     outcome = "stop"
                     break
                 n += 1
                 job.completion_tokens = n
                 # No prev_tokens: llama.cpp's own tokenizer ignores them (only the HF tokenizer uses them).
-                text += decoder.decode(llama.detokenize([token]))
-                stop_at = _first_stop(text, stops) if stops else None
+                piece = decoder.decode(llama.detokenize([token]))
+                text += piece
+                if scan is not None:
+                    scan.feed(piece)
+                stop_at = first_stop(text, stops) if stops else None
                 if stop_at is not None:
                     text = text[:stop_at]
                     outcome = "stop"
@@ -330,8 +320,8 @@ class _SharedModel:
                 # send at most one chunk per EMIT_EVERY: each wakes the event loop, which competes with
                 # llama.cpp's threads for this machine's cores.
                 now = time.perf_counter()
-                if now - last_emit >= EMIT_EVERY:
-                    safe = len(text) - _stop_prefix_len(text, stops)
+                if job.live and now - last_emit >= EMIT_EVERY:
+                    safe = len(text) - stop_prefix_len(text, stops)
                     if safe > emitted:
                         job.emit(("text", text[emitted:safe]))
                         emitted, last_emit = safe, now
@@ -340,7 +330,7 @@ class _SharedModel:
             self._learn_speed(0, 0.0, n, time.perf_counter() - prompt_done)
         finally:
             sampler.close()
-        record = GenerationRecord(outcome, len(prompt), n, sampler.rejections)
+        record = GenerationRecord(outcome, len(prompt), n, sampler.rejections, closing)
         if outcome == "cancelled":
             return record
         text += decoder.decode(b"", final=True)
@@ -364,10 +354,10 @@ class _SharedModel:
         from apps.platforms.local_grammar import pick
 
         assert job.grammars is not None
-        tighter = pick(job.grammars, affordable)
-        if tighter is None:
-            self._refuse(job, llama, prompt, job.grammars[-1].budget)
-        return min(max_tokens, tighter.budget + tighter.budget // 4 + BUDGET_MARGIN), tighter
+        tighter = pick(job.grammars, affordable) or job.grammars[-1]
+        if tighter.floor > affordable:
+            self._refuse(job, llama, prompt, tighter.floor)
+        return max_tokens, tighter
 
     def _learn_speed(self, prompt_tokens: int, prompt_seconds: float, tokens: int, seconds: float) -> None:
         """Blend a run's measured speeds into the estimate (the machine's load changes; so does ours)."""
@@ -379,66 +369,6 @@ class _SharedModel:
         if tokens >= 16 and seconds > 0:
             decode_tps = 0.7 * decode_tps + 0.3 * tokens / seconds
         self.speed = Speed(prompt_tps, decode_tps)
-
-
-def calibrate(llama: Llama) -> Speed:
-    """Prompt and decode speed of this model here: one short prompt batch and a few greedy tokens (~1 s)."""
-    from apps.platforms.local_sampling import Sampler
-
-    text = ("The quick brown fox jumps over the lazy dog. " * 12).encode()
-    # Within any context window (tests load tiny ones): room for the prompt and the sampled tokens.
-    size = max(8, min(CALIBRATION_PROMPT, len(llama.input_ids) - CALIBRATION_TOKENS - 8))
-    prompt = llama.tokenize(text, add_bos=True)[:size]
-    llama.reset()
-    llama.eval(prompt[:8])  # the first decode allocates llama.cpp's compute buffers: not part of the speed
-    llama.reset()
-    started = time.perf_counter()
-    llama.eval(prompt)
-    prompt_seconds = time.perf_counter() - started
-    sampler = Sampler(llama, temperature=0.0, seed=0, grammar=None)
-    try:
-        started = time.perf_counter()
-        for _ in range(CALIBRATION_TOKENS):
-            llama.eval([sampler.sample()])
-        decode_seconds = time.perf_counter() - started
-    finally:
-        sampler.close()
-    llama.reset()
-    return Speed(len(prompt) / prompt_seconds, CALIBRATION_TOKENS / decode_seconds)
-
-
-def _chat_formatter(llama: Llama) -> Callable[..., Any]:
-    """The model's own chat template, built the way `Llama.__init__` builds its default chat handler."""
-    from llama_cpp import llama_chat_format
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if not template:
-        # Llama falls back to the llama-2 format for GGUFs without a template; so do we.
-        logger.warning("local model has no chat template; using the llama-2 format")
-        return llama_chat_format.format_llama2
-    eos_id, bos_id = llama.token_eos(), llama.token_bos()
-    return llama_chat_format.Jinja2ChatFormatter(
-        template=template,
-        eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
-        bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
-        stop_token_ids=[eos_id],
-    )
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
 
 
 def _map_llama_error(exc: Exception) -> PlatformError:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apps.platforms.base import ToolCall, ToolDefinition
+from apps.platforms.base import ToolCall, ToolChoice, ToolDefinition
 from apps.platforms.errors import PlatformError
 
 PROVIDER = "local"
@@ -25,7 +25,24 @@ PROVIDER = "local"
 ANSWER_CHARS = 400
 
 
-def tools_schema(tools: Sequence[ToolDefinition], json_schema: Mapping[str, Any] | None) -> dict[str, Any]:
+def offered_tools(
+    tools: Sequence[ToolDefinition], choice: ToolChoice | None
+) -> tuple[tuple[ToolDefinition, ...], bool]:
+    """The tools the grammar offers under the request's tool_choice, and whether a call is required (the
+    final-answer shape is then left out): "none" offers none, "required" all of them, a name only that
+    one, "auto" (or no choice) all of them beside the answer."""
+    if choice is None or choice.mode == "auto":
+        return tuple(tools), False
+    if choice.mode == "none":
+        return (), False
+    if choice.mode == "function":
+        return tuple(t for t in tools if t.name == choice.name), True
+    return tuple(tools), True
+
+
+def tools_schema(
+    tools: Sequence[ToolDefinition], json_schema: Mapping[str, Any] | None, *, answer: bool = True
+) -> dict[str, Any]:
     calls = [
         {
             "type": "object",
@@ -35,14 +52,14 @@ def tools_schema(tools: Sequence[ToolDefinition], json_schema: Mapping[str, Any]
         }
         for tool in tools
     ]
-    answer = dict(json_schema) if json_schema is not None else {"type": "string", "maxLength": ANSWER_CHARS}
+    value = dict(json_schema) if json_schema is not None else {"type": "string", "maxLength": ANSWER_CHARS}
     final = {
         "type": "object",
-        "properties": {"answer": answer},
+        "properties": {"answer": value},
         "required": ["answer"],
         "additionalProperties": False,
     }
-    return {"anyOf": [*calls, final]}
+    return {"anyOf": [*calls, final] if answer else calls}
 
 
 def _arguments_schema(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,11 +70,13 @@ def _arguments_schema(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return schema or {"type": "object", "properties": {}}
 
 
-def tools_instructions(tools: Sequence[ToolDefinition]) -> str:
+def tools_instructions(tools: Sequence[ToolDefinition], must_call: bool = False) -> str:
+    call = 'To call one, answer with only {"tool": "<name>", "arguments": {...}}.'
     lines = [
-        "You can call tools. To call one, answer with only "
-        '{"tool": "<name>", "arguments": {...}}. When you have the final answer, answer with only '
-        '{"answer": ...}. Tools:'
+        f"You must call one of these tools. {call} Tools:"
+        if must_call
+        else f'You can call tools. {call} When you have the final answer, answer with only {{"answer": ...}}. '
+        "Tools:"
     ]
     for tool in tools:
         lines.append(

@@ -62,3 +62,33 @@ def test_a_refusal_is_refused_only_when_nothing_was_answered() -> None:
 
     assert outcome_of(entry, refused)[0] == "refused"
     assert outcome_of(entry, reasked)[0] == "invalid"
+
+
+def test_a_successful_structured_run_is_valid_only_if_its_output_matches_the_full_schema() -> None:
+    entry = CATALOG["ux-writer"]
+    assert entry.example is not None and entry.example.output is not None
+
+    assert outcome_of(entry, AgentResult(success=True, output=entry.example.output)) == ("valid", "")
+    outcome, detail = outcome_of(entry, AgentResult(success=True, output={"unexpected": 1}))
+    assert outcome == "invalid" and detail
+
+
+def test_task_gives_every_agent_the_same_task(tmp_path) -> None:
+    fake = FakePlatform("openai")
+    fake.reply("Hello there, friend of mine.")
+    previous = installed_registry()
+    set_registry(PlatformRegistry({"openai": fake}, fallback_order=["openai"]))
+    try:
+        call_command(
+            "eval_catalog",
+            "--agent",
+            "technical-writer",
+            "--task",
+            "Say hello in five words.",
+            stdout=io.StringIO(),
+        )
+    finally:
+        set_registry(previous)
+
+    (request,) = fake.requests
+    assert request.messages[-1].content.startswith("Say hello in five words.")

@@ -104,3 +104,43 @@ def test_a_smaller_token_limit_picks_tighter_caps() -> None:
     assert loose.caps.array == ARRAY_CAP and loose.budget == token_budget(schema)
     assert tight.budget <= 60 < loose.budget
     assert tight.caps != loose.caps and tight.text != loose.text
+
+
+def test_a_schema_the_grammar_fully_enforces_is_exact_and_one_it_cannot_is_not() -> None:
+    from apps.agents.catalog.loader import load_catalog
+
+    structured = [e.output_schema for e in load_catalog() if e.output_schema is not None]
+    assert structured and all(build_steps(s)[0].exact for s in structured)  # no re-ask is ever needed
+    for keyword in ({"format": "email"}, {"pattern": "a{500}"}, {"minLength": STRING_CAP + 1}):
+        schema = {"type": "object", "properties": {"a": {"type": "string", **keyword}}, "required": ["a"]}
+        assert not build_steps(schema)[0].exact, keyword
+    assert not build_steps({"type": "array", "items": {"type": "string"}, "uniqueItems": True})[0].exact
+    assert not build_steps({"type": "number", "maximum": 3})[0].exact
+
+
+def test_a_number_with_minimum_zero_cannot_be_written_negative() -> None:
+    # project-manager's estimate_days: llama-cpp-python's converter ignores number bounds (a "-1" was valid
+    # to the grammar and re-asked by validation).
+    schema = {
+        "type": "object",
+        "properties": {"days": {"type": "number", "minimum": 0}},
+        "required": ["days"],
+    }
+    days = rules(grammar_text(schema))["days"]
+
+    assert '"-"' not in days and "[1-9]" in days
+
+
+def test_the_floor_is_the_smallest_valid_answer_and_below_every_budget() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "items": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        },
+        "required": ["summary", "items"],
+    }
+    steps = build_steps(schema)
+
+    # {"summary": "", "items": ["", ""]}: ~35 characters, every cap step's budget is above it.
+    assert 0 < steps[0].floor == steps[-1].floor < min(g.budget for g in steps)

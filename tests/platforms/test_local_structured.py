@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import aclosing
 from typing import Any
 
 import jsonschema
@@ -19,6 +20,7 @@ from apps.agents.engine.task_agent import TaskAgent
 from apps.platforms.base import ChatMessage, CompletionRequest, ToolDefinition
 from apps.platforms.errors import PlatformError
 from apps.platforms.local import LocalPlatform
+from apps.platforms.local_grammar import build_steps
 from apps.platforms.local_model import REFUSAL_PREFIX, Speed
 from apps.platforms.registry import PlatformRegistry
 
@@ -87,6 +89,47 @@ async def test_integer_ranges_and_key_order_are_honoured(local: LocalPlatform) -
         assert list(value) == ["zebra", "apple", "mango"]  # schema order, not alphabetical
         assert 3 <= value["zebra"] <= 7  # the prompt asked for 0: the grammar allows only 3..7
         assert 0 <= value["apple"] <= 9999  # a large range: digit-length bound (validation checks the rest)
+
+
+async def test_json_whose_budget_runs_out_is_closed_validly_not_cut(local: LocalPlatform) -> None:
+    # A token limit far below what the model would write: before, generation stopped at the limit with
+    # unterminated JSON ("length"), which the engine re-asked; now the answer is steered to its end.
+    entry = CATALOG["business-analyst"]
+    assert entry.output_schema is not None
+    prompt = f"Write user stories for a password reset. JSON: {json.dumps(entry.output_schema)}"
+    completion = await local.generate(
+        ask(prompt, json_schema=entry.output_schema, max_tokens=160, temperature=0.7)
+    )
+
+    assert completion.finish_reason == "stop", completion.text
+    assert completion.usage.output_tokens <= 160
+    jsonschema.validate(json.loads(completion.text), entry.output_schema)
+    await local.run_on_model(lambda llama: None)  # the worker has recorded the run
+    assert local.last_run is not None and local.last_run.closed_early
+
+
+async def test_a_schema_that_may_be_reasked_gets_half_the_time_or_is_refused(local: LocalPlatform) -> None:
+    await local.load()
+    # Output at 20 tokens/s, prompts free: 4.5 s afford 72 tokens (at the 0.8 safety share), half of it 36.
+    set_speed(local, Speed(prompt_tps=1e9, decode_tps=20.0))
+    strings = {"type": "array", "items": {"type": "string"}, "minItems": 6}
+    exact = {"type": "object", "properties": {"names": strings}, "required": ["names"]}
+    inexact = {
+        "type": "object",
+        "properties": {"names": {**strings, "uniqueItems": True}},
+        "required": ["names"],
+    }
+    (floor,) = {g.floor for g in build_steps(exact)} | {g.floor for g in build_steps(inexact)}
+    assert 36 < floor <= 72  # the smallest valid answer fits the time, but not half of it
+
+    with pytest.raises(PlatformError) as caught:
+        await local.generate(ask("Six names.", json_schema=inexact, timeout=4.5))
+    assert caught.value.message.startswith(REFUSAL_PREFIX) and "a re-ask may follow" in caught.value.message
+
+    # The same schema without uniqueItems (nothing to re-ask) starts answering; closing the stream cancels it.
+    async with aclosing(local.stream(ask("Six names.", json_schema=exact, timeout=4.5))) as chunks:
+        first = await anext(chunks)
+    assert first.text
 
 
 async def test_fail_fast_refuses_at_once_with_what_to_do(local: LocalPlatform) -> None:

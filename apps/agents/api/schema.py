@@ -100,7 +100,8 @@ With `"stream": true` or `Accept: text/event-stream` the answer is `text/event-s
 | event | data |
 |---|---|
 | `execution.created` | `{"execution_id", "agent_id"}` (always first) |
-| `output.delta` | `{"text"}` |
+| `output.delta` | `{"text"}`; structured agents stream their JSON as it is written too |
+| `output.reset` | `{"reason"}`: discard the text streamed so far (a structured answer failed validation and is re-asked); the next deltas are the new answer |
 | `tool.call` | `{"id", "tool", "arguments"}`; `"client": true` for a call to the caller's own tool (OpenAI-compatible requests), handed back, not run |
 | `tool.result` | `{"id", "tool", "result", "is_error"}` |
 | `platform.fallback` | `{"from", "to", "reason"}` |

@@ -65,6 +65,7 @@ EVENT_PAYLOADS: dict[str, dict[str, Any]] = {
         {"execution_id": {"type": "string", "format": "uuid"}, "agent_id": _STRING}
     ),
     "output.delta": _payload({"text": _STRING}),
+    "output.reset": _payload({"reason": _STRING}),
     "tool.call": _payload({"id": _STRING, "tool": _STRING, "arguments": {"type": "object"}}),
     "tool.result": _payload({"id": _STRING, "tool": _STRING, "result": {}, "is_error": {"type": "boolean"}}),
     "platform.fallback": _payload({"from": _STRING, "to": _STRING, "reason": _STRING}),

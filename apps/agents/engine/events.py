@@ -28,6 +28,18 @@ class OutputDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputReset:
+    """The text streamed so far is not the answer (structured output that failed validation): discard it;
+    the deltas that follow are the model's next attempt."""
+
+    name: ClassVar[str] = "output.reset"
+    reason: str
+
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallEvent:
     name: ClassVar[str] = "tool.call"
     call_id: str
@@ -101,6 +113,7 @@ class ExecutionCancelled:
 StreamEvent = (
     ExecutionCreated
     | OutputDelta
+    | OutputReset
     | ToolCallEvent
     | ToolResultEvent
     | PlatformFallback

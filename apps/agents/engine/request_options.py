@@ -25,6 +25,10 @@ class RequestOptions:
     #: This request's messages as the client sent them (tool turns and images included), after the context's
     #: history, ending with the user's message or with tool results (see new_turns).
     messages: tuple[ChatMessage, ...] | None = None
+    #: Whether structured answers are streamed as they are written. A native event stream can take text
+    #: back (output.reset, when an answer fails validation and is re-asked); OpenAI's chunk and Responses
+    #: streams cannot, so the facade leaves this off and its clients get the validated JSON whole.
+    stream_structured: bool = False
 
     @property
     def client_tool_names(self) -> frozenset[str]:

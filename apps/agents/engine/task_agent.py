@@ -17,7 +17,7 @@ from typing import Any
 from apps.agents.engine.base_agent import BaseAgent
 from apps.agents.engine.context import AgentContext
 from apps.agents.engine.conversational_agent import history_messages
-from apps.agents.engine.events import OutputDelta
+from apps.agents.engine.events import OutputDelta, OutputReset
 from apps.agents.engine.request_options import new_turns
 from apps.agents.engine.run import RunFailure, RunScope
 from apps.agents.engine.schema_policy import (
@@ -128,12 +128,13 @@ class TaskAgent(BaseAgent):
         # OpenAI-style chat) come first: a task agent keeps no window or summary, but it must not lose what
         # the caller sent.
         messages = [*history_messages(scope.context.conversation_history), *turns]
+        # Structured answers stream as they are written, like text, to clients that can be told to take
+        # text back (an OutputReset before a re-ask); the others get the validated JSON as one delta.
+        stream_json = options is None or options.stream_structured
         for reask in range(MAX_REASKS + 1):
-            # Structured answers are not streamed token by token: an answer that fails validation is
-            # re-asked, and a client must never receive text that is later taken back. The validated
-            # JSON is sent as one delta instead.
+            streamed_before = len(scope.state.streamed)
             completion = await complete_with_tools(
-                self, scope, messages, json_schema=schema, stream_text=schema is None
+                self, scope, messages, json_schema=schema, stream_text=schema is None or stream_json
             )
             scope.state.metadata["finish_reason"] = completion.finish_reason
             if completion.logprobs is not None:
@@ -150,10 +151,13 @@ class TaskAgent(BaseAgent):
                 scope.state.metadata["reasks"] = reask + 1
                 messages.append(ChatMessage(role="assistant", content=completion.text))
                 messages.append(ChatMessage(role="user", content=REASK.format(error=exc)))
+                if len(scope.state.streamed) > streamed_before:
+                    del scope.state.streamed[streamed_before:]
+                    await scope.send(OutputReset(str(exc)))
                 continue
             text = completion.text if schema is None else json.dumps(output, ensure_ascii=False)
             scope.state.transcript.append(ChatMessage(role="assistant", content=text))
-            if schema is not None and scope.streaming:
+            if schema is not None and scope.streaming and len(scope.state.streamed) == streamed_before:
                 scope.state.streamed.append(text)
                 await scope.send(OutputDelta(text))
             return output

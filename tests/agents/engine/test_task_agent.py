@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 
 from apps.agents.engine import TaskAgent
-from apps.agents.engine.events import ExecutionCompleted, OutputDelta, ToolCallEvent, ToolResultEvent
+from apps.agents.engine.context import AgentContext
+from apps.agents.engine.events import (
+    ExecutionCompleted,
+    OutputDelta,
+    OutputReset,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+from apps.agents.engine.request_options import RequestOptions
 from apps.agents.engine.task_agent import ANY_JSON_OBJECT, parse_json_output
 from apps.agents.engine.tools import Tool, ToolRegistry, default_tool_registry
 from apps.platforms.base import Usage
@@ -74,11 +82,33 @@ async def test_output_format_json_without_schema_asks_for_any_object(fake_platfo
     assert fake_platforms.openai.requests[0].json_schema == ANY_JSON_OBJECT
 
 
-async def test_streamed_structured_output_sends_only_the_validated_json(fake_platforms, make_agent):
+async def test_streamed_structured_output_streams_each_answer_and_takes_back_the_invalid_one(
+    fake_platforms, make_agent
+):
     fake_platforms.openai.reply("not json at all").reply('{"title": "Fix", "priority": 1}')
     events = await collect(make_agent(output_schema=SCHEMA), TASK)
+
+    texts = [
+        e.text if isinstance(e, OutputDelta) else "<reset>"
+        for e in events
+        if isinstance(e, OutputDelta | OutputReset)
+    ]
+    assert "".join(texts) == 'not json at all<reset>{"title": "Fix", "priority": 1}'
+    assert len(texts) > 3  # word by word, not one block per answer
+    reset = next(e for e in events if isinstance(e, OutputReset))
+    assert "not valid JSON" in reset.reason
+    assert isinstance(events[-1], ExecutionCompleted)
+    assert events[-1].result.output == {"title": "Fix", "priority": 1}
+
+
+async def test_a_stream_that_cannot_take_text_back_gets_only_the_validated_json(fake_platforms, make_agent):
+    # OpenAI-compatible streams (RequestOptions from the facade) have no output.reset.
+    fake_platforms.openai.reply("not json at all").reply('{"title": "Fix", "priority": 1}')
+    events = await collect(make_agent(output_schema=SCHEMA), TASK, AgentContext(options=RequestOptions()))
+
     deltas = [e.text for e in events if isinstance(e, OutputDelta)]
     assert deltas == [json.dumps({"title": "Fix", "priority": 1})]
+    assert not any(isinstance(e, OutputReset) for e in events)
     assert isinstance(events[-1], ExecutionCompleted)
 
 

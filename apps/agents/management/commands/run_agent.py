@@ -37,6 +37,7 @@ from apps.agents.engine.events import (
     ExecutionCreated,
     ExecutionFailed,
     OutputDelta,
+    OutputReset,
     PlatformFallback,
     ToolCallEvent,
     ToolResultEvent,
@@ -134,6 +135,11 @@ class Command(BaseCommand):
                     self.stdout.write(event.text, ending="")
                     self.stdout.flush()
                     open_line = not event.text.endswith("\n") if event.text else open_line
+                elif isinstance(event, OutputReset) and not self.as_json:
+                    if open_line:
+                        self.stdout.write("")
+                        open_line = False
+                    self._note(f"that answer is discarded and re-asked: {event.reason}")
                 elif isinstance(event, PlatformFallback) and not self.as_json:
                     self._note(
                         f"falling back from {event.from_platform} to {event.to_platform}: {event.reason}"
