@@ -25,7 +25,7 @@ from typing import Any
 
 from apps.agents.engine.context import AgentConfig, AgentContext, current_execution_id
 from apps.agents.engine.cooldown import Cooldowns
-from apps.agents.engine.events import PlatformFallback
+from apps.agents.engine.events import OutputReset, PlatformFallback
 from apps.agents.engine.request_options import request_extras
 from apps.agents.engine.retry import RetryPolicy, backoff_delay, fits_deadline
 from apps.agents.engine.run import RunFailure, RunScope
@@ -163,6 +163,7 @@ class PlatformCalls:
         max_retries = max(0, self.config.max_retries)
         for retry in range(max_retries + 1):
             scope.sent_output = False
+            streamed_before = len(scope.state.streamed)
             reported = _ReportedUsage()
             request = dataclasses.replace(request, on_usage=reported.update)
             reservation = await self._reserve(scope, name, request)
@@ -195,6 +196,12 @@ class PlatformCalls:
                 )
                 self._charge(scope, name, request.model, used)
                 self.cooldowns.record_failure(name, error)
+                if scope.sent_output and scope.retractable:
+                    # The client was sent part of a structured answer it knows may be taken back: take it
+                    # back and go on as if nothing had been sent (retry, then fallback).
+                    del scope.state.streamed[streamed_before:]
+                    scope.sent_output = False
+                    await scope.send(OutputReset(f"the stream from {name} failed: {shown}"))
                 if scope.sent_output:
                     raise RunFailure(
                         "provider_error",

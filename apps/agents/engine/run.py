@@ -113,6 +113,9 @@ class RunScope:
     timer: asyncio.Timeout | None = None
     #: Set once the current request has sent text to the client: from then on it may not be retried.
     sent_output: bool = False
+    #: The client can be told to take streamed text back (OutputReset): a structured answer streamed to a
+    #: native stream. Then a stream cut after output may still be retried, after a reset.
+    retractable: bool = False
     #: The last usage the current attempt's stream announced (a cut or cancelled stream's partial usage).
     attempt_usage: Usage | None = None
     #: What the current attempt's answer cost (set once it answered).

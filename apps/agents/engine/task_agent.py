@@ -131,6 +131,7 @@ class TaskAgent(BaseAgent):
         # Structured answers stream as they are written, like text, to clients that can be told to take
         # text back (an OutputReset before a re-ask); the others get the validated JSON as one delta.
         stream_json = options is None or options.stream_structured
+        scope.retractable = schema is not None and stream_json
         for reask in range(MAX_REASKS + 1):
             streamed_before = len(scope.state.streamed)
             completion = await complete_with_tools(

@@ -18,7 +18,7 @@ from apps.agents.engine.task_agent import ANY_JSON_OBJECT, parse_json_output
 from apps.agents.engine.tools import Tool, ToolRegistry, default_tool_registry
 from apps.platforms.base import Usage
 from tests.agents.engine.conftest import collect
-from tests.fakes.platform import tool_call
+from tests.fakes.platform import platform_error, tool_call
 
 SCHEMA = {
     "type": "object",
@@ -99,6 +99,38 @@ async def test_streamed_structured_output_streams_each_answer_and_takes_back_the
     assert "not valid JSON" in reset.reason
     assert isinstance(events[-1], ExecutionCompleted)
     assert events[-1].result.output == {"title": "Fix", "priority": 1}
+
+
+async def test_a_structured_stream_cut_after_output_is_taken_back_and_retried(
+    fake_platforms, make_agent, sleeps
+):
+    # Free text cut mid-stream cannot be retried (the client has it); a structured answer on a native stream
+    # can: the client is told to drop it (output.reset), then the retry's answer streams.
+    fake_platforms.openai.reply('{"title": "Fi', fail_after=1, error=platform_error("connection"))
+    fake_platforms.openai.reply('{"title": "Fix", "priority": 1}')
+    events = await collect(make_agent(output_schema=SCHEMA, max_retries=1), TASK)
+
+    texts = [
+        e.text if isinstance(e, OutputDelta) else "<reset>"
+        for e in events
+        if isinstance(e, OutputDelta | OutputReset)
+    ]
+    assert texts[1] == "<reset>" and "".join(texts[2:]) == '{"title": "Fix", "priority": 1}'
+    reset = next(e for e in events if isinstance(e, OutputReset))
+    assert "the stream from openai failed" in reset.reason
+    result = events[-1].result
+    assert isinstance(events[-1], ExecutionCompleted) and result.output == {"title": "Fix", "priority": 1}
+    assert [a.status for a in result.attempts] == ["connection", "ok"]
+
+
+async def test_a_structured_stream_cut_after_output_falls_back_after_a_reset(fake_platforms, make_agent):
+    fake_platforms.openai.reply('{"title": "Fi', fail_after=1, error=platform_error("connection"))
+    fake_platforms.anthropic.reply('{"title": "Fix", "priority": 2}')
+    events = await collect(make_agent(output_schema=SCHEMA, max_retries=0), TASK)
+
+    assert sum(isinstance(e, OutputReset) for e in events) == 1
+    result = events[-1].result
+    assert result.output == {"title": "Fix", "priority": 2} and result.platform_used == "anthropic"
 
 
 async def test_a_stream_that_cannot_take_text_back_gets_only_the_validated_json(fake_platforms, make_agent):
