@@ -16,6 +16,7 @@ from apps.platforms.base import SAMPLING_OPTIONS, Completion, CompletionRequest
 from apps.platforms.errors import PlatformError
 from apps.platforms.openai_wire import PROVIDER, StreamState, completion_of, request_params
 from apps.platforms.sdk_platform import SdkPlatform
+from apps.platforms.sse import JsonEventStream
 
 # Local OpenAI-compatible servers need no key, but the SDK refuses to build a client without one.
 NO_KEY = "no-key-required"
@@ -55,10 +56,14 @@ class OpenAIPlatform(SdkPlatform):
         )
 
     async def _create(self, client: openai.AsyncOpenAI, params: dict[str, Any], *, stream: bool) -> Any:
-        if stream:
-            # OpenAI reports a stream's usage only when asked, in a last chunk of its own.
-            params = {**params, "stream": True, "stream_options": {"include_usage": True}}
-        return await client.chat.completions.create(**params)
+        if not stream:
+            return await client.chat.completions.create(**params)
+        # OpenAI reports a stream's usage only when asked, in a last chunk of its own. The raw response: its
+        # events are parsed here into plain dicts, not into the SDK's pydantic chunks (sse.py says why).
+        raw = await client.chat.completions.with_raw_response.create(
+            **params, stream=True, stream_options={"include_usage": True}
+        )
+        return JsonEventStream(raw.http_response, sdk=openai)
 
     def _completion(self, response: object, request: CompletionRequest, model: str) -> Completion:
         return completion_of(response, model, self._secret)

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from apps.platforms import _http
 from apps.platforms.base import (
@@ -188,6 +188,16 @@ def _logprobs(choice: Any) -> tuple[dict[str, Any], ...] | None:
 
 
 # ---------------------------------------------------------------------- streams
+def _text(value: object) -> str:
+    """A streamed string field: None is empty; anything else not a string is a malformed chunk (the SDK's
+    models did not check types either, so this is where a number in `content` is caught)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
 @dataclass
 class _PendingCall:
     id: str = ""
@@ -207,28 +217,30 @@ class StreamState:
     calls: dict[int, _PendingCall] = field(default_factory=dict)
 
     def add(self, event: object) -> str:
-        """Take one chunk in; return its text (may be empty)."""
-        if not isinstance(event, ChatCompletionChunk):
+        """Take one chunk in (a `chat.completion.chunk` payload as parsed JSON); return its text (may be
+        empty)."""
+        if not isinstance(event, dict):
             raise _http.malformed(PROVIDER, f"expected a chat.completion.chunk, got {type(event).__name__}")
         try:
-            self.provider_id = event.id or self.provider_id
-            self.model = event.model or self.model
-            if event.usage is not None:
-                self.usage = Usage(event.usage.prompt_tokens or 0, event.usage.completion_tokens or 0)
+            self.provider_id = event.get("id") or self.provider_id
+            self.model = event.get("model") or self.model
+            usage = event.get("usage")
+            if usage is not None:
+                self.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
             text = ""
-            for choice in event.choices or ():
-                if choice.index not in (0, None):
+            for choice in event.get("choices") or ():
+                if choice.get("index") not in (0, None):
                     continue  # we never ask for n > 1
-                if choice.finish_reason:
-                    self.finish_reason = choice.finish_reason
-                delta = choice.delta
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+                delta = choice.get("delta")
                 if delta is None:
                     continue
-                text += delta.content or ""
-                if delta.refusal:
-                    self.refusal.append(delta.refusal)
-                for call in delta.tool_calls or ():
-                    self._add_call(call.index, call.id, call.function)
+                text += _text(delta.get("content"))
+                if delta.get("refusal"):
+                    self.refusal.append(_text(delta["refusal"]))
+                for call in delta.get("tool_calls") or ():
+                    self._add_call(call.get("index"), call.get("id"), call.get("function"))
             return text
         except (AttributeError, TypeError) as exc:
             raise _http.malformed(PROVIDER, _http.describe(exc, None)) from None
@@ -239,8 +251,8 @@ class StreamState:
         pending = self.calls.setdefault(index, _PendingCall())
         pending.id = call_id or pending.id
         if function is not None:
-            pending.name = function.name or pending.name
-            pending.arguments.append(function.arguments or "")
+            pending.name = function.get("name") or pending.name
+            pending.arguments.append(_text(function.get("arguments")))
 
     def reported_usage(self) -> Usage | None:
         # OpenAI sends usage in the last chunk only: a stream cut short has none.

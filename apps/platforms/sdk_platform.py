@@ -65,7 +65,7 @@ class SdkPlatform(Platform):
 
     @abc.abstractmethod
     async def _create(self, client: Any, params: dict[str, Any], *, stream: bool) -> Any:
-        """The SDK's create call: the whole answer, or with `stream` the SDK's stream object."""
+        """The create call: the whole answer, or with `stream` an async iterable of events with `close()`."""
 
     @abc.abstractmethod
     def _completion(self, response: object, request: CompletionRequest, model: str) -> Completion:
