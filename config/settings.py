@@ -171,6 +171,10 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- API --------------------------------------------------------------------------------------------
 # Seconds a token -> user lookup is cached (api/authentication.py); 0 turns the cache off.
+# Run requests (execute and the other async actions) whose admission (the DRF half: auth, throttles,
+# validation, the agent) runs at once per process; the rest wait their turn on the event loop
+# (apps/agents/services/db.py, admission_slot). 0: no limit.
+RUN_ADMISSIONS = env.int("RUN_ADMISSIONS", default=4)
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
 # Seconds the agent a run request names is cached (apps/agents/agent_cache.py); 0 turns the cache off.
 AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=60)

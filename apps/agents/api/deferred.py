@@ -24,7 +24,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.response import Response
 
-from apps.agents.services.db import db_unit
+from apps.agents.services.db import admission_slot, db_unit
 
 Produce = Callable[[], Awaitable[HttpResponseBase]]
 
@@ -65,7 +65,11 @@ class AsyncActionsMixin:
         run_drf_view = db_unit(view)
 
         async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            return await complete_deferred(await run_drf_view(request, *args, **kwargs))
+            # Admitted a few at a time (services/db.py, admission_slot), so that a burst of runs leaves the
+            # loop and the GIL to short requests; the slot is given back once the DRF half is done.
+            async with admission_slot():
+                drf_response = await run_drf_view(request, *args, **kwargs)
+            return await complete_deferred(drf_response)
 
         # cls, initkwargs, actions, csrf_exempt: what the router, spectacular and CSRF middleware look for.
         functools.update_wrapper(async_view, view)

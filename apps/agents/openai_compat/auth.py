@@ -23,6 +23,7 @@ from apps.agents.api.throttling import ExecuteRateThrottle, UserRateThrottle
 from apps.agents.models import SLUG_VALIDATOR, Agent
 from apps.agents.openai_compat.errors import OpenAIError
 from apps.agents.selectors import agents_visible_to
+from apps.agents.services.db import admission_slot
 
 MISSING_KEY = (
     "You didn't provide an API key. Send your API token in an Authorization header using Bearer auth "
@@ -96,4 +97,8 @@ def _admit(request: HttpRequest, model: Any, *, execute: bool, list_models: bool
 async def admit(
     request: HttpRequest, *, model: Any = None, execute: bool = False, list_models: bool = False
 ) -> Admission:
-    return await sync_to_async(_admit)(request, model, execute=execute, list_models=list_models)
+    if not execute:
+        return await sync_to_async(_admit)(request, model, execute=execute, list_models=list_models)
+    # A run is admitted a few at a time, like the native execute's DRF half (services/db.py, admission_slot).
+    async with admission_slot():
+        return await sync_to_async(_admit)(request, model, execute=execute, list_models=list_models)

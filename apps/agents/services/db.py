@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Model, QuerySet
 
@@ -64,12 +65,48 @@ async def unit_slot(alias: str = DEFAULT_DB_ALIAS) -> AsyncIterator[None]:
     if not pool:
         yield
         return
+    async with _slot(_slots, max(1, int(pool["max_size"]) - UNIT_RESERVE), float(pool["timeout"])):
+        yield
+
+
+_admissions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+#: Seconds a run request waits for an admission slot without a pool (with one: DB_POOL_TIMEOUT).
+ADMISSION_TIMEOUT_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def admission_slot(alias: str = DEFAULT_DB_ALIAS) -> AsyncIterator[None]:
+    """One of the process's RUN_ADMISSIONS slots, held by a run request's DRF half (api/deferred.py).
+
+    Fewer than the unit slots: admitting a run is CPU work (authentication, throttles, validation, the
+    agent) in a thread of its own, and with 18 of those at once in a burst the event loop and the threads of
+    short requests (health, a plain GET) waited their turn for the GIL behind them for seconds. Queued here
+    they wait on the loop, holding nothing; past the timeout the answer is the 503 `overloaded`."""
+    size = int(getattr(settings, "RUN_ADMISSIONS", 0))
+    if size <= 0:
+        yield
+        return
+    pool = connections[alias].settings_dict.get("OPTIONS", {}).get("pool")
+    async with _slot(_admissions, size, float(pool["timeout"]) if pool else ADMISSION_TIMEOUT_SECONDS):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _slot(
+    semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore],
+    size: int,
+    wait: float,
+) -> AsyncIterator[None]:
+    """A slot of this event loop's semaphore of `size` in `semaphores`, waited for at most `wait` seconds."""
     loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
+    slots = semaphores.get(loop)
     if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(max(1, int(pool["max_size"]) - UNIT_RESERVE))
+        slots = semaphores[loop] = asyncio.Semaphore(size)
     try:
-        async with asyncio.timeout(float(pool["timeout"])):
+        async with asyncio.timeout(wait):
             await slots.acquire()
     except TimeoutError:
         raise Overloaded() from None
