@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services.db import db_unit
+from apps.agents.services.db import db_unit, insert_row, update_row
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class StateManager:
     """Sync methods for views, tasks and commands; `a`-prefixed async twins for the engine."""
 
     # ---------------------------------------------------------------- create
-    def _new_execution(
+    def new_execution(
         self,
         *,
         agent: Agent,
@@ -88,8 +88,9 @@ class StateManager:
         return execution
 
     def create_execution(self, **kwargs: Any) -> AgentExecution:
-        execution = self._new_execution(**kwargs)
-        execution.save(force_insert=True)
+        execution = self.new_execution(**kwargs)
+        # A lean INSERT (services/db.py): the values save() would write, without the ORM's query building.
+        insert_row(execution)
         return execution
 
     async def acreate_execution(self, **kwargs: Any) -> AgentExecution:
@@ -99,6 +100,14 @@ class StateManager:
     def _plan(
         self, execution: AgentExecution, target: str, fields: dict[str, Any]
     ) -> tuple[Q, dict[str, Any]]:
+        """The transition's condition (as a Q, for callers that add their own) and the fields it writes."""
+        fields = self._fields(execution, target, fields)
+        where = Q(pk=execution.pk, status__in=ALLOWED_FROM[target])
+        if target == S.COMPLETED:
+            where &= Q(cancel_requested_at__isnull=True)
+        return where, fields
+
+    def _fields(self, execution: AgentExecution, target: str, fields: dict[str, Any]) -> dict[str, Any]:
         now = timezone.now()
         fields = {**fields, "status": target, "updated_at": now}
         if target == S.RUNNING:
@@ -111,13 +120,7 @@ class StateManager:
             if fields.get("execution_time") is None:
                 started = execution.started_at
                 fields["execution_time"] = (now - started).total_seconds() if started else 0.0
-        where = Q(pk=execution.pk, status__in=ALLOWED_FROM[target])
-        if target == S.COMPLETED:
-            # A cancel request is final: a run whose cancel was requested never ends completed, even when
-            # its answer arrives before the process holding it notices the request (record_outcome then
-            # records it cancelled).
-            where &= Q(cancel_requested_at__isnull=True)
-        return where, fields
+        return fields
 
     def _applied(self, execution: AgentExecution, fields: dict[str, Any]) -> AgentExecution:
         for name, value in fields.items():
@@ -129,8 +132,14 @@ class StateManager:
         return IllegalTransition(execution.pk, current, target)
 
     def transition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
-        where, fields = self._plan(execution, target, fields)
-        if AgentExecution.objects.filter(where).update(**fields) != 1:
+        fields = self._fields(execution, target, fields)
+        # The same conditional UPDATE as _plan's filter, as a lean statement (services/db.py). A cancel
+        # request is final: a run whose cancel was requested never ends completed, even when its answer
+        # arrives before the process holding it notices the request (record_outcome then records it
+        # cancelled).
+        no_cancel = ("cancel_requested_at",) if target == S.COMPLETED else ()
+        allowed = {"status": ALLOWED_FROM[target]}
+        if update_row(AgentExecution, execution.pk, fields, where_in=allowed, where_null=no_cancel) != 1:
             raise self._illegal(execution, target)
         logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
         return self._applied(execution, fields)
