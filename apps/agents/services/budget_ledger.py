@@ -52,6 +52,7 @@ _KEY = "(budget_id = %s AND period_start = %s)"
 _RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
 
 WindowKey = tuple[int, datetime]
+Statement = tuple[str, list[Any]]  # SQL and its parameters
 
 
 def _when(value: datetime) -> Any:
@@ -239,13 +240,9 @@ class _Ledger:
         return Outcome(released, holds)
 
     def _release(self, cursor: Any, release: Release) -> bool:
-        cursor.execute(f"DELETE FROM {RESERVATIONS} WHERE id = %s", [release.hold.id])
-        if not cursor.rowcount:
-            return False
-        keys, key_params = _keys(release.hold.windows)
-        changes, params = _set_clause(release.deltas())
-        cursor.execute(f"UPDATE {USAGE} SET {changes} WHERE {keys}", [*params, *key_params])
-        return True
+        for statement, params in _portable_release(release):
+            cursor.execute(statement, params)
+        return bool(cursor.rowcount)  # the DELETE's: False if the reservation had been released already
 
     def _hold(self, cursor: Any, claims: Sequence[Claim], execution_id: Any) -> dict[str, Hold] | None:
         cursor.execute(*_hold_update(claims))
@@ -283,26 +280,10 @@ class _PostgresLedger:
     def apply(self, releases: Sequence[Release], claims: Sequence[Claim], execution_id: Any) -> Outcome:
         statements: list[str] = ["SELECT set_config('synchronous_commit', 'off', true)"]
         params: list[Any] = []
-        windows = sorted({w for r in releases for w in r.hold.windows} | {c.window for c in claims})
-        # A step on several rows locks them all first, in one order (no two steps wait for each other in a
-        # cycle); on one row its UPDATE's re-check is enough (_hold_update).
-        if len(windows) > 1:
-            keys, key_params = _keys(windows)
-            statements.append(
-                f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
-            )
-            params += key_params
-        release_at = []
-        for release in releases:
-            keys, key_params = _keys(release.hold.windows)
-            changes, change_params = _set_clause(release.deltas())
-            release_at.append(len(statements))
-            statements.append(
-                f"WITH gone AS (DELETE FROM {RESERVATIONS} WHERE id = %s RETURNING id),"
-                f" moved AS (UPDATE {USAGE} SET {changes} WHERE ({keys}) AND EXISTS (SELECT 1 FROM gone)"
-                " RETURNING 1) SELECT count(*) FROM gone"
-            )
-            params += [release.hold.id, *change_params, *key_params]
+        for statement, statement_params in _postgres_releases(releases, {c.window for c in claims}):
+            statements.append(statement)
+            params += statement_params
+        release_at = range(len(statements) - len(releases), len(statements))  # the last ones
         rows = _reservation_rows(claims, execution_id) if claims else []
         if claims:
             update, update_params = _hold_update(claims)
@@ -325,6 +306,49 @@ class _PostgresLedger:
         if not ids:
             return Outcome(released, None)
         return Outcome(released, {kind: replace(hold, id=ids[kind]) for kind, hold, _ in rows})
+
+
+def _postgres_releases(releases: Sequence[Release], locked: Iterable[WindowKey] = ()) -> list[Statement]:
+    """Lock the rows of `releases` (and `locked`), then one statement per release, counting what it deleted."""
+    statements: list[Statement] = []
+    windows = sorted({w for r in releases for w in r.hold.windows} | set(locked))
+    # A step on several rows locks them all first, in one order (no two steps wait for each other in a
+    # cycle); on one row its UPDATE's re-check is enough (_hold_update).
+    if len(windows) > 1:
+        keys, key_params = _keys(windows)
+        lock = f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
+        statements.append((lock, key_params))
+    for release in releases:
+        keys, key_params = _keys(release.hold.windows)
+        changes, change_params = _set_clause(release.deltas())
+        gone = f"WITH gone AS (DELETE FROM {RESERVATIONS} WHERE id = %s RETURNING id)"
+        moved = f"moved AS (UPDATE {USAGE} SET {changes} WHERE ({keys}) AND EXISTS (SELECT 1 FROM gone) RETURNING 1)"
+        statements.append(
+            (f"{gone}, {moved} SELECT count(*) FROM gone", [release.hold.id, *change_params, *key_params])
+        )
+    return statements
+
+
+def _portable_release(release: Release) -> list[Statement]:
+    """Move the usage if the reservation row is still there, then delete it (one writer at a time: SQLite)."""
+    keys, key_params = _keys(release.hold.windows)
+    changes, params = _set_clause(release.deltas())
+    exists = f"EXISTS (SELECT 1 FROM {RESERVATIONS} WHERE id = %s)"
+    return [
+        (
+            f"UPDATE {USAGE} SET {changes} WHERE ({keys}) AND {exists}",
+            [*params, *key_params, release.hold.id],
+        ),
+        (f"DELETE FROM {RESERVATIONS} WHERE id = %s", [release.hold.id]),
+    ]
+
+
+def release_statements(releases: Sequence[Release]) -> list[Statement]:
+    """`releases` for another write to send ahead of its own in its transaction (a run's last settlement and
+    slot with its outcome): on PostgreSQL in its round trip, committed as it is (no synchronous_commit off)."""
+    if connection.vendor == "postgresql":
+        return _postgres_releases(releases)
+    return [statement for release in releases for statement in _portable_release(release)]
 
 
 def _results(cursor: Any) -> list[list[tuple[Any, ...]]]:

@@ -7,7 +7,8 @@ attempt's worst case and settles it, the admission check, and editing budgets.
                                          budget window at once (and the run's concurrency slot, the first time)
     after each attempt                   BudgetGuard.settle(): notes the exact cost (no I/O: it is written by
                                          the next reserve or by close, in the same round trip)
-    end of the run                       BudgetGuard.close(): the last settlement and the slot, one round trip
+    end of the run                       BudgetGuard.closing(): the last settlement and the slot, written
+                                         with the run's outcome (one transaction, one round trip)
     a worker died                        budget_reaper.release_orphaned(): called by the reaper, settles
                                          a lost attempt at its worst case (estimated)
 
@@ -34,7 +35,7 @@ from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
 from apps.agents.models import Budget
 from apps.agents.models_budget import BudgetPeriod, BudgetScope, ReservationKind, usd_to_units
-from apps.agents.services.budget_ledger import Hold, Release, apply, claims_for, hold
+from apps.agents.services.budget_ledger import Hold, Release, apply, claims_for, hold, release_statements
 from apps.agents.services.budget_reaper import release_orphaned  # noqa: F401 - the service's API
 from apps.agents.services.budget_windows import (  # noqa: F401 - the service's API, re-exported
     Applicable,
@@ -45,6 +46,7 @@ from apps.agents.services.budget_windows import (  # noqa: F401 - the service's 
     period_start,
     read_applicable,
 )
+from apps.agents.services.db import Along
 from apps.platforms.base import Usage
 
 logger = logging.getLogger(__name__)
@@ -169,8 +171,8 @@ class BudgetGuard:
     """The engine's SpendGuard for one run: prices each attempt's worst case, holds it, settles it.
 
     Each step is one thread hop and one round trip: a settlement is not written on its own but with the next
-    hold (a retry, a fallback, the next model call) or with close() at the end of the run, before the run's
-    outcome is recorded. Until then it stays held at its worst case (milliseconds); if the process dies in
+    hold (a retry, a fallback, the next model call) or at the end of the run with its outcome, in the same
+    transaction (closing()). Until then it stays held at its worst case (milliseconds); if the process dies in
     between, the reaper settles it at that worst case."""
 
     def __init__(
@@ -240,24 +242,35 @@ class BudgetGuard:
         if reservation.hold is not None:
             self._settled.append(_Settled(reservation, usage, cost))
 
+    def closing(self) -> Along | None:
+        """The last settlements and the slot's release as statements for the run's outcome UPDATE to write
+        before it, in its transaction and round trip (execution_records.record_outcome): made in that
+        write's thread (pricing a usage is CPU). None: nothing to write. Taken once: close() then has
+        nothing left; if that write fails, the reaper releases the reservations, as after a failed close()."""
+        settled, self._settled = self._settled, []
+        slot, self._slot = self._slot, None
+        if not settled and slot is None:
+            return None
+        return lambda: release_statements(self._last_releases(settled, slot))
+
     async def close(self) -> None:
-        """Write the last settlements and free the run's concurrency slot: one round trip."""
+        """Write the last settlements and free the run's concurrency slot on their own: one round trip."""
         settled, self._settled = self._settled, []
         slot, self._slot = self._slot, None
         if not settled and slot is None:
             return
         try:
-            await sync_to_async(self._close_sync)(settled, slot)
+            await sync_to_async(lambda: apply(self._last_releases(settled, slot)))()
         except Exception:  # the reaper releases them; the run's own outcome must not be lost to this
             logger.exception(
                 "settling the run's reservations failed", extra={"execution_id": str(self.execution_id)}
             )
 
-    def _close_sync(self, settled: list[_Settled], slot: Hold | None) -> None:
+    def _last_releases(self, settled: list[_Settled], slot: Hold | None) -> list[Release]:
         releases = self._releases(settled)
         if slot is not None:
             releases.append(Release(slot))
-        apply(releases)
+        return releases
 
 
 def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:

@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model, QuerySet
 
 from apps.agents.errors import ApplicationError
@@ -169,6 +169,10 @@ def insert_row(obj: Model, alias: str = DEFAULT_DB_ALIAS) -> None:
     obj._state.db = alias
 
 
+#: Statements (SQL, parameters) for update_row to write with its UPDATE, made in its unit's thread.
+Along = Callable[[], Sequence[tuple[str, Sequence[Any]]]]
+
+
 def update_row(
     model: type[Model],
     pk: Any,
@@ -177,8 +181,13 @@ def update_row(
     where_in: Mapping[str, Sequence[Any]] | None = None,
     where_null: Sequence[str] = (),
     alias: str = DEFAULT_DB_ALIAS,
+    along: Along | None = None,
 ) -> int:
-    """`model.objects.filter(pk=pk, <name>__in=..., <name>__isnull=True).update(**values)`: the rows changed."""
+    """`model.objects.filter(pk=pk, <name>__in=..., <name>__isnull=True).update(**values)`: the rows changed.
+
+    `along` gives statements (SQL, parameters) to write before the UPDATE in the same transaction, committed
+    with it even when it changes no row: on PostgreSQL in the same round trip (one multi-statement query;
+    the cursor binds parameters on the client), elsewhere in an atomic block."""
     connection = connections[alias]
     meta = model._meta
     sets = tuple(values)
@@ -189,9 +198,27 @@ def update_row(
         field = meta.get_field(name)
         params.extend(field.get_db_prep_value(value, connection) for value in allowed)
     shape = (sets, tuple((name, len(allowed)) for name, allowed in where_in.items()), tuple(where_null))
-    with connection.cursor() as cursor:
-        cursor.execute(_update_sql(model, alias, *shape), params)
+    sql = _update_sql(model, alias, *shape)
+    before = along() if along is not None else ()
+    if not before:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(";\n".join([*(text for text, _ in before), sql]), [*_flat(before), *params])
+            while cursor.nextset():  # to the UPDATE's result, the last
+                pass
+            return cursor.rowcount
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        for text, statement_params in before:
+            cursor.execute(text, statement_params)
+        cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def _flat(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+    return [param for _, params in statements for param in params]
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from apps.agents.engine.events import ExecutionCancelled, ExecutionCompleted, Ex
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, Conversation, ExecutionStatus, Message
 from apps.agents.services.conversation_lock import arelease_conversation, release_conversation
-from apps.agents.services.db import db_unit
+from apps.agents.services.db import Along, db_unit
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.state_manager import StateManager
 
@@ -33,9 +33,13 @@ async def record_outcome(
     result: AgentResult,
     target: str,
     run: RunState,
+    *,
+    along: Along | None = None,
 ) -> AgentResult:
     """Move the row to `target` with the result, and return what the row now says: the client is told the
-    recorded outcome, never one the record contradicts (ARCHITECTURE.md, security rules).
+    recorded outcome, never one the record contradicts (ARCHITECTURE.md, security rules). `along`: the run's
+    last budget settlement and slot release (BudgetGuard.closing), written in the same transaction, before
+    the UPDATE; they commit whatever the UPDATE finds.
 
     - The write won: `result` with execution_id and the recorded execution_time.
     - A completion lost only to a cancel request (the row is still running, cancel_requested_at is set): the
@@ -55,18 +59,37 @@ async def record_outcome(
         "metadata": result.metadata,
     }
     conversation = prepared.conversation
-    lost = False
-    try:
+
+    async def write(along: Along | None) -> None:
         if target == ExecutionStatus.COMPLETED and conversation is not None:
+            assert along is None  # written before, on its own (run_stream._run)
             await db_unit(_complete_conversation_run)(states, prepared, execution, result, outcome, run)
         elif target == ExecutionStatus.COMPLETED:
-            await states.acomplete_execution(execution, **outcome)
+            await states.acomplete_execution(execution, along=along, **outcome)
         elif target == ExecutionStatus.FAILED:
             error = result.error or AgentError("provider_error", "failed")
-            await states.afail_execution(execution, code=error.code, message=error.message, **outcome)
+            await states.afail_execution(
+                execution, code=error.code, message=error.message, along=along, **outcome
+            )
         else:
             message = result.error.message if result.error else "cancelled"
-            await states.acancel_execution(execution, message=message, **outcome)
+            await states.acancel_execution(execution, message=message, along=along, **outcome)
+
+    lost = False
+    try:
+        try:
+            await write(along)
+        except IllegalTransition:
+            raise
+        except Exception:
+            if along is None:
+                raise
+            # The run's own outcome must not be lost to its settlement: written alone, and the reaper
+            # releases the reservations (settled at their worst case), as when a settlement fails on its own.
+            logger.exception(
+                "settling the run's reservations failed", extra={"execution_id": str(execution.pk)}
+            )
+            await write(None)
     except IllegalTransition as exc:
         lost = True
         if target == ExecutionStatus.COMPLETED and exc.current == ExecutionStatus.RUNNING:

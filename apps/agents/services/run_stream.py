@@ -24,6 +24,7 @@ from apps.agents.engine.run_stream import RunStream
 from apps.agents.models import AgentExecution
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services import run_watcher
+from apps.agents.services.budgets import BudgetGuard
 from apps.agents.services.execution_prepare import PreparedRun
 from apps.agents.services.execution_records import record_outcome, shielded, terminal_event
 from apps.agents.services.state_manager import StateManager
@@ -89,10 +90,15 @@ async def _run(
         target = Status.FAILED
     finally:
         forget()
-        guard = getattr(agent, "spend_guard", None)
-        if guard is not None:  # the run is over: its concurrency slot is free
-            await shielded(guard.close())
-    result = await shielded(record_outcome(state, prepared, execution, result, target, run))
+    # The run is over: its last settlement and its concurrency slot are written with its outcome, in one
+    # transaction (the guard is always the services' BudgetGuard: ExecutionEngine._start sets it). Not a
+    # conversation's: its completion is a transaction that a lost transition rolls back whole, so they are
+    # written first, on their own.
+    guard: BudgetGuard | None = getattr(agent, "spend_guard", None)
+    if guard is not None and prepared.conversation is not None:
+        await shielded(guard.close())
+    along = guard.closing() if guard is not None else None
+    result = await shielded(record_outcome(state, prepared, execution, result, target, run, along=along))
     stream.outcome = result
     stream.push(terminal_event(result))  # the recorded outcome, not necessarily this run's own
     if cancelled is not None:

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services.db import db_unit, insert_row, update_row
+from apps.agents.services.db import Along, db_unit, insert_row, update_row
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,10 @@ class StateManager:
         current = AgentExecution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
         return IllegalTransition(execution.pk, current, target)
 
-    def transition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
+    def transition(
+        self, execution: AgentExecution, target: str, *, along: Along | None = None, **fields: Any
+    ) -> AgentExecution:
+        """`along`: statements written in the UPDATE's transaction, before it (services/db.py update_row)."""
         fields = self._fields(execution, target, fields)
         # The same conditional UPDATE as _plan's filter, as a lean statement (services/db.py). A cancel
         # request is final: a run whose cancel was requested never ends completed, even when its answer
@@ -139,14 +142,19 @@ class StateManager:
         # cancelled).
         no_cancel = ("cancel_requested_at",) if target == S.COMPLETED else ()
         allowed = {"status": ALLOWED_FROM[target]}
-        if update_row(AgentExecution, execution.pk, fields, where_in=allowed, where_null=no_cancel) != 1:
+        changed = update_row(
+            AgentExecution, execution.pk, fields, where_in=allowed, where_null=no_cancel, along=along
+        )
+        if changed != 1:
             raise self._illegal(execution, target)
         logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
         return self._applied(execution, fields)
 
-    async def atransition(self, execution: AgentExecution, target: str, **fields: Any) -> AgentExecution:
+    async def atransition(
+        self, execution: AgentExecution, target: str, *, along: Along | None = None, **fields: Any
+    ) -> AgentExecution:
         # One unit of work (services/db.py): the connection goes back to the pool as soon as it is written.
-        return await _units.transition(self, execution, target, **fields)
+        return await _units.transition(self, execution, target, along=along, **fields)
 
     @staticmethod
     def _outcome_fields(
@@ -181,55 +189,95 @@ class StateManager:
     async def astart_execution(self, execution: AgentExecution) -> AgentExecution:
         return await self.atransition(execution, S.RUNNING)
 
-    def complete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
+    def complete_execution(
+        self, execution: AgentExecution, *, along: Along | None = None, **outcome: Any
+    ) -> AgentExecution:
         return self.transition(
-            execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome)
+            execution,
+            S.COMPLETED,
+            along=along,
+            error_code="",
+            error_message="",
+            **self._outcome_fields(**outcome),
         )
 
-    async def acomplete_execution(self, execution: AgentExecution, **outcome: Any) -> AgentExecution:
+    async def acomplete_execution(
+        self, execution: AgentExecution, *, along: Along | None = None, **outcome: Any
+    ) -> AgentExecution:
         return await self.atransition(
-            execution, S.COMPLETED, error_code="", error_message="", **self._outcome_fields(**outcome)
+            execution,
+            S.COMPLETED,
+            along=along,
+            error_code="",
+            error_message="",
+            **self._outcome_fields(**outcome),
         )
 
     def fail_execution(
-        self, execution: AgentExecution, *, code: str, message: str, **outcome: Any
+        self,
+        execution: AgentExecution,
+        *,
+        code: str,
+        message: str,
+        along: Along | None = None,
+        **outcome: Any,
     ) -> AgentExecution:
         return self.transition(
             execution,
             S.FAILED,
+            along=along,
             error_code=code,
             error_message=message[:10_000],
             **self._outcome_fields(**outcome),
         )
 
     async def afail_execution(
-        self, execution: AgentExecution, *, code: str, message: str, **outcome: Any
+        self,
+        execution: AgentExecution,
+        *,
+        code: str,
+        message: str,
+        along: Along | None = None,
+        **outcome: Any,
     ) -> AgentExecution:
         return await self.atransition(
             execution,
             S.FAILED,
+            along=along,
             error_code=code,
             error_message=message[:10_000],
             **self._outcome_fields(**outcome),
         )
 
     def cancel_execution(
-        self, execution: AgentExecution, *, message: str = "cancelled", **outcome: Any
+        self,
+        execution: AgentExecution,
+        *,
+        message: str = "cancelled",
+        along: Along | None = None,
+        **outcome: Any,
     ) -> AgentExecution:
         return self.transition(
             execution,
             S.CANCELLED,
+            along=along,
             error_code="cancelled_by_user",
             error_message=message,
             **self._outcome_fields(**outcome),
         )
 
     async def acancel_execution(
-        self, execution: AgentExecution, *, message: str = "cancelled", **outcome: Any
+        self,
+        execution: AgentExecution,
+        *,
+        message: str = "cancelled",
+        along: Along | None = None,
+        **outcome: Any,
     ) -> AgentExecution:
         return await self.atransition(
             execution,
             S.CANCELLED,
+            along=along,
             error_code="cancelled_by_user",
             error_message=message,
             **self._outcome_fields(**outcome),

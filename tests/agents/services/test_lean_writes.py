@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from apps.agents.models import AgentExecution, ExecutionStatus
@@ -84,3 +85,43 @@ def test_update_row_is_a_conditional_update_returning_the_rows_changed(alice):
     # None is SQL NULL, as with update().
     assert update_row(AgentExecution, execution.pk, {"output": None}) == 1
     assert AgentExecution.objects.filter(pk=execution.pk, output__isnull=True).exists()
+
+
+def _mark(slug: str) -> tuple[str, list[object]]:
+    return ("UPDATE agents_agentexecution SET error_message = %s WHERE agent_slug = %s", ["marked", slug])
+
+
+def test_update_row_writes_its_along_statements_even_when_it_changes_no_row(alice):
+    # A run's last budget settlement is written with its outcome and must commit even when another process
+    # ended the row first (the UPDATE then changes nothing, and the transition is reported illegal).
+    execution = state_manager.create_execution(agent=AgentFactory(owner=alice), input_data={}, running=True)
+    other = state_manager.create_execution(agent=AgentFactory(owner=alice), input_data={}, running=True)
+    values = {"status": ExecutionStatus.COMPLETED}
+    pending = {"status": [ExecutionStatus.PENDING]}
+
+    assert (
+        update_row(
+            AgentExecution, execution.pk, values, where_in=pending, along=lambda: [_mark(other.agent_slug)]
+        )
+        == 0
+    )
+
+    assert AgentExecution.objects.get(pk=other.pk).error_message == "marked"
+    assert AgentExecution.objects.get(pk=execution.pk).status == ExecutionStatus.RUNNING
+
+
+def test_update_row_and_its_along_statements_fail_together(alice):
+    execution = state_manager.create_execution(agent=AgentFactory(owner=alice), input_data={}, running=True)
+    other = state_manager.create_execution(agent=AgentFactory(owner=alice), input_data={}, running=True)
+
+    # (A savepoint: the test runs in a transaction, which PostgreSQL would otherwise leave aborted.)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        update_row(
+            AgentExecution,
+            execution.pk,
+            {"status": ExecutionStatus.COMPLETED},
+            along=lambda: [_mark(other.agent_slug), ("UPDATE no_such_table SET x = 1", [])],
+        )
+
+    assert AgentExecution.objects.get(pk=other.pk).error_message == ""
+    assert AgentExecution.objects.get(pk=execution.pk).status == ExecutionStatus.RUNNING
