@@ -52,6 +52,11 @@ def validate_string_list(value: object) -> None:
         raise ValidationError("must be a list of non-empty strings", code="invalid_list")
 
 
+def string_list_field(**options: str) -> models.JSONField:
+    """A JSON list of non-empty strings, empty by default (an agent's tools, an MCP server's command)."""
+    return models.JSONField(default=list, blank=True, validators=[validate_string_list], **options)
+
+
 #: The Agent fields that say how it runs. A catalog entry sets exactly these (with its name and sharing) and a
 #: client may edit them (with its name, slug and flags): catalog/loader.MANAGED_FIELDS and
 #: services/agents.EDITABLE_FIELDS are built from this one list.
@@ -83,7 +88,7 @@ class Agent(TimeStamped):
     description = models.TextField(blank=True, max_length=5000)
     agent_type = models.CharField(max_length=20, choices=AgentType.choices, default=AgentType.TASK)
     system_prompt = models.TextField(blank=True, max_length=50_000)
-    capabilities = models.JSONField(default=list, blank=True, validators=[validate_string_list])
+    capabilities = string_list_field()
     preferred_platform = models.CharField(max_length=20, choices=PlatformName.choices, blank=True, default="")
     model = models.CharField(max_length=200, blank=True, help_text="Empty: the platform's default model.")
     temperature = models.FloatField(
@@ -96,7 +101,7 @@ class Agent(TimeStamped):
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(200_000)]
     )
     output_schema = models.JSONField(null=True, blank=True, validators=[validate_json_schema])
-    tools = models.JSONField(default=list, blank=True, validators=[validate_string_list])
+    tools = string_list_field()
     is_shared = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     timeout_seconds = models.PositiveIntegerField(

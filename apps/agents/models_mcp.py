@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from apps.agents.models import TimeStamped, validate_string_list
+from apps.agents.models import TimeStamped, string_list_field
 
 MCP_SERVER_NAME = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,31}$",
@@ -54,10 +54,7 @@ class McpServer(TimeStamped):
     name = models.CharField(max_length=32, unique=True, validators=[MCP_SERVER_NAME])
     description = models.TextField(blank=True, max_length=2000)
     transport = models.CharField(max_length=10, choices=McpTransport.choices)
-    command = models.JSONField(
-        default=list,
-        blank=True,
-        validators=[validate_string_list],
+    command = string_list_field(
         help_text='stdio: the program and its arguments, e.g. ["python", "-m", "docs_server"].',
     )
     url = models.URLField(blank=True, max_length=500, help_text="streamable HTTP: the endpoint URL.")
@@ -74,10 +71,7 @@ class McpServer(TimeStamped):
         help_text="stdio: variables the server's process gets, read from this process's environment: "
         '{"DOCS_API_KEY": "DOCS_API_KEY"}. It gets no other variable but PATH, HOME and the like.',
     )
-    allowed_tools = models.JSONField(
-        default=list,
-        blank=True,
-        validators=[validate_string_list],
+    allowed_tools = string_list_field(
         help_text="The server's tool names agents may allowlist; any other tool of the server is never offered.",
     )
     timeout_seconds = models.PositiveIntegerField(

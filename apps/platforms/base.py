@@ -123,6 +123,12 @@ class CompletionRequest:
             used.append("tool_choice")
         return tuple(used)
 
+    def with_system_message(self, convert: Callable[[ChatMessage], dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages for an API that takes the system prompt as a leading "system" role message (OpenAI,
+        llama.cpp's chat format): that message, then each of ours as `convert` writes it."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, *map(convert, self.messages)]
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -227,7 +227,7 @@ class LocalPlatform(Platform):
 
         tools, must_call = offered_tools(request.tools, request.tool_choice)
         grammars = await self._grammars(request, tools, must_call)
-        messages = _to_llama_messages(request)
+        messages = request.with_system_message(_to_llama_message)
         if tools:
             messages = _with_system_note(messages, tools_instructions(tools, must_call))
         queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -349,18 +349,10 @@ def _usage_so_far(job: _Job) -> Usage | None:
     return Usage(job.prompt_tokens, job.completion_tokens)
 
 
-def _with_system_note(messages: list[dict[str, str]], note: str) -> list[dict[str, str]]:
+def _with_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
     if messages and messages[0]["role"] == "system":
         return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
     return [{"role": "system", "content": note}, *messages]
-
-
-def _to_llama_messages(request: CompletionRequest) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    if request.system_prompt:
-        messages.append({"role": "system", "content": request.system_prompt})
-    messages.extend(_to_llama_message(m) for m in request.messages)
-    return messages
 
 
 def _to_llama_message(message: ChatMessage) -> dict[str, str]:

@@ -43,7 +43,7 @@ def request_params(
     """The keyword arguments of `chat.completions.create` for `request`."""
     params: dict[str, Any] = {
         "model": request.model or default_model,
-        "messages": to_openai_messages(request),
+        "messages": request.with_system_message(to_openai_message),
     }
     if request.temperature is not None:
         params["temperature"] = request.temperature
@@ -86,14 +86,6 @@ def request_params(
     if request.timeout is not None:
         params["timeout"] = request.timeout
     return params
-
-
-def to_openai_messages(request: CompletionRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    if request.system_prompt:
-        messages.append({"role": "system", "content": request.system_prompt})
-    messages.extend(to_openai_message(m) for m in request.messages)
-    return messages
 
 
 def to_openai_message(message: ChatMessage) -> dict[str, Any]:

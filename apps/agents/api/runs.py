@@ -6,7 +6,7 @@ without starting a run. `run` and `cancel` are awaited on the event loop and cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from django.http import HttpResponseBase
@@ -88,14 +88,8 @@ def _engine() -> Any:
 
 
 def _engine_kwargs(command: ExecuteCommand) -> dict[str, Any]:
-    return {
-        "agent": command.agent,
-        "input_data": command.input_data,
-        "user": command.user,
-        "context": command.context,
-        "idempotency_key": command.idempotency_key,
-        "request_hash": command.request_hash,
-    }
+    # Every field but the mode, which picks the engine's entry point instead of being passed to it.
+    return {f.name: getattr(command, f.name) for f in fields(command) if f.name != "mode"}
 
 
 def execution_links(request: Request, execution_id: Any) -> dict[str, str]:

@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from apps.agents.engine.context import AgentError, AgentResult
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionCreated:
+class _FieldsEvent:
+    """An event whose payload is its fields, by name; `keys` renames those the wire spells otherwise."""
+
+    keys: ClassVar[Mapping[str, str]] = {}
+
+    def data(self) -> dict[str, Any]:
+        return {self.keys.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionCreated(_FieldsEvent):
     name: ClassVar[str] = "execution.created"
     execution_id: str
     agent_id: str
 
-    def data(self) -> dict[str, Any]:
-        return {"execution_id": self.execution_id, "agent_id": self.agent_id}
-
 
 @dataclass(frozen=True, slots=True)
-class OutputDelta:
+class OutputDelta(_FieldsEvent):
     name: ClassVar[str] = "output.delta"
     text: str
 
-    def data(self) -> dict[str, Any]:
-        return {"text": self.text}
-
 
 @dataclass(frozen=True, slots=True)
-class OutputReset:
+class OutputReset(_FieldsEvent):
     """The text streamed so far is not the answer (structured output that failed validation): discard it;
     the deltas that follow are the model's next attempt."""
 
     name: ClassVar[str] = "output.reset"
     reason: str
-
-    def data(self) -> dict[str, Any]:
-        return {"reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,26 +58,22 @@ class ToolCallEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolResultEvent:
+class ToolResultEvent(_FieldsEvent):
     name: ClassVar[str] = "tool.result"
+    keys: ClassVar[Mapping[str, str]] = {"call_id": "id"}
     call_id: str
     tool: str
     result: Any
     is_error: bool = False
 
-    def data(self) -> dict[str, Any]:
-        return {"id": self.call_id, "tool": self.tool, "result": self.result, "is_error": self.is_error}
-
 
 @dataclass(frozen=True, slots=True)
-class PlatformFallback:
+class PlatformFallback(_FieldsEvent):
     name: ClassVar[str] = "platform.fallback"
+    keys: ClassVar[Mapping[str, str]] = {"from_platform": "from", "to_platform": "to"}
     from_platform: str
     to_platform: str
     reason: str
-
-    def data(self) -> dict[str, Any]:
-        return {"from": self.from_platform, "to": self.to_platform, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,17 +49,15 @@ def _echo(body: ResponsesBody) -> ResponseEcho:
     )
 
 
+#: What GET /v1/responses/{id} needs to render the response again (its model is the execution's agent).
+_RECORDED_ECHO = ("store", "instructions", "previous_response_id", "tools", "tool_choice", "text", "metadata")
+
+
 def _echo_record(echo: ResponseEcho) -> dict[str, Any]:
-    """What GET /v1/responses/{id} needs to render the response again; kept in the execution's context."""
-    return {
-        "store": echo.store,
-        "instructions": echo.instructions,
-        "previous_response_id": echo.previous_response_id,
-        "tools": echo.tools,
-        "tool_choice": echo.tool_choice,
-        "text": echo.text,
-        "metadata": dict(echo.metadata),
-    }
+    """The recorded part of the echo, kept in the execution's context (JSON: metadata as a plain dict)."""
+    record = {name: getattr(echo, name) for name in _RECORDED_ECHO}
+    record["metadata"] = dict(echo.metadata)
+    return record
 
 
 def _parse(body: ResponsesBody, prior_calls: dict[str, str]) -> ChatRequest:
