@@ -192,26 +192,12 @@ class StateManager:
     def complete_execution(
         self, execution: AgentExecution, *, along: Along | None = None, **outcome: Any
     ) -> AgentExecution:
-        return self.transition(
-            execution,
-            S.COMPLETED,
-            along=along,
-            error_code="",
-            error_message="",
-            **self._outcome_fields(**outcome),
-        )
+        return self.transition(execution, S.COMPLETED, along=along, **self._completed(outcome))
 
     async def acomplete_execution(
         self, execution: AgentExecution, *, along: Along | None = None, **outcome: Any
     ) -> AgentExecution:
-        return await self.atransition(
-            execution,
-            S.COMPLETED,
-            along=along,
-            error_code="",
-            error_message="",
-            **self._outcome_fields(**outcome),
-        )
+        return await self.atransition(execution, S.COMPLETED, along=along, **self._completed(outcome))
 
     def fail_execution(
         self,
@@ -222,32 +208,11 @@ class StateManager:
         along: Along | None = None,
         **outcome: Any,
     ) -> AgentExecution:
-        return self.transition(
-            execution,
-            S.FAILED,
-            along=along,
-            error_code=code,
-            error_message=message[:10_000],
-            **self._outcome_fields(**outcome),
-        )
+        return self.transition(execution, S.FAILED, along=along, **self._ended(code, message, outcome))
 
-    async def afail_execution(
-        self,
-        execution: AgentExecution,
-        *,
-        code: str,
-        message: str,
-        along: Along | None = None,
-        **outcome: Any,
-    ) -> AgentExecution:
-        return await self.atransition(
-            execution,
-            S.FAILED,
-            along=along,
-            error_code=code,
-            error_message=message[:10_000],
-            **self._outcome_fields(**outcome),
-        )
+    async def afail_execution(self, execution: AgentExecution, **arguments: Any) -> AgentExecution:
+        """fail_execution's arguments, as one unit of work."""
+        return await _units.fail_execution(self, execution, **arguments)
 
     def cancel_execution(
         self,
@@ -257,31 +222,21 @@ class StateManager:
         along: Along | None = None,
         **outcome: Any,
     ) -> AgentExecution:
-        return self.transition(
-            execution,
-            S.CANCELLED,
-            along=along,
-            error_code="cancelled_by_user",
-            error_message=message,
-            **self._outcome_fields(**outcome),
-        )
+        fields = self._ended("cancelled_by_user", message, outcome)
+        return self.transition(execution, S.CANCELLED, along=along, **fields)
 
-    async def acancel_execution(
-        self,
-        execution: AgentExecution,
-        *,
-        message: str = "cancelled",
-        along: Along | None = None,
-        **outcome: Any,
-    ) -> AgentExecution:
-        return await self.atransition(
-            execution,
-            S.CANCELLED,
-            along=along,
-            error_code="cancelled_by_user",
-            error_message=message,
-            **self._outcome_fields(**outcome),
-        )
+    async def acancel_execution(self, execution: AgentExecution, **arguments: Any) -> AgentExecution:
+        """cancel_execution's arguments, as one unit of work."""
+        return await _units.cancel_execution(self, execution, **arguments)
+
+    @classmethod
+    def _completed(cls, outcome: Mapping[str, Any]) -> dict[str, Any]:
+        return {"error_code": "", "error_message": "", **cls._outcome_fields(**outcome)}
+
+    @classmethod
+    def _ended(cls, code: str, message: str, outcome: Mapping[str, Any]) -> dict[str, Any]:
+        """A failed or cancelled row's fields: its error (the message capped) and what the run used."""
+        return {"error_code": code, "error_message": message[:10_000], **cls._outcome_fields(**outcome)}
 
     # ---------------------------------------------------------------- liveness
     def heartbeat(self, execution: AgentExecution) -> bool:
@@ -322,6 +277,8 @@ class StateManager:
 _units = SimpleNamespace(
     create_execution=db_unit(StateManager.create_execution),
     transition=db_unit(StateManager.transition),
+    fail_execution=db_unit(StateManager.fail_execution),
+    cancel_execution=db_unit(StateManager.cancel_execution),
     heartbeat=db_unit(StateManager.heartbeat),
     get_execution=db_unit(StateManager.get_execution),
 )

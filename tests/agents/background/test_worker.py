@@ -228,8 +228,11 @@ async def test_sigkill_mid_run_ends_terminal_and_is_never_billed_twice(
     finally:
         await asyncio.to_thread(successor.stop)
     assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
-    assert "was lost by its worker; not re-running it" in log  # the message was redelivered...
-    assert len(fake_openai.requests) == 1  # ...and the provider was not called a second time
+    # Who ends it first depends on timing: the redelivered message (the successor logs it), or a reaper (the
+    # successor's, or the in-process runner's that an earlier test in this process may have started).
+    redelivered = "was lost by its worker; not re-running it" in log
+    assert redelivered or "was lost" in row.error_message, (row.error_message, log[-2000:])
+    assert len(fake_openai.requests) == 1  # either way the provider was not called a second time
     assert (row.cost, row.output_tokens) == (0, 0)
     events = await _events(execution.pk, 0)
     assert events[0].name == "execution.created" and events[-1].name == "execution.failed"
