@@ -92,3 +92,14 @@ def django_db_modify_db_settings(django_db_modify_db_settings):  # type: ignore[
     before the test database is made, lets the first connection after the switch build it for the test
     database."""
     _close_connection_pools()
+
+
+@pytest.fixture
+def listener():
+    """A TCP listener on 127.0.0.1 that counts connections: hostile schemas point their references at it, and
+    a fetch would show as a connection (tests/agents/security/test_schema_policy.py's Listener)."""
+    from tests.agents.security.test_schema_policy import Listener
+
+    server = Listener()
+    yield server
+    server.close()

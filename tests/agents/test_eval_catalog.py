@@ -11,8 +11,9 @@ from apps.agents.catalog.loader import load_catalog
 from apps.agents.engine.context import AgentError, AgentResult, Attempt
 from apps.agents.management.commands.eval_catalog import outcome_of
 from apps.platforms.local_model import REFUSAL_PREFIX
-from apps.platforms.registry import PlatformRegistry, installed_registry, set_registry
+from apps.platforms.registry import PlatformRegistry
 from tests.fakes.platform import FakePlatform
+from tests.fakes.registry import registry_installed
 
 CATALOG = {entry.agent_id: entry for entry in load_catalog()}
 
@@ -22,10 +23,8 @@ def test_eval_catalog_runs_each_agent_and_tabulates_outcome_tokens_and_time(tmp_
     for _ in range(3):  # code-reviewer: the first answer and both re-asks are not JSON
         fake.reply("not json at all")
     fake.reply("Hello there, friend of mine.")  # technical-writer
-    previous = installed_registry()
-    set_registry(PlatformRegistry({"openai": fake}, fallback_order=["openai"]))
     out = io.StringIO()
-    try:
+    with registry_installed(PlatformRegistry({"openai": fake}, fallback_order=["openai"])):
         call_command(
             "eval_catalog",
             "--agent",
@@ -36,8 +35,6 @@ def test_eval_catalog_runs_each_agent_and_tabulates_outcome_tokens_and_time(tmp_
             str(tmp_path / "rows.json"),
             stdout=out,
         )
-    finally:
-        set_registry(previous)
 
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [(r["agent"], r["platform"], r["outcome"]) for r in rows] == [
@@ -76,9 +73,7 @@ def test_a_successful_structured_run_is_valid_only_if_its_output_matches_the_ful
 def test_task_gives_every_agent_the_same_task(tmp_path) -> None:
     fake = FakePlatform("openai")
     fake.reply("Hello there, friend of mine.")
-    previous = installed_registry()
-    set_registry(PlatformRegistry({"openai": fake}, fallback_order=["openai"]))
-    try:
+    with registry_installed(PlatformRegistry({"openai": fake}, fallback_order=["openai"])):
         call_command(
             "eval_catalog",
             "--agent",
@@ -87,8 +82,6 @@ def test_task_gives_every_agent_the_same_task(tmp_path) -> None:
             "Say hello in five words.",
             stdout=io.StringIO(),
         )
-    finally:
-        set_registry(previous)
 
     (request,) = fake.requests
     assert request.messages[-1].content.startswith("Say hello in five words.")

@@ -8,7 +8,8 @@ LocalPlatform themselves), so no test pays for llama.cpp by accident.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -63,6 +64,17 @@ def build_fake_registry(
     )
 
 
+@contextmanager
+def registry_installed(registry: PlatformRegistry) -> Iterator[PlatformRegistry]:
+    """`registry` as the process's platforms for the block, the one before it put back after."""
+    previous = installed_registry()
+    set_registry(registry)
+    try:
+        yield registry
+    finally:
+        set_registry(previous)
+
+
 @pytest.fixture
 async def fake_registry(
     fake_openai: FakeOpenAIServer, fake_anthropic: FakeAnthropicServer, fake_gemini: FakeGeminiServer
@@ -70,15 +82,10 @@ async def fake_registry(
     """Async so that, in an async test, the SDK clients are closed on the loop that opened their connections.
     (A sync test that runs its own loop, or a live server thread, leaves them to be dropped instead: an httpx
     client cannot be closed from another loop.)"""
-    registry = build_fake_registry(fake_openai, fake_anthropic, fake_gemini)
-    previous = installed_registry()
-    set_registry(registry)
-    try:
+    with registry_installed(build_fake_registry(fake_openai, fake_anthropic, fake_gemini)) as registry:
         yield registry
-    finally:
-        set_registry(previous)
-        for name in registry.names():
-            try:
-                await registry.get(name).aclose()
-            except RuntimeError as exc:  # "Event loop is closed": used from another loop, nothing to do
-                logger.debug("fake registry: %s client not closed: %s", name, exc)
+    for name in registry.names():
+        try:
+            await registry.get(name).aclose()
+        except RuntimeError as exc:  # "Event loop is closed": used from another loop, nothing to do
+            logger.debug("fake registry: %s client not closed: %s", name, exc)

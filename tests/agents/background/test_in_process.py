@@ -18,6 +18,7 @@ from apps.agents.services.conversation_lock import ConversationBusy
 from apps.agents.services.events_bus import subscribe
 from apps.agents.services.execution_engine import execution_engine as engine
 from apps.agents.services.idempotency import request_hash
+from tests.agents.background.waiting import terminal, until
 from tests.factories import AgentFactory, ConversationFactory
 from tests.fakes.server import Fault
 
@@ -30,28 +31,8 @@ def agent(alice):
     return AgentFactory(owner=alice, agent_id="bg-agent", preferred_platform="openai", max_retries=0)
 
 
-async def _until(predicate, *, limit: float = 20.0, every: float = 0.05):
-    """Wait for a condition (never a timing assertion: the limit only stops a broken test from hanging)."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(every)
-
-
 async def _status(execution_id) -> str:
     return await AgentExecution.objects.filter(pk=execution_id).values_list("status", flat=True).aget()
-
-
-async def _terminal(execution_id) -> AgentExecution:
-    async def done():
-        row = await AgentExecution.objects.aget(pk=execution_id)
-        return row if row.is_terminal else None
-
-    return await _until(done)
 
 
 async def test_without_a_broker_the_server_runs_it_and_publishes_its_events(
@@ -62,7 +43,7 @@ async def test_without_a_broker_the_server_runs_it_and_publishes_its_events(
     assert execution.status == S.PENDING
     queued = enqueue_execution(execution)
     await queued  # from async code it is an awaitable
-    row = await _terminal(execution.pk)
+    row = await terminal(execution.pk)
     assert (row.status, row.output, row.mode) == (S.COMPLETED, "one two three", "background")
 
     async with aclosing(subscribe(str(execution.pk), 0)) as events:
@@ -78,7 +59,7 @@ async def test_sync_enqueue_from_a_thread_works_too(no_redis, fake_registry, fak
     fake_openai.reply(text="from a thread")
     execution = await engine.create_pending(agent, {"task": "x"}, alice)
     assert await sync_to_async(enqueue_execution)(execution) is None
-    assert (await _terminal(execution.pk)).output == "from a thread"
+    assert (await terminal(execution.pk)).output == "from a thread"
 
 
 async def test_cancel_of_an_in_process_run_stops_it_and_closes_the_upstream_request(
@@ -87,9 +68,9 @@ async def test_cancel_of_an_in_process_run_stops_it_and_closes_the_upstream_requ
     fake_openai.fail(Fault("hang"))
     execution = await engine.create_pending(agent, {"task": "wait"}, alice)
     await enqueue_execution(execution)
-    await _until(lambda: _has_requests(fake_openai))
+    await until(lambda: _has_requests(fake_openai))
     assert await request_cancel(execution.pk)
-    row = await _terminal(execution.pk)
+    row = await terminal(execution.pk)
     assert (row.status, row.error_code) == (S.CANCELLED, "cancelled_by_user")
     assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 10)
     assert not await request_cancel(execution.pk)  # over: nothing to cancel
@@ -189,7 +170,7 @@ async def test_a_retried_background_request_is_not_queued_twice(
     again = await engine.create_pending(**_same_request(agent, "bg"), user=alice)
     assert again.pk == first.pk and again.replayed
     await enqueue_execution(again)
-    await _terminal(first.pk)
+    await terminal(first.pk)
     assert len(fake_openai.requests) == 1
 
 
@@ -216,7 +197,7 @@ async def test_a_second_run_on_a_busy_conversation_is_409(fake_registry, fake_op
     fake_openai.reply(text="first")
     context = {"conversation_id": str(conversation.pk)}
     first = asyncio.create_task(engine.execute_agent(agent, {"task": "one"}, alice, context))
-    await _until(lambda: _has_requests(fake_openai))
+    await until(lambda: _has_requests(fake_openai))
     with pytest.raises(ConversationBusy) as info:
         await engine.execute_agent(agent, {"task": "two"}, alice, context)
     assert (info.value.status, info.value.code) == (409, "conversation_busy")

@@ -8,17 +8,10 @@ import openai
 import pytest
 
 from apps.agents.models import AgentExecution
-from tests.agents.security.test_schema_policy import MARKER, Listener, hostile_schemas
+from tests.agents.security.test_schema_policy import MARKER, hostile_schemas
 from tests.factories import AgentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def listener():
-    server = Listener()
-    yield server
-    server.close()
 
 
 @pytest.fixture

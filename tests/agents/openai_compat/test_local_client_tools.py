@@ -12,9 +12,10 @@ import pytest
 
 from apps.agents.models import AgentExecution
 from apps.platforms.local import LocalPlatform
-from apps.platforms.registry import PlatformRegistry, installed_registry, set_registry
+from apps.platforms.registry import PlatformRegistry
 from tests.agents.openai_compat.conftest import token_for
 from tests.factories import AgentFactory
+from tests.fakes.registry import registry_installed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.local_model]
 
@@ -36,12 +37,8 @@ WEATHER_TOOL = {
 def local_registry() -> Iterator[PlatformRegistry]:
     local = LocalPlatform(default_model="smollm2-135m-instruct", n_ctx=4096, seed=3)
     registry = PlatformRegistry({"local": local}, fallback_order=["local"], default="local")
-    previous = installed_registry()
-    set_registry(registry)
-    try:
+    with registry_installed(registry):
         yield registry
-    finally:
-        set_registry(previous)
 
 
 def test_a_client_tool_round_trip_on_the_local_model(live_server_url, local_registry, alice) -> None:

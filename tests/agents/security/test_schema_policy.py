@@ -67,13 +67,6 @@ class Listener:
 
 
 @pytest.fixture
-def listener():
-    server = Listener()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def secret_file(tmp_path):
     path = tmp_path / "schema.json"
     path.write_text(json.dumps({"type": "string", "description": MARKER, "enum": [MARKER]}))

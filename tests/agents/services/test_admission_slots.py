@@ -4,48 +4,24 @@ that gets no slot in time is a 503 `overloaded` with Retry-After, never a 500.""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from apps.agents.services import db
 from tests.agents.api.conftest import token_for
-from tests.agents.services.test_unit_slots import declare_pool
+from tests.agents.services.test_unit_slots import declare_pool, peak_inside
 from tests.factories import AgentFactory, UserFactory
 
 
 async def test_at_most_run_admissions_at_once(settings):
     settings.RUN_ADMISSIONS = 3
-    inside = peak = 0
-
-    async def admission() -> None:
-        nonlocal inside, peak
-        async with db.admission_slot():
-            inside += 1
-            peak = max(peak, inside)
-            await asyncio.sleep(0.01)
-            inside -= 1
-
-    await asyncio.gather(*(admission() for _ in range(12)))
-    assert peak == 3
+    assert await peak_inside(db.admission_slot, 12) == 3
 
 
 async def test_zero_admits_every_run_at_once(settings):
     settings.RUN_ADMISSIONS = 0
-    inside = peak = 0
-
-    async def admission() -> None:
-        nonlocal inside, peak
-        async with db.admission_slot():
-            inside += 1
-            peak = max(peak, inside)
-            await asyncio.sleep(0.01)
-            inside -= 1
-
-    await asyncio.gather(*(admission() for _ in range(12)))
-    assert peak == 12
+    assert await peak_inside(db.admission_slot, 12) == 12
 
 
 async def busy_client(settings) -> AsyncClient:  # type: ignore[no-untyped-def]
