@@ -178,6 +178,9 @@ RUN_ADMISSIONS = env.int("RUN_ADMISSIONS", default=4)
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
 # Seconds the agent a run request names is cached (apps/agents/agent_cache.py); 0 turns the cache off.
 AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=60)
+# Seconds the budgets that apply to a (user, agent) are cached (apps/agents/services/budget_cache.py); a change
+# is seen at once with REDIS_URL set, after this long by other processes without it. 0 turns the cache off.
+BUDGET_CACHE_SECONDS = env.int("BUDGET_CACHE_SECONDS", default=30)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

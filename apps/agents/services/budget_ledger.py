@@ -16,7 +16,7 @@ a fixed order (`SELECT ... ORDER BY ... FOR UPDATE`, which waits for concurrent 
 follows takes a new snapshot: the count it checks is the latest committed state, which nobody else can change
 while the locks are held. A step on one row needs no lock: that row's own conditions are in the UPDATE's
 WHERE, which PostgreSQL re-checks on the latest version of a row it had to wait for. SQLite runs one writer at
-a time (IMMEDIATE transactions, config/settings.py), so the count and the UPDATE see the same state there too.
+a time (IMMEDIATE transactions), so the count and the UPDATE see the same state there too.
 
 PostgreSQL: each step is sent as one multi-statement query (Django's psycopg cursor binds parameters on the
 client, so the server runs the statements back to back as one implicit transaction: one round trip, and an
@@ -59,7 +59,7 @@ def _when(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _keys(windows: Iterable[WindowKey]) -> tuple[str, list[Any]]:
+def windows_where(windows: Iterable[WindowKey]) -> tuple[str, list[Any]]:
     windows = list(windows)
     params = [value for budget_id, start in windows for value in (budget_id, _when(start))]
     return " OR ".join([_KEY] * len(windows)), params
@@ -207,10 +207,9 @@ def _reservation_rows(claims: Sequence[Claim], execution_id: Any) -> list[tuple[
 
 
 def _create_missing_windows(claims: Sequence[Claim]) -> bool:
-    """Create the window rows `claims` need that do not exist yet (a window's first hold), for budgets that
-    still exist: one deleted since the run read it gets none, and its hold is refused rather than failing on
-    the foreign key. Whether any was missing."""
-    keys, params = _keys(claim.window for claim in claims)
+    """Create the window rows `claims` need that are missing (a window's first hold), for budgets that still
+    exist (a deleted one's hold is refused, not failed on the foreign key). Whether any was missing."""
+    keys, params = windows_where(claim.window for claim in claims)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT budget_id, period_start FROM {USAGE} WHERE {keys}", params)
         present = {(int(budget_id), str(start)) for budget_id, start in cursor.fetchall()}
@@ -315,11 +314,11 @@ def _postgres_releases(releases: Sequence[Release], locked: Iterable[WindowKey] 
     # A step on several rows locks them all first, in one order (no two steps wait for each other in a
     # cycle); on one row its UPDATE's re-check is enough (_hold_update).
     if len(windows) > 1:
-        keys, key_params = _keys(windows)
+        keys, key_params = windows_where(windows)
         lock = f"SELECT 1 FROM {USAGE} WHERE {keys} ORDER BY budget_id, period_start FOR UPDATE"
         statements.append((lock, key_params))
     for release in releases:
-        keys, key_params = _keys(release.hold.windows)
+        keys, key_params = windows_where(release.hold.windows)
         changes, change_params = _set_clause(release.deltas())
         gone = f"WITH gone AS (DELETE FROM {RESERVATIONS} WHERE id = %s RETURNING id)"
         moved = f"moved AS (UPDATE {USAGE} SET {changes} WHERE ({keys}) AND EXISTS (SELECT 1 FROM gone) RETURNING 1)"
@@ -331,7 +330,7 @@ def _postgres_releases(releases: Sequence[Release], locked: Iterable[WindowKey] 
 
 def _portable_release(release: Release) -> list[Statement]:
     """Move the usage if the reservation row is still there, then delete it (one writer at a time: SQLite)."""
-    keys, key_params = _keys(release.hold.windows)
+    keys, key_params = windows_where(release.hold.windows)
     changes, params = _set_clause(release.deltas())
     exists = f"EXISTS (SELECT 1 FROM {RESERVATIONS} WHERE id = %s)"
     return [

@@ -1,7 +1,8 @@
 """Spend control (writes): which budgets apply to a run, the engine's SpendGuard that reserves each provider
 attempt's worst case and settles it, the admission check, and editing budgets.
 
-    admission (before the row exists)   precheck(): a budget already exhausted or full -> 429, nothing written
+    admission (the row's INSERT)        admission_condition(): a budget already exhausted or full -> 429,
+                                         nothing written (the INSERT is conditional on it: no read of its own)
     each attempt                         BudgetGuard.reserve(): one round trip (budget_ledger.hold) that first
                                          settles the previous attempt, then holds this one's worst case in every
                                          budget window at once (and the run's concurrency slot, the first time)
@@ -18,9 +19,7 @@ Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 from __future__ import annotations
 
 import logging
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,7 +34,18 @@ from apps.agents.engine.spend import AttemptSpec, SpendRefused
 from apps.agents.errors import BudgetExceeded
 from apps.agents.models import Budget
 from apps.agents.models_budget import BudgetPeriod, BudgetScope, ReservationKind, usd_to_units
-from apps.agents.services.budget_ledger import Hold, Release, apply, claims_for, hold, release_statements
+from apps.agents.services import budget_cache
+from apps.agents.services.budget_ledger import (
+    USAGE,
+    Hold,
+    Release,
+    apply,
+    claims_for,
+    hold,
+    release_statements,
+    windows_where,
+)
+from apps.agents.services.budget_rates import Cost, WorstCaseRates, rates_for
 from apps.agents.services.budget_reaper import release_orphaned  # noqa: F401 - the service's API
 from apps.agents.services.budget_windows import (  # noqa: F401 - the service's API, re-exported
     Applicable,
@@ -45,13 +55,13 @@ from apps.agents.services.budget_windows import (  # noqa: F401 - the service's 
     period_reset,
     period_start,
     read_applicable,
+    read_windows,
+    refusal,
 )
-from apps.agents.services.db import Along
+from apps.agents.services.db import Along, Condition
 from apps.platforms.base import Usage
 
 logger = logging.getLogger(__name__)
-
-Cost = Callable[[str, str, Usage], Decimal]
 
 
 # ---------------------------------------------------------------------- which budgets apply
@@ -59,17 +69,29 @@ def _read(user: Any, agent: Any) -> Applicable:
     authenticated = getattr(user, "is_authenticated", False)
     user_id = user.pk if authenticated else None
     agent_id = getattr(agent, "pk", None) if agent is not None else None
-    applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
-    if authenticated and BudgetScope.USER not in applicable.scopes and default_user_budget(user) is not None:
-        # A user without a budget of their own gets one from BUDGET_DEFAULT_USER, written once (their first
-        # run) and editable like any other.
+
+    def read() -> Applicable:
         applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
-    return applicable
+        if (
+            authenticated
+            and BudgetScope.USER not in applicable.scopes
+            and default_user_budget(user) is not None
+        ):
+            # A user without a budget of their own gets one from BUDGET_DEFAULT_USER, written once (their
+            # first run) and editable like any other.
+            applicable = read_applicable(user_id=user_id, agent_id=agent_id, now=timezone.now())
+        return applicable
+
+    return budget_cache.applicable(user_id, agent_id, read)
 
 
 def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
-    """Every active budget that applies to `user` running `agent`, ordered by id."""
+    """Every active budget that applies to `user` running `agent`, ordered by id (cached, with its limits
+    as they are now: services/budget_cache.py)."""
     return list(_read(user, agent).budgets)
+
+
+aapplicable_budgets = sync_to_async(applicable_budgets)
 
 
 def default_budget(user: Any) -> Budget | None:
@@ -111,51 +133,6 @@ class Reserved:
     hold: Hold | None
     platform: str
     model: str
-
-
-#: Seconds a worst-case rate is reused: prices change by date (genai-prices), not by the minute.
-RATE_TTL_SECONDS = 3600.0
-_PER_MILLION = 1_000_000
-
-
-class WorstCaseRates:
-    """USD per token of a (platform, model) at its most expensive tier, for reservations.
-
-    Pricing a usage through genai-prices costs a third of a millisecond; per attempt that would be most of the
-    spend control's overhead. A reservation only needs an upper bound, and a linear one is exact for flat
-    prices. Tiered prices (a higher rate above a context size) only rise with size, so the rate measured at a
-    million input tokens (and, for output, with a million input tokens beside it) is at least the rate at any
-    smaller size: the bound holds for every attempt."""
-
-    def __init__(self, cost: Cost) -> None:
-        self.cost = cost
-        self._rates: dict[tuple[str, str], tuple[Decimal, Decimal, float]] = {}
-
-    def units(self, platform: str, model: str, usage: Usage) -> int:
-        key = (platform, model)
-        rates = self._rates.get(key)
-        if rates is None or rates[2] < time.monotonic():
-            million = _PER_MILLION
-            inputs = self.cost(platform, model, Usage(million, 0))
-            both = self.cost(platform, model, Usage(million, million))
-            rates = (
-                inputs / million,
-                max(Decimal(0), both - inputs) / million,
-                time.monotonic() + RATE_TTL_SECONDS,
-            )
-            self._rates[key] = rates
-        return usd_to_units(usage.input_tokens * rates[0] + usage.output_tokens * rates[1])
-
-
-#: One WorstCaseRates per platform registry (tests install registries with other prices).
-_rates_by_registry: weakref.WeakKeyDictionary[Any, WorstCaseRates] = weakref.WeakKeyDictionary()
-
-
-def rates_for(registry: Any) -> WorstCaseRates:
-    rates = _rates_by_registry.get(registry)
-    if rates is None:
-        rates = _rates_by_registry[registry] = WorstCaseRates(registry.cost)
-    return rates
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,28 +268,30 @@ def as_application_error(refused: SpendRefused) -> BudgetExceeded:
     return BudgetExceeded(refused.message, retry_after=refused.retry_after, budget=refused.budget)
 
 
-def load_budgets(*, user: Any, agent: Any) -> tuple[tuple[BudgetLimits, ...], Windows]:
-    """The budgets that apply to a run and their current windows, read together in one query, in the run's
-    preparation (one thread hop for both), so that admission (precheck) costs no I/O of its own."""
-    applicable = _read(user, agent)
-    return applicable.budgets, applicable.windows
-
-
-aload_budgets = sync_to_async(load_budgets)
-
-
-def precheck(budgets: Sequence[BudgetLimits], windows: Windows, now: datetime | None = None) -> None:
-    """Refuse (BudgetExceeded, 429) a run that a budget could not admit even one attempt of: exhausted,
-    held in full by runs in flight, or at its concurrency limit, as `windows` (read in the run's
-    preparation) show it. Before the execution row is written. Only a fast path: the hold before each
-    attempt is what guarantees the limit. (The smallest attempt: one token and one unit of money.)"""
+def admission_condition(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> Condition | None:
+    """The condition a run's row is inserted on (None: no budget applies): every budget could admit one
+    attempt of it (one token and one unit of money) and has a free concurrency slot, as its windows stand
+    when the INSERT runs. No window yet counts as room. Only a fast refusal: the hold before each attempt
+    is what guarantees the limit (services/budget_ledger.py)."""
     if not budgets:
-        return
+        return None
+    now = now or timezone.now()
+    sql, params = [], []
+    for claim in claims_for(budgets, units=1, tokens=1, spend=True, slot=True, now=now):
+        key, key_params = windows_where([claim.window])
+        fits, fit_params = claim.fits()
+        sql.append(f"({key} AND NOT {fits})")
+        params += [*key_params, *fit_params]
+    return f"NOT EXISTS (SELECT 1 FROM {USAGE} WHERE {' OR '.join(sql)})", params
+
+
+def admission_refusal(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> BudgetExceeded:
+    """Why admission_condition refused a run: the first budget that cannot admit it, as its windows show
+    now (room freed meanwhile: a refusal of the first budget, held by runs in flight)."""
     now = now or timezone.now()
     smallest = claims_for(budgets, units=1, tokens=1, spend=True, slot=True, now=now)
-    refused = first_refusal(smallest, windows, now)
-    if refused is not None:
-        raise as_application_error(refused)
+    refused = first_refusal(smallest, read_windows(budgets, now), now)
+    return as_application_error(refused or refusal(budgets[0], now, held=True))
 
 
 # ---------------------------------------------------------------------- editing budgets

@@ -158,15 +158,27 @@ async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
 # need a placeholder of its own (binary, geometry): for models like AgentExecution only.
 
 
-def insert_row(obj: Model, alias: str = DEFAULT_DB_ALIAS) -> None:
-    """INSERT `obj` with every concrete column, as `obj.save(force_insert=True)` would write it."""
+#: A condition (SQL, parameters) an INSERT is made on: evaluated by the database in the INSERT's statement.
+Condition = tuple[str, Sequence[Any]]
+
+
+def insert_row(obj: Model, alias: str = DEFAULT_DB_ALIAS, *, only_if: Condition | None = None) -> bool:
+    """INSERT `obj` with every concrete column, as `obj.save(force_insert=True)` would write it; with
+    `only_if`, only if that condition holds (`INSERT ... SELECT ... WHERE`, the same one statement).
+    Whether the row was written."""
     connection = connections[alias]
     fields = obj._meta.local_concrete_fields
     values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
+    condition, condition_params = only_if if only_if is not None else ("", ())
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(type(obj), alias), values)
+        cursor.execute(
+            _insert_sql(type(obj), alias, bool(condition)) + condition, [*values, *condition_params]
+        )
+        if condition and cursor.rowcount != 1:
+            return False
     obj._state.adding = False
     obj._state.db = alias
+    return True
 
 
 #: Statements (SQL, parameters) for update_row to write with its UPDATE, made in its unit's thread.
@@ -222,11 +234,21 @@ def _flat(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
 
 
 @functools.cache
-def _insert_sql(model: type[Model], alias: str) -> str:
-    quote = connections[alias].ops.quote_name
+def _insert_sql(model: type[Model], alias: str, conditional: bool = False) -> str:
+    """The INSERT's text; `conditional`: as `INSERT ... SELECT <values> WHERE ` (the condition follows), with
+    each value cast to its column's type (PostgreSQL would take an untyped parameter there for text)."""
+    connection = connections[alias]
+    quote = connection.ops.quote_name
     fields = model._meta.local_concrete_fields
     columns = ", ".join(quote(field.column) for field in fields)
-    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+    insert = f"INSERT INTO {quote(model._meta.db_table)} ({columns})"
+    if not conditional:
+        return f"{insert} VALUES ({', '.join(['%s'] * len(fields))})"
+    if connection.vendor == "postgresql":
+        values = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)})" for field in fields)
+    else:
+        values = ", ".join(["%s"] * len(fields))
+    return f"{insert} SELECT {values} WHERE "
 
 
 @functools.cache

@@ -35,7 +35,7 @@ from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
-from apps.agents.services.budgets import guard_for, precheck
+from apps.agents.services.budgets import aapplicable_budgets, guard_for
 from apps.agents.services.conversation_lock import arelease_conversation
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import result_from_row, status_body
@@ -107,10 +107,10 @@ class ExecutionEngine:
         """The one place a row is created: idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
-        # A budget already exhausted (or at its concurrency limit) refuses the request before any row exists.
-        precheck(prepared.budgets, prepared.budget_windows)
+        # A budget already exhausted (or at its concurrency limit) refuses the request in the INSERT: no row.
         admitted = await aadmit_execution(**prepared.create_kwargs(mode=mode, running=running), **admission)
         admitted.execution.replayed = not admitted.created
+        prepared.budgets = admitted.budgets
         return admitted.execution
 
     async def _admit(
@@ -200,6 +200,8 @@ class ExecutionEngine:
             execution = await self.state.astart_execution(execution)
         except IllegalTransition:  # cancelled (or reaped) between the read and the start
             return result_from_row(await self.state.aget_execution(execution.pk) or execution)
+        # Admitted when it was queued; its attempts reserve against the budgets that apply now.
+        prepared.budgets = tuple(await aapplicable_budgets(user=execution.user, agent=execution.agent))
         stream = await self._start(prepared, execution, streamed=True)
         try:
             if publish is not None:

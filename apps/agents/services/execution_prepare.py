@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from apps.agents.engine.schema_policy import SchemaLimits, SchemaRefused, build_
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
 from apps.agents.schema_policy import refusal_text, schema_limits
-from apps.agents.services.budgets import BudgetLimits, Windows, aload_budgets
+from apps.agents.services.budgets import BudgetLimits
 from apps.agents.services.limits import acheck_run_limits
 
 
@@ -59,10 +59,9 @@ class PreparedRun:
     conversation: Conversation | None = None
     #: Positions of the conversation's messages in `context.conversation_history`, in the same order.
     positions: tuple[int, ...] = ()
-    #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py).
+    #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py): found by its
+    #: admission (the row's INSERT), or by run_execution for a background run.
     budgets: tuple[BudgetLimits, ...] = ()
-    #: Their current windows as read with them (what admission checks; the reservations decide).
-    budget_windows: Windows = field(default_factory=dict)
 
     def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
         """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""
@@ -175,16 +174,6 @@ async def prepare_run(
         metadata=dict(ctx.get("metadata") or {}),
         options=options,
     )
-    budgets, windows = await aload_budgets(user=user, agent=agent)
     return PreparedRun(
-        agent,
-        agent_config(agent, limits),
-        data,
-        engine_context,
-        ctx,
-        user,
-        conversation,
-        positions,
-        budgets,
-        windows,
+        agent, agent_config(agent, limits), data, engine_context, ctx, user, conversation, positions
     )

@@ -8,7 +8,10 @@
   both try to INSERT, one wins, the loser catches IntegrityError and returns the winner's row. The read
   before the insert is only a fast path for plain retries, never what makes it correct;
 - the row and the conversation claim (apps/agents/services/conversation_lock.py) are one transaction, so a
-  409 `conversation_busy` leaves no row behind and does not use up the key.
+  409 `conversation_busy` leaves no row behind and does not use up the key;
+- a budget that could not admit even one attempt (exhausted, held in full, at its concurrency limit) refuses
+  the request with a 429 `budget_exceeded` and no row: the INSERT is conditional on it (services/budgets.py
+  admission_condition), so admission costs no read of its own.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ from django.utils import timezone
 from apps.agents.engine.context import AgentResult
 from apps.agents.errors import ApplicationError
 from apps.agents.models import TERMINAL_STATUSES, AgentExecution
+from apps.agents.services.budgets import (
+    BudgetLimits,
+    admission_condition,
+    admission_refusal,
+    applicable_budgets,
+)
 from apps.agents.services.conversation_lock import claim_conversation
 from apps.agents.services.db import afirst, db_unit
-from apps.agents.services.state_manager import DEADLINE_GRACE, state_manager
+from apps.agents.services.state_manager import DEADLINE_GRACE, NotAdmitted, state_manager
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class Admission:
     # False: the row of an earlier request with the same key; nothing new was started, and the caller
     # answers with that execution's outcome (or its current state) instead of calling a provider.
     created: bool
+    #: The budgets that apply to the run (services/budgets.py), as admission found them.
+    budgets: tuple[BudgetLimits, ...] = ()
 
 
 def request_hash(body: Any) -> str:
@@ -111,20 +122,26 @@ def admit_execution(
     # to claim a conversation together with the row, or for a savepoint inside a caller's transaction, so that
     # the IntegrityError of a lost race leaves that transaction usable.
     needs_transaction = create.get("conversation") is not None or transaction.get_connection().in_atomic_block
+    budgets = tuple(applicable_budgets(user=user, agent=create.get("agent")))
     try:
         with transaction.atomic() if needs_transaction else contextlib.nullcontext():
             execution = state_manager.create_execution(
-                idempotency_key=key, request_hash=request_hash, **create
+                idempotency_key=key,
+                request_hash=request_hash,
+                only_if=admission_condition(budgets),
+                **create,
             )
             if execution.conversation_id is not None:
                 claim_conversation(execution.conversation_id, execution.pk)
+    except NotAdmitted:
+        raise admission_refusal(budgets) from None
     except IntegrityError:
         # Lost the race to an identical request (the unique constraint), or something else entirely.
         existing = _earlier(user, key) if key is not None else None
         if existing is None:
             raise
         return _replay(existing, request_hash)
-    return Admission(execution, created=True)
+    return Admission(execution, created=True, budgets=budgets)
 
 
 # One thread hop for the whole admission (several queries in one transaction), after which the request's

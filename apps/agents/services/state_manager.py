@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services.db import Along, db_unit, insert_row, update_row
+from apps.agents.services.db import Along, Condition, db_unit, insert_row, update_row
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     S.FAILED: (S.PENDING, S.RUNNING),
     S.CANCELLED: (S.PENDING, S.RUNNING),
 }
+
+
+class NotAdmitted(Exception):
+    """The condition a new row was to be inserted on did not hold: nothing was written."""
+
 
 # Slack on top of an agent's own timeout before the reaper may call a silent running row lost.
 DEADLINE_GRACE = timedelta(seconds=30)
@@ -87,10 +92,13 @@ class StateManager:
             execution.deadline_at = now + (pending_deadline or timedelta(hours=1))
         return execution
 
-    def create_execution(self, **kwargs: Any) -> AgentExecution:
+    def create_execution(self, *, only_if: Condition | None = None, **kwargs: Any) -> AgentExecution:
+        """Insert a new row; with `only_if`, only if that SQL condition holds when it is written (else
+        NotAdmitted, and nothing is written)."""
         execution = self.new_execution(**kwargs)
         # A lean INSERT (services/db.py): the values save() would write, without the ORM's query building.
-        insert_row(execution)
+        if not insert_row(execution, only_if=only_if):
+            raise NotAdmitted()
         return execution
 
     async def acreate_execution(self, **kwargs: Any) -> AgentExecution:

@@ -27,7 +27,7 @@ def worst_case(
 
 def cost_units(registry, spec: AttemptSpec) -> int:  # type: ignore[no-untyped-def]
     """What the guard reserves for `spec` (its worst-case rates), in units of 1e-10 USD."""
-    from apps.agents.services.budgets import rates_for
+    from apps.agents.services.budget_rates import rates_for
 
     return rates_for(registry).units(spec.platform, spec.model, spec.usage)
 

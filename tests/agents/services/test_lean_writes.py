@@ -48,6 +48,24 @@ def test_insert_row_writes_the_row_save_would(alice):
     assert inserted["input_data"] == {"task": "é ünïcode", "nested": {"list": [1, 2.5, None, True]}}
 
 
+def test_a_conditional_insert_writes_the_same_row_when_its_condition_holds_and_nothing_when_not(alice):
+    """insert_row(only_if=...) is INSERT ... SELECT ... WHERE: on PostgreSQL every value is cast to its
+    column's type there, so the row must come out exactly as save() writes it."""
+    agent = AgentFactory(owner=alice)
+    by_save, lean, refused = built(agent, alice), built(agent, alice), built(agent, alice)
+    by_save.save(force_insert=True)
+
+    assert insert_row(lean, only_if=("1 = %s", [1])) is True
+    assert insert_row(refused, only_if=("1 = %s", [2])) is False
+    assert refused._state.adding is True
+    assert not AgentExecution.objects.filter(pk=refused.pk).exists()
+    saved, inserted = (AgentExecution.objects.values(*COLUMNS).get(pk=e.pk) for e in (by_save, lean))
+    for row in (saved, inserted):
+        for name in ("created_at", "updated_at", "started_at", "heartbeat_at", "deadline_at"):
+            assert row.pop(name) is not None
+    assert saved == inserted
+
+
 def test_update_row_is_a_conditional_update_returning_the_rows_changed(alice):
     execution = state_manager.create_execution(agent=AgentFactory(owner=alice), input_data={}, running=True)
     finished = timezone.now() + timedelta(seconds=1)
