@@ -220,6 +220,23 @@ async def test_stream_yields_text_deltas_then_a_final_usage_chunk(platform, fake
     assert fake_openai.outcomes() == (1, 0)
 
 
+async def test_both_calls_send_the_key_and_the_timeout_as_a_client_option_not_in_the_body(
+    platform, fake_openai
+):
+    """The adapter posts the body it builds with the client's post() (openai.py says why), so the client's
+    auth and a request's own timeout must still apply, and the timeout must not leak into the JSON."""
+    fake_openai.reply(text="a")
+    fake_openai.reply(text="b")
+    await platform.generate(ask(timeout=5))
+    await collect(platform.stream(ask(timeout=5)))
+    generate, stream = fake_openai.requests
+    for sent in (generate, stream):
+        assert sent.headers["authorization"] == f"Bearer {KEY}"
+        assert sent.headers["content-type"] == "application/json"
+        assert "timeout" not in sent.body
+    assert stream.body["stream"] is True and stream.body["stream_options"] == {"include_usage": True}
+
+
 async def test_stream_assembles_tool_call_deltas_into_whole_calls(platform, fake_openai):
     fake_openai.reply(
         text="Checking.",

@@ -71,13 +71,13 @@ def test_the_pool_django_builds_uses_the_idle_check_and_reuses_a_warm_connection
     unit()
     pool = connections["default"].pool
     assert pool._check is db_pool.check_if_idle
-    before = len(checks)
-    warm = unit()
-    assert len(checks) == before, "a connection returned a moment ago was checked again"
-    warm._returned_at -= db_pool.CHECK_AFTER_IDLE_SECONDS + 1  # as if it had sat idle
-    for _ in range(pool.max_size):  # whichever pooled connection comes next, the idle one is checked
-        if warm in checks:
-            break
-        warm._returned_at = min(warm._returned_at, 0.0)
+    for _ in range(pool.max_size):  # every connection in the pool has now been used and given back
         unit()
-    assert warm in checks
+    monkeypatch.setattr(db_pool, "CHECK_AFTER_IDLE_SECONDS", 3600.0)
+    before = len(checks)
+    for _ in range(pool.max_size):
+        unit()
+    assert len(checks) == before, "a connection given back a moment ago was checked again"
+    monkeypatch.setattr(db_pool, "CHECK_AFTER_IDLE_SECONDS", -1.0)  # as if each had sat idle
+    unit()
+    assert len(checks) == before + 1
