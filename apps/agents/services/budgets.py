@@ -19,13 +19,12 @@ Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -58,7 +57,7 @@ from apps.agents.services.budget_windows import (  # noqa: F401 - the service's 
     read_windows,
     refusal,
 )
-from apps.agents.services.db import Along, Condition
+from apps.agents.services.db import Along, Condition, db_unit
 from apps.platforms.base import Usage
 
 logger = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def applicable_budgets(*, user: Any, agent: Any) -> list[BudgetLimits]:
     return list(_read(user, agent).budgets)
 
 
-aapplicable_budgets = sync_to_async(applicable_budgets)
+aapplicable_budgets = db_unit(applicable_budgets)
 
 
 def default_budget(user: Any) -> Budget | None:
@@ -179,7 +178,9 @@ class BudgetGuard:
             return Reserved(None, attempt.platform, attempt.model)
         settled, self._settled = self._settled, []
         try:
-            return await sync_to_async(self._reserve_sync)(attempt, settled)
+            # A unit of database work (services/db.py): its connection goes back at once, not when the
+            # request ends, so a budgeted run holds none while it waits on its provider.
+            return await _reserve_unit(self, attempt, settled)
         except SpendRefused:
             raise
         except BaseException:
@@ -237,7 +238,7 @@ class BudgetGuard:
         if not settled and slot is None:
             return
         try:
-            await sync_to_async(lambda: apply(self._last_releases(settled, slot)))()
+            await _apply_unit(self._last_releases, settled, slot)
         except Exception:  # the reaper releases them; the run's own outcome must not be lost to this
             logger.exception(
                 "settling the run's reservations failed", extra={"execution_id": str(self.execution_id)}
@@ -248,6 +249,14 @@ class BudgetGuard:
         if slot is not None:
             releases.append(Release(slot))
         return releases
+
+
+def _apply_releases(releases: Callable[[list[_Settled], Hold | None], list[Release]], *args: Any) -> None:
+    apply(releases(*args))  # priced in the unit's thread: pricing a usage is CPU
+
+
+_reserve_unit = db_unit(BudgetGuard._reserve_sync)
+_apply_unit = db_unit(_apply_releases)
 
 
 def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:

@@ -18,6 +18,7 @@ import json
 import threading
 import time
 import weakref
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ from django.db.backends.signals import connection_created
 from django.test import AsyncClient, Client
 from psycopg_pool import PoolTimeout
 
-from apps.agents.models import AgentExecution, ExecutionStatus
+from apps.agents.models import AgentExecution, Budget, BudgetReservation, ExecutionStatus
 from apps.agents.services import db
 from tests.agents.api.conftest import client_for, token_for
 from tests.factories import AgentFactory
@@ -110,13 +111,28 @@ def test_postgresql_connections_come_from_the_pool(settings):
     assert db.pooled()
 
 
+@pytest.mark.parametrize("budgeted", [False, True], ids=["no budget", "under a budget"])
 async def test_a_streamed_run_holds_no_connection_while_it_waits_on_the_provider(
-    live_server_url, fake_registry, fake_openai, alice, settings, released_per_unit, connection_holds
+    live_server_url,
+    fake_registry,
+    fake_openai,
+    alice,
+    settings,
+    released_per_unit,
+    connection_holds,
+    budgeted,
 ):
     settings.EXECUTION_HEARTBEAT_SECONDS = 0.2  # the watcher polls and beats several times meanwhile
-    await sync_to_async(AgentFactory)(
+    agent = await sync_to_async(AgentFactory)(
         owner=alice, agent_id="slow", preferred_platform="openai", max_retries=0
     )
+    if budgeted:
+        # The hold before the provider call is a unit of database work like the others: its connection goes
+        # back at once, not when the request ends (held, 50 budgeted runs took the whole pool and the
+        # admissions waiting for it held the unit slots that the runs' final writes needed).
+        await Budget.objects.acreate(
+            scope="agent", agent=agent, period="day", limit_usd=Decimal("5"), max_concurrent=5
+        )
     token = await sync_to_async(token_for)(alice)
     words = "one two three four five six seven eight"
     fake_openai.reply(Reply(text=words, chunk_delay=0.4))  # the run waits 8 x 0.4 s on its provider
@@ -151,6 +167,9 @@ async def test_a_streamed_run_holds_no_connection_while_it_waits_on_the_provider
     assert holds.longest_hold < 1.0, holds.longest_hold
     execution = await AgentExecution.objects.aget(agent__agent_id="slow")
     assert (execution.status, execution.output) == (ExecutionStatus.COMPLETED, words)
+    if budgeted:
+        assert not await BudgetReservation.objects.filter(execution=execution).aexists()  # settled
+        assert execution.output_tokens > 0
 
 
 @pytest.fixture
