@@ -72,6 +72,10 @@ class Pagination(CursorPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_size_query_param:
                 parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+            elif parameter["name"] == self.cursor_query_param:
+                # Opaque: a value that is no cursor of ours is a 404 "Invalid cursor" (or the first page, as
+                # DRF decodes it); only a NUL is refused as invalid input (400).
+                parameter["schema"] = {"type": "string", "pattern": "^[^\\u0000]*$"}
         return parameters
 
 

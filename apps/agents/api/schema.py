@@ -12,7 +12,8 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from rest_framework.fields import CharField
 
 from apps.agents.api.fields import SAFE_JSON_REF, SAFE_JSON_SCHEMA, SAFE_KEYS, SafeJSONObjectField
-from apps.agents.api.serializers import ErrorEnvelopeSerializer
+from apps.agents.api.serializers import WHITESPACE, ErrorEnvelopeSerializer
+from apps.agents.catalog.slugs import catalog_slugs
 
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input: `error.fields` names each bad field by its dotted path.",
@@ -31,7 +32,7 @@ RETRY_AFTER = {
 # Text without NUL (which DRF refuses, and PostgreSQL cannot store). Lone surrogates are refused too but not
 # written here: a surrogate range in a pattern breaks regex engines that work on code points (Rust's).
 TEXT_PATTERN = r"^[^\u0000]+$"  # "+": the empty string is allow_blank's business (its own oneOf branch)
-NON_BLANK_TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+NON_BLANK_TEXT_PATTERN = rf"^[^\u0000]*[^{WHITESPACE}\u0000][^\u0000]*$"
 
 
 def error_response(description: str) -> OpenApiResponse:
@@ -204,7 +205,7 @@ ERROR_ENVELOPE_EXAMPLE = OpenApiExample(
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    {"type": "string", "maxLength": 255, "pattern": "^[ -~]*$"},  # what services/idempotency.py accepts
     OpenApiParameter.HEADER,
     required=False,
     description="Up to 255 printable ASCII characters. Same key and body: the first run's answer.",
@@ -232,5 +233,12 @@ def postprocess(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
                 visit(value)
 
     visit(result)
-    result.setdefault("components", {}).setdefault("schemas", {})["SafeJSON"] = SAFE_JSON_SCHEMA
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["SafeJSON"] = SAFE_JSON_SCHEMA
+    # The built-in catalog's slugs are refused as a new agent_id (400, services/agents.py): say so.
+    reserved = {"enum": sorted(catalog_slugs())}
+    for name in ("AgentInputRequest", "PatchedAgentInputRequest"):
+        agent_id = schemas.get(name, {}).get("properties", {}).get("agent_id")
+        if agent_id is not None:
+            agent_id["not"] = reserved
     return result

@@ -203,7 +203,10 @@ def limit_length(field: serializers.Field, maximum: int) -> None:
 
 
 # Whitespace-only text is blank; as a pattern it is also in the schema (minLength alone would allow "  ").
-NOT_BLANK = RegexValidator(r"\S", message="This field may not be blank.", code="blank")
+# Python's whitespace (str.strip, engine/inputs.py) spelled out: `\S` means another set in the schema's
+# regex dialect (ECMA-262 counts U+FEFF as space, Python U+0085 and U+001C-U+001F).
+WHITESPACE = r"\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = RegexValidator(f"[^{WHITESPACE}]", message="This field may not be blank.", code="blank")
 
 OUTPUT_FORMAT_HELP = "How the answer should be shaped, e.g. text, markdown, code, json."
 

@@ -7,7 +7,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from tests.agents.api.conftest import throttle_rates
-from tests.factories import UserFactory
+from tests.factories import AgentFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -187,3 +187,33 @@ def test_schema_and_docs_are_served_with_the_execute_examples(anon_client):
         "ErrorEnvelope"
     )
     assert "SynchronousRun" in execute["requestBody"]["content"]["application/json"]["examples"]
+
+
+def test_the_schema_states_what_the_server_refuses(anon_client, alice_client, alice):
+    """Found by the full schemathesis run: a request the schema called valid was refused (400), or the
+    reverse. Each constraint below is what the server checks, written into the schema."""
+    import re
+
+    from apps.agents.api.schema import NON_BLANK_TEXT_PATTERN
+    from apps.agents.catalog.slugs import catalog_slugs
+
+    schema = anon_client.get("/api/schema/?format=json").json()
+    execute = schema["paths"]["/api/v1/agents/{id}/execute/"]["post"]
+    [key] = [p for p in execute["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["schema"] == {"type": "string", "maxLength": 255, "pattern": "^[ -~]*$"}
+    agent_id = schema["components"]["schemas"]["AgentInputRequest"]["properties"]["agent_id"]
+    assert agent_id["not"] == {"enum": sorted(catalog_slugs())}
+    listing = schema["paths"]["/api/v1/executions/"]["get"]["parameters"]
+    [cursor] = [p for p in listing if p["name"] == "cursor"]
+    assert cursor["schema"]["pattern"] == "^[^\\u0000]*$"
+    # "Blank" is Python's whitespace (str.strip) in both regex dialects: no \s, whose sets differ.
+    assert "\\s" not in NON_BLANK_TEXT_PATTERN
+    for char in map(chr, range(0x3100)):
+        if 0xD800 <= ord(char) < 0xE000 or char == "\0":
+            continue
+        assert bool(re.search(NON_BLANK_TEXT_PATTERN, char)) == (not char.isspace()), hex(ord(char))
+    agent = AgentFactory(owner=alice)
+    blank = alice_client.post(
+        f"/api/v1/agents/{agent.agent_id}/execute/", {"input_data": {"task": "\u0085"}}, format="json"
+    )
+    assert blank.status_code == 400 and "input_data.task" in blank.json()["error"]["fields"]
