@@ -4,16 +4,15 @@ Every run needs the budgets that apply to its user and agent. Reading them was a
 every run, budgets or not (0.55 ms of a streamed run's first token on PostgreSQL, bench/engine.py). Budgets
 change rarely (staff edit them), so the set is kept in the "auth" cache (Redis when REDIS_URL is set, so every
 server process and worker sees the same entries; the process's memory otherwise) under (user, agent), each
-entry stamped with the cache's *generation*: a random token replaced after every commit that saves or deletes
-a budget. An entry stamped with another generation is never used. The generation and the entry are read
-together (one get_many: one Redis round trip, in the admission's thread).
+entry stamped with the cache's *generation*: a random token replaced whenever a budget is saved or deleted.
+An entry stamped with another generation is never used. The generation and the entry are read together (one
+get_many: one Redis round trip, in the admission's thread).
 
 Why no committed change is missed: the generation is replaced when a budget is saved and again after that
-commits. A reader that saw the
-old generation stores an entry stamped old, which nobody uses once the new token is out; a reader that saw
-the new one read the database after the commit. Without Redis, other processes see a change after
-BUDGET_CACHE_SECONDS (as for tokens, AUTH_CACHE_SECONDS), and so does a change that bypasses signals (a
-queryset .update() of budgets).
+commits. A reader that saw an old generation stores an entry stamped old, which nobody uses once the new
+token is out; a reader that saw the last one read the database after the commit. Without Redis, other
+processes see a change after BUDGET_CACHE_SECONDS (as for tokens, AUTH_CACHE_SECONDS), and so does a change
+that bypasses signals (a queryset .update() of budgets).
 
 Only the definitions are cached (which budgets, their limits). What they have spent and hold is never cached:
 the writes check it themselves (the admission's conditional INSERT, each attempt's hold).

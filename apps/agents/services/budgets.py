@@ -19,7 +19,7 @@ Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -238,11 +238,14 @@ class BudgetGuard:
         if not settled and slot is None:
             return
         try:
-            await _apply_unit(self._last_releases, settled, slot)
+            await _close_unit(self, settled, slot)
         except Exception:  # the reaper releases them; the run's own outcome must not be lost to this
             logger.exception(
                 "settling the run's reservations failed", extra={"execution_id": str(self.execution_id)}
             )
+
+    def _close_sync(self, settled: list[_Settled], slot: Hold | None) -> None:
+        apply(self._last_releases(settled, slot))  # priced in the unit's thread: pricing a usage is CPU
 
     def _last_releases(self, settled: list[_Settled], slot: Hold | None) -> list[Release]:
         releases = self._releases(settled)
@@ -251,12 +254,9 @@ class BudgetGuard:
         return releases
 
 
-def _apply_releases(releases: Callable[[list[_Settled], Hold | None], list[Release]], *args: Any) -> None:
-    apply(releases(*args))  # priced in the unit's thread: pricing a usage is CPU
-
-
+# Units of database work (services/db.py): the connection goes back as soon as each returns.
 _reserve_unit = db_unit(BudgetGuard._reserve_sync)
-_apply_unit = db_unit(_apply_releases)
+_close_unit = db_unit(BudgetGuard._close_sync)
 
 
 def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:

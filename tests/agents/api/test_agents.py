@@ -162,6 +162,16 @@ def test_an_invalid_cursor_is_404(alice_client):
     assert_envelope(alice_client.get("/api/v1/agents/?cursor=garbage"), 404, "not_found")
 
 
+def test_a_hostile_cursor_is_a_4xx_never_a_500(alice_client):
+    """What the schema says of the cursor (any text without NUL): anything else that is no cursor of ours
+    is a 404, a NUL a 400 naming the field."""
+    for cursor in ("A" * 100_000, "%2Fetc%2Fpasswd", "cD0yMDI2LTEyLTAy%26r%3D1", "%F0%9F%98%8D" * 1000):
+        response = alice_client.get(f"/api/v1/executions/?cursor={cursor}")
+        assert response.status_code in (200, 404), (cursor[:20], response.status_code)
+    error = assert_envelope(alice_client.get("/api/v1/executions/?cursor=a%00b"), 400, "invalid")
+    assert "cursor" in error["fields"]
+
+
 def test_patch_updates_only_the_given_fields(alice_client, alice):
     agent = AgentFactory(owner=alice, agent_id="patch-me", temperature=0.5, name="Before")
 
