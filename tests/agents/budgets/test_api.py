@@ -3,6 +3,7 @@ staff budget endpoints, `manage.py set_budget`, the default budget, and the depl
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -46,12 +47,17 @@ def test_an_exhausted_budget_refuses_before_any_row_with_429(
 ):
     budget = Budget.objects.create(scope="user", user=alice, period="day", limit_usd=Decimal("0.5"))
     spend_all(budget)
+    before = timezone.now()
     response = execute(alice_client)
+    after = timezone.now()
     error = assert_envelope(response, 429, "budget_exceeded")
     assert "user alice (day)" in error["message"] and "0.5 USD per day" in error["message"]
     assert "resets at" in error["message"]
-    tomorrow = period_start("day", timezone.now()) + timedelta(days=1)
-    assert 0 < int(response["Retry-After"]) <= (tomorrow - timezone.now()).total_seconds() + 1
+    # The server rounds the seconds left up at some instant between before and after.
+    tomorrow = period_start("day", before) + timedelta(days=1)
+    seconds_left = int(response["Retry-After"])
+    assert math.floor((tomorrow - after).total_seconds()) <= seconds_left
+    assert seconds_left <= math.ceil((tomorrow - before).total_seconds())
     assert AgentExecution.objects.count() == 0
     assert fake_openai.requests == []
 
