@@ -6,6 +6,7 @@ every run here is also a recorded AgentExecution.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -244,6 +245,22 @@ def _database_url() -> str:
     )
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """A child started meanwhile gets Ctrl-C as from a terminal, also when the suite runs as a background job
+    (`make test &`, nohup, a script's `&`: the shell starts those with SIGINT ignored). An ignored SIGINT is
+    inherited, and Python started with it ignored installs no KeyboardInterrupt handler, so the child went on
+    running; a handler here, by contrast, is the default in the child."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def manage(fake_openai, *args: str, start_only: bool = False):  # type: ignore[no-untyped-def]
     """`manage.py run_agent ...` in a new process: settings from the environment, as a user would run it,
     with OpenAI pointed at the fake and nothing else configured."""
@@ -262,9 +279,10 @@ def manage(fake_openai, *args: str, start_only: bool = False):  # type: ignore[n
     }
     command = [sys.executable, "manage.py", "run_agent", *args]
     if start_only:
-        return subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        with _sigint_not_ignored():
+            return subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
     return subprocess.run(
         command,
         cwd=REPO,

@@ -110,7 +110,7 @@ class FakeProviderServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_for_disconnect(self, timeout: float = 2.0) -> bool:
+    def wait_for_disconnect(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.disconnects:

@@ -317,7 +317,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_request(platform, fak
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert await asyncio.to_thread(fake_anthropic.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_anthropic.wait_for_disconnect)
     assert fake_anthropic.completed_responses == 0
 
 
@@ -354,7 +354,7 @@ async def test_closing_the_stream_closes_the_upstream_request(platform, fake_ant
 
     await stream.aclose()
 
-    assert await asyncio.to_thread(fake_anthropic.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_anthropic.wait_for_disconnect)
     assert fake_anthropic.completed_responses == 0
 
 

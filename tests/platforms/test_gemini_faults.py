@@ -143,7 +143,7 @@ async def test_closing_the_stream_closes_the_http_response(gemini, fake_gemini):
     await stream.aclose()
 
     assert first.text == "w0 "
-    assert await asyncio.to_thread(fake_gemini.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_gemini.wait_for_disconnect)
 
 
 @pytest.mark.parametrize("busy_between_chunks", [False, True])
@@ -166,7 +166,7 @@ async def test_cancelling_the_consumer_closes_the_http_response(gemini, fake_gem
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert await asyncio.to_thread(fake_gemini.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_gemini.wait_for_disconnect)
 
 
 # ---------------------------------------------------------------------- the key never leaks

@@ -328,7 +328,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_request(platform, fak
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     assert fake_openai.completed_responses == 0
 
 
@@ -343,7 +343,7 @@ async def test_closing_the_stream_closes_the_upstream_request(platform, fake_ope
 
     await stream.aclose()
 
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     assert fake_openai.completed_responses == 0
 
 
@@ -424,7 +424,7 @@ async def test_a_timed_out_request_is_closed(platform, fake_openai):
 
     await fail_with(platform, streaming=False, hang=True)
 
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
 
 
 async def test_fake_lists_models_to_the_sdk(fake_openai):

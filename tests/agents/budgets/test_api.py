@@ -56,6 +56,7 @@ def test_an_exhausted_budget_refuses_before_any_row_with_429(
     # The server rounds the seconds left up at some instant between before and after.
     tomorrow = period_start("day", before) + timedelta(days=1)
     seconds_left = int(response["Retry-After"])
+    assert seconds_left > 0
     assert math.floor((tomorrow - after).total_seconds()) <= seconds_left
     assert seconds_left <= math.ceil((tomorrow - before).total_seconds())
     assert AgentExecution.objects.count() == 0

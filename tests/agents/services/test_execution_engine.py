@@ -191,7 +191,7 @@ async def test_deadline_fails_the_run_with_timeout(fake_registry, fake_openai, f
     assert [a["status"] for a in execution.attempts] == ["timeout"]
     assert fake_anthropic.requests == []
     # The abandoned request was closed, not left hanging on the provider.
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
 
 
 async def test_every_platform_failing_is_a_provider_error_with_the_last_message(

@@ -129,7 +129,7 @@ async def test_closing_the_stream_mid_way_closes_upstream_and_records_cancelled(
 
     await stream.aclose()
 
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     execution = await AgentExecution.objects.aget(pk=created.execution_id)
     assert (execution.status, execution.error_code) == (ExecutionStatus.CANCELLED, "cancelled_by_user")
     assert execution.output == "one "
@@ -155,7 +155,7 @@ async def test_cancelling_the_consumer_task_closes_upstream_and_records_cancelle
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     execution = await AgentExecution.objects.aget(pk=seen[0].execution_id)
     assert execution.status == ExecutionStatus.CANCELLED
     assert execution.output.startswith("one ")
@@ -170,7 +170,7 @@ async def test_a_sync_run_whose_caller_is_cancelled_is_recorded_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     execution = await AgentExecution.objects.aget()
     assert (execution.status, execution.error_code) == (ExecutionStatus.CANCELLED, "cancelled_by_user")
     assert [a["status"] for a in execution.attempts] == ["cancelled"]
@@ -187,7 +187,7 @@ async def test_cancel_of_a_running_stream_ends_it_with_execution_cancelled(
             assert await engine.cancel(events[0].execution_id) is True
 
     assert isinstance(events[-1], ExecutionCancelled)
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     execution = await execution_of(events)
     assert execution.status == ExecutionStatus.CANCELLED and execution.cancel_requested_at is not None
     assert execution.output == "".join(e.text for e in events if isinstance(e, OutputDelta))
@@ -231,7 +231,7 @@ async def test_a_cancel_requested_by_another_process_stops_a_background_run(
 
     assert result.success is False and result.error.code == "cancelled_by_user"
     assert isinstance(published[-1], ExecutionCancelled)
-    assert await asyncio.to_thread(fake_openai.wait_for_disconnect, 5.0)
+    assert await asyncio.to_thread(fake_openai.wait_for_disconnect)
     execution = await AgentExecution.objects.aget(pk=pending.pk)
     assert execution.status == ExecutionStatus.CANCELLED
     assert execution.output.startswith("one ") and len(execution.output) < len(LONG)
