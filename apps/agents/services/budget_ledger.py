@@ -6,6 +6,7 @@ or none of them:
 
     UPDATE usage SET reserved = reserved + amount, active_runs = active_runs + CASE ... END
      WHERE <the rows> AND (SELECT count(*) FROM usage WHERE <row 1 fits> OR <row 2 fits> ...) = <rows>
+     (the count only with several rows: one row's own WHERE is the whole condition)
 
 and writes the reservation rows (the proof of the hold) only if it did. Settling deletes the reservation row
 and moves its amount from reserved to spent only if the row was still there, so a reservation is never
@@ -266,11 +267,12 @@ def _hold_update(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
     fits = [claim.fits() for claim in claims]
     any_fits = " OR ".join(sql for sql, _ in fits)
     fit_params = [p for _, params in fits for p in params]
-    sql = (
-        f"UPDATE {USAGE} SET {changes} WHERE ({any_fits})"
-        f" AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
-    )
-    return sql, [*change_params, *fit_params, *fit_params, len(claims)]
+    sql = f"UPDATE {USAGE} SET {changes} WHERE ({any_fits})"
+    params = [*change_params, *fit_params]
+    if len(claims) > 1:  # all or nothing; one row's own WHERE is the whole condition
+        sql += f" AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
+        params += [*fit_params, len(claims)]
+    return sql, params
 
 
 class _PostgresLedger:
