@@ -27,6 +27,8 @@ ClientT = TypeVar("ClientT")
 REDACTED = "[redacted]"
 # Longest provider message we keep: enough to diagnose, short enough for a log line and a DB column.
 MAX_MESSAGE = 500
+# How long closing a client waits for another thread's event loop to close that loop's connections.
+CROSS_LOOP_CLOSE_TIMEOUT = 10.0
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -179,10 +181,28 @@ class PerLoopClient(Generic[ClientT]):
             return client
 
     async def aclose(self) -> None:
-        """Close the current loop's client (a loop that is about to end should call this); clients of other
-        loops cannot be closed from here and stay with their loops."""
-        loop = asyncio.get_running_loop()
+        """Close every loop's client, each on its own loop.
+
+        This loop's client is closed here. A loop running in another thread (the ASGI server's, while a test or
+        a management command closes the registry from its own loop) gets the close scheduled on it and
+        awaited: closing its connections from here would change that loop's selector from the wrong thread,
+        which asyncio does not allow and which can leave a closed socket's fd registered, so that the next
+        connection given that fd number is never read. A closed or idle loop's client is only dropped.
+        """
+        current = asyncio.get_running_loop()
         with self._lock:
-            client = self._clients.pop(loop, None)
-        if client is not None:
-            await self._close(client)
+            clients, self._clients = self._clients, {}
+        for loop, client in clients.items():
+            if loop is current:
+                await self._close(client)
+                continue
+            try:
+                if not loop.is_running():
+                    continue
+                future = asyncio.run_coroutine_threadsafe(self._close(client), loop)
+            except RuntimeError:  # the loop closed meanwhile: its sockets went with it
+                continue
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), CROSS_LOOP_CLOSE_TIMEOUT)
+            except (TimeoutError, RuntimeError) as exc:
+                logger.warning("client of another event loop not closed: %s", type(exc).__name__)

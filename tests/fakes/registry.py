@@ -79,9 +79,11 @@ def registry_installed(registry: PlatformRegistry) -> Iterator[PlatformRegistry]
 async def fake_registry(
     fake_openai: FakeOpenAIServer, fake_anthropic: FakeAnthropicServer, fake_gemini: FakeGeminiServer
 ) -> AsyncIterator[PlatformRegistry]:
-    """Async so that, in an async test, the SDK clients are closed on the loop that opened their connections.
-    (A sync test that runs its own loop, or a live server thread, leaves them to be dropped instead: an httpx
-    client cannot be closed from another loop.)"""
+    """Async so that the SDK clients are closed at the end of the test, each on the loop that opened its
+    connections: this test's here, the live server's on the live server's thread (see PerLoopClient.aclose).
+    Left to the garbage collector, the SDK would close a client on whatever loop happens to be running in the
+    collecting thread, reaching into the live server's selector from the wrong thread. (A sync test's own
+    finished loops have nothing left to close.)"""
     with registry_installed(build_fake_registry(fake_openai, fake_anthropic, fake_gemini)) as registry:
         yield registry
     for name in registry.names():

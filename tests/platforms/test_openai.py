@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 
 import openai
@@ -355,6 +356,37 @@ def test_one_platform_serves_successive_event_loops(fake_openai):
     for _ in range(2):
         assert asyncio.run(instance.generate(ask())).text == "Hello from the fake provider."
         assert asyncio.run(collect(instance.stream(ask())))[-1].finish_reason == "stop"
+
+
+async def test_aclose_closes_another_threads_loop_client_on_that_loop(fake_openai, monkeypatch):
+    # An ASGI server's loop runs in its own thread; the registry may be closed from another loop (a test's, a
+    # management command's). Each loop's connections must be closed by that loop's own thread: touching a
+    # running loop's selector from elsewhere can leave a dead fd registered, and the next connection given
+    # that fd number is then never read.
+    instance = OpenAIPlatform(api_key=KEY, base_url=f"{fake_openai.url}/v1", default_model="gpt-4o-mini")
+    closed_in: list[int] = []
+    client_close = instance._clients._close
+
+    async def recording_close(client):
+        closed_in.append(threading.get_ident())
+        await client_close(client)
+
+    monkeypatch.setattr(instance._clients, "_close", recording_close)
+    server_loop = asyncio.new_event_loop()
+    server_thread = threading.Thread(target=server_loop.run_forever, name="other-loop", daemon=True)
+    server_thread.start()
+    try:
+        answer = asyncio.run_coroutine_threadsafe(instance.generate(ask()), server_loop).result(timeout=10)
+        assert answer.text == "Hello from the fake provider."
+        assert (await instance.generate(ask())).text == "Hello from the fake provider."
+
+        await instance.aclose()
+
+        assert sorted(closed_in) == sorted([threading.get_ident(), server_thread.ident])
+    finally:
+        server_loop.call_soon_threadsafe(server_loop.stop)
+        server_thread.join(timeout=5)
+        server_loop.close()
 
 
 # ---------------------------------------------------------------------------------------------- faults
