@@ -106,6 +106,35 @@ def attempt_spec(platform: str, request: CompletionRequest, *, output_cap: int) 
     return AttemptSpec(platform, request.model, worst_case_input_tokens(request), int(output))
 
 
+def guess_first_attempt(
+    platform: str,
+    model: str,
+    config: Any,
+    input_data: Any,
+    context: Any,
+    *,
+    output_cap: int,
+) -> AttemptSpec:
+    """The first attempt's worst case guessed before the run builds its request, so that it can be held with
+    the run's row in one round trip (services/budgets.py). Counted like worst_case_input_tokens over what the
+    request will carry, as the caller sent it: the system prompt, the input as JSON (the prompt renders it in
+    fewer bytes), the history and the client's messages, the output schema twice (in the prompt and in the
+    request), a quarter over. A guess that falls short costs only the round trip it was to save: the guard
+    then holds the attempt's real worst case before it is sent."""
+    options = getattr(context, "options", None)
+    history = list(getattr(context, "conversation_history", None) or ())
+    messages = list(options.messages or ()) if options is not None else []
+    schema = (options.json_schema if options is not None else None) or config.output_schema
+    total = REQUEST_OVERHEAD_TOKENS + _text_bytes(config.system_prompt or "")
+    total += _text_bytes(json.dumps(input_data, default=str)) + MESSAGE_OVERHEAD_TOKENS
+    total += sum(MESSAGE_OVERHEAD_TOKENS + _text_bytes(str(turn.get("content", ""))) for turn in history)
+    total += _messages_bytes(messages)
+    if schema is not None:
+        total += 2 * _text_bytes(json.dumps(schema, default=str))
+    output = config.max_tokens if config.max_tokens is not None else output_cap
+    return AttemptSpec(platform, model, total + total // 4, int(output))
+
+
 async def settle_shielded(
     guard: SpendGuard, reservation: Any, usage: Usage | None, cost: Decimal | None = None
 ) -> None:

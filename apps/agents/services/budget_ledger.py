@@ -8,9 +8,10 @@ or none of them:
      WHERE <the rows> AND (SELECT count(*) FROM usage WHERE <row 1 fits> OR <row 2 fits> ...) = <rows>
      (the count only with several rows: one row's own WHERE is the whole condition)
 
-and writes the reservation rows (the proof of the hold) only if it did. Settling deletes the reservation row
-and moves its amount from reserved to spent only if the row was still there, so a reservation is never
-released twice (its holder and the reaper race for the DELETE; one wins).
+and writes the reservation rows (the proof of the hold) only if it did (a run's first hold usually goes with
+the INSERT of its execution row, in that statement's round trip: insert_and_hold). Settling deletes the
+reservation row and moves its amount from reserved to spent only if the row was still there, so a
+reservation is never released twice (its holder and the reaper race for the DELETE; one wins).
 
 Why no hold can overshoot: on PostgreSQL (READ COMMITTED) a step that changes several rows first locks them in
 a fixed order (`SELECT ... ORDER BY ... FOR UPDATE`, which waits for concurrent holders), and the UPDATE that
@@ -41,7 +42,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.agents.models import Budget, BudgetReservation, BudgetUsage
+from apps.agents.models import AgentExecution, Budget, BudgetReservation, BudgetUsage
 from apps.agents.models_budget import EPOCH, ReservationKind
 from apps.agents.services.budget_windows import BudgetLimits, diagnose, period_start, refusal
 
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 USAGE = BudgetUsage._meta.db_table
 RESERVATIONS = BudgetReservation._meta.db_table
+EXECUTIONS = AgentExecution._meta.db_table
+EXECUTION_ID = AgentExecution._meta.pk.column
 _KEY = "(budget_id = %s AND period_start = %s)"
 _RESERVATION_COLUMNS = ("execution_id", "kind", "amount_units", "tokens", "windows", "created_at")
 
@@ -259,19 +262,23 @@ class _Ledger:
         return holds
 
 
-def _hold_update(claims: Sequence[Claim]) -> tuple[str, list[Any]]:
+def _hold_update(claims: Sequence[Claim], *, if_row: Any = None) -> tuple[str, list[Any]]:
     """The all-or-nothing UPDATE of a hold (without RETURNING): every claimed row that fits, if all fit.
     Each row's own conditions are in the WHERE too, so that PostgreSQL re-checks them on the row's latest
-    version if it waited for another writer (enough when one row is claimed; more are locked first)."""
+    version if it waited for another writer (enough when one row is claimed; more are locked first).
+    `if_row`: only if the execution row of that id exists (insert_and_hold: its INSERT may have written none)."""
     changes, change_params = _hold_set_clause(claims)
     fits = [claim.fits() for claim in claims]
     any_fits = " OR ".join(sql for sql, _ in fits)
     fit_params = [p for _, params in fits for p in params]
     sql = f"UPDATE {USAGE} SET {changes} WHERE ({any_fits})"
     params = [*change_params, *fit_params]
-    if len(claims) > 1:  # all or nothing; one row's own WHERE is the whole condition
+    if len(claims) > 1:  # all or nothing; one row's own WHERE is enough
         sql += f" AND (SELECT count(*) FROM {USAGE} WHERE {any_fits}) = %s"
         params += [*fit_params, len(claims)]
+    if if_row is not None:
+        sql += f" AND EXISTS (SELECT 1 FROM {EXECUTIONS} WHERE {EXECUTION_ID} = %s)"
+        params.append(if_row)
     return sql, params
 
 
@@ -287,26 +294,43 @@ class _PostgresLedger:
         release_at = range(len(statements) - len(releases), len(statements))  # the last ones
         rows = _reservation_rows(claims, execution_id) if claims else []
         if claims:
-            update, update_params = _hold_update(claims)
-            casts = ("uuid", "varchar", "bigint", "bigint", "jsonb", "timestamptz")
-            first = ", ".join(f"%s::{cast}" for cast in casts)
-            values = ", ".join([f"({first})"] + ["(%s, %s, %s, %s, %s, %s)"] * (len(rows) - 1))
-            statements.append(
-                f"WITH held AS ({update} RETURNING 1)"
-                f" INSERT INTO {RESERVATIONS} ({', '.join(_RESERVATION_COLUMNS)})"
-                f" SELECT * FROM (VALUES {values}) AS v WHERE EXISTS (SELECT 1 FROM held) RETURNING id, kind"
-            )
-            params += [*update_params, *(value for _, _, row in rows for value in row)]
+            statement, statement_params = _postgres_hold(claims, rows)
+            statements.append(statement)
+            params += statement_params
         with connection.cursor() as cursor:
             cursor.execute(";\n".join(statements), params)
             results = _results(cursor)
         released = [bool(results[at][0][0]) for at in release_at]
         if not claims:
             return Outcome(released, {})
-        ids = {kind: int(pk) for pk, kind in results[-1]}
-        if not ids:
-            return Outcome(released, None)
-        return Outcome(released, {kind: replace(hold, id=ids[kind]) for kind, hold, _ in rows})
+        return Outcome(released, _held(rows, results[-1]))
+
+
+def _postgres_hold(
+    claims: Sequence[Claim], rows: Sequence[tuple[str, Hold, list[Any]]], *, if_row: Any = None
+) -> Statement:
+    """A hold as one statement: the all-or-nothing UPDATE, and the reservation rows only if it changed any
+    (a data-modifying CTE); its result is each reservation's (id, kind)."""
+    update, update_params = _hold_update(claims, if_row=if_row)
+    casts = ("uuid", "varchar", "bigint", "bigint", "jsonb", "timestamptz")
+    first = ", ".join(f"%s::{cast}" for cast in casts)
+    values = ", ".join([f"({first})"] + ["(%s, %s, %s, %s, %s, %s)"] * (len(rows) - 1))
+    return (
+        f"WITH held AS ({update} RETURNING 1)"
+        f" INSERT INTO {RESERVATIONS} ({', '.join(_RESERVATION_COLUMNS)})"
+        f" SELECT * FROM (VALUES {values}) AS v WHERE EXISTS (SELECT 1 FROM held) RETURNING id, kind",
+        [*update_params, *(value for _, _, row in rows for value in row)],
+    )
+
+
+def _held(
+    rows: Sequence[tuple[str, Hold, list[Any]]], returned: Sequence[tuple[Any, ...]]
+) -> dict[str, Hold] | None:
+    """The holds of `rows` with the ids the hold's statement returned; None if it held nothing."""
+    ids = {kind: int(pk) for pk, kind in returned}
+    if not ids:
+        return None
+    return {kind: replace(hold, id=ids[kind]) for kind, hold, _ in rows}
 
 
 def _postgres_releases(releases: Sequence[Release], locked: Iterable[WindowKey] = ()) -> list[Statement]:
@@ -398,3 +422,28 @@ def hold(
             raise refused
     assert holds is not None
     return holds, outcome.released
+
+
+def insert_and_hold(
+    insert: Statement, claims: Sequence[Claim], *, execution_id: Any
+) -> tuple[bool, dict[str, Hold]]:
+    """Write `insert`, a (conditional) INSERT of the execution row `execution_id`, and hold `claims` for it
+    if it wrote the row: a run's first hold made with its admission (services/budgets.py, AdmissionHold),
+    in the INSERT's round trip on PostgreSQL, its transaction elsewhere. Whether the row was written, and the
+    holds: none when the claims do not fit or a window has no row yet. Neither refuses the run: its first
+    attempt then holds what it needs as every other attempt does (hold())."""
+    rows = _reservation_rows(claims, execution_id)
+    if connection.vendor == "postgresql":
+        # Several windows are locked first, in order, as every hold does (_postgres_releases).
+        statements = [insert, *_postgres_releases((), {c.window for c in claims})]
+        statements.append(_postgres_hold(claims, rows, if_row=rows[0][2][0]))
+        with connection.cursor() as cursor:
+            cursor.execute(";\n".join(sql for sql, _ in statements), [p for _, ps in statements for p in ps])
+            written = cursor.rowcount == 1  # the INSERT's, the first result
+            returned = _results(cursor)[-1]
+        return written, (_held(rows, returned) or {}) if written else {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(*insert)
+        if cursor.rowcount != 1:
+            return False, {}
+        return True, _Ledger()._hold(cursor, claims, execution_id) or {}

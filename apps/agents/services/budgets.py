@@ -2,8 +2,11 @@
 attempt's worst case and settles it, the admission check, and editing budgets.
 
     admission (the row's INSERT)        admission_condition(): a budget already exhausted or full -> 429,
-                                         nothing written (the INSERT is conditional on it: no read of its own)
-    each attempt                         BudgetGuard.reserve(): one round trip (budget_ledger.hold) that first
+                                         nothing written (the INSERT is conditional on it: no read of its own);
+                                         AdmissionHold: with the row, in its round trip, the first attempt's
+                                         worst case as guessed from the request, and the run's slot
+    each attempt                         BudgetGuard.reserve(): the first uses the admission's hold if it
+                                         covers the attempt; otherwise one round trip (budget_ledger.hold) that
                                          settles the previous attempt, then holds this one's worst case in every
                                          budget window at once (and the run's concurrency slot, the first time)
     after each attempt                   BudgetGuard.settle(): notes the exact cost (no I/O: it is written by
@@ -19,8 +22,8 @@ Money is in integer units of 1e-10 USD (models_budget.UNITS_PER_USD).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -36,11 +39,13 @@ from apps.agents.models_budget import BudgetPeriod, BudgetScope, ReservationKind
 from apps.agents.services import budget_cache
 from apps.agents.services.budget_ledger import (
     USAGE,
+    Claim,
     Hold,
     Release,
     apply,
     claims_for,
     hold,
+    insert_and_hold,
     release_statements,
     windows_where,
 )
@@ -149,7 +154,9 @@ class BudgetGuard:
     Each step is one thread hop and one round trip: a settlement is not written on its own but with the next
     hold (a retry, a fallback, the next model call) or at the end of the run with its outcome, in the same
     transaction (closing()). Until then it stays held at its worst case (milliseconds); if the process dies in
-    between, the reaper settles it at that worst case."""
+    between, the reaper settles it at that worst case. `held`: what the run's admission held with its row
+    (AdmissionHold): the first attempt uses it when it covers that attempt's worst case (no round trip of
+    its own), else it is released with the attempt's own hold."""
 
     def __init__(
         self,
@@ -159,13 +166,16 @@ class BudgetGuard:
         cost: Cost,
         output_cap: int,
         rates: WorstCaseRates | None = None,
+        held: Mapping[str, Hold] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.budgets = tuple(budgets)
         self.cost = cost
         self.rates = rates or WorstCaseRates(cost)
         self.output_cap = output_cap
-        self._slot: Hold | None = None
+        held = held or {}
+        self._slot: Hold | None = held.get(ReservationKind.SLOT)
+        self._admitted: Hold | None = held.get(ReservationKind.SPEND)
         self._needs_slot = any(b.max_concurrent is not None for b in self.budgets)
         self._spends = any(b.limits_spend for b in self.budgets)
         self._settled: list[_Settled] = []
@@ -173,7 +183,25 @@ class BudgetGuard:
     def worst_case_units(self, attempt: AttemptSpec) -> int:
         return self.rates.units(attempt.platform, attempt.model, attempt.usage)
 
+    def _take_admitted(self, attempt: AttemptSpec | None = None) -> Hold | None:
+        """The admission's hold, once: for `attempt` if it covers its worst case; otherwise noted to be
+        released (nothing spent) with the next write."""
+        admitted, self._admitted = self._admitted, None
+        if admitted is None:
+            return None
+        if (
+            attempt is not None
+            and attempt.usage.total_tokens <= admitted.tokens
+            and self.worst_case_units(attempt) <= admitted.units
+        ):
+            return admitted
+        self._settled.append(_Settled(Reserved(admitted, "", ""), Usage(), Decimal(0)))
+        return None
+
     async def reserve(self, attempt: AttemptSpec) -> Reserved:
+        admitted = self._take_admitted(attempt)
+        if admitted is not None:
+            return Reserved(admitted, attempt.platform, attempt.model)
         if not self._spends and not (self._needs_slot and self._slot is None) and not self._settled:
             return Reserved(None, attempt.platform, attempt.model)
         settled, self._settled = self._settled, []
@@ -225,6 +253,7 @@ class BudgetGuard:
         before it, in its transaction and round trip (execution_records.record_outcome): made in that
         write's thread (pricing a usage is CPU). None: nothing to write. Taken once: close() then has
         nothing left; if that write fails, the reaper releases the reservations, as after a failed close()."""
+        self._take_admitted()  # a run that ended before its first attempt
         settled, self._settled = self._settled, []
         slot, self._slot = self._slot, None
         if not settled and slot is None:
@@ -233,6 +262,7 @@ class BudgetGuard:
 
     async def close(self) -> None:
         """Write the last settlements and free the run's concurrency slot on their own: one round trip."""
+        self._take_admitted()
         settled, self._settled = self._settled, []
         slot, self._slot = self._slot, None
         if not settled and slot is None:
@@ -259,8 +289,15 @@ _reserve_unit = db_unit(BudgetGuard._reserve_sync)
 _close_unit = db_unit(BudgetGuard._close_sync)
 
 
-def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: Any) -> BudgetGuard | None:
-    """The run's guard, or None when no budget applies (then the engine reserves nothing)."""
+def guard_for(
+    *,
+    execution_id: Any,
+    budgets: Sequence[BudgetLimits],
+    registry: Any,
+    held: Mapping[str, Hold] | None = None,
+) -> BudgetGuard | None:
+    """The run's guard, or None when no budget applies (then the engine reserves nothing). `held`: what its
+    admission held (AdmissionHold)."""
     if not budgets:
         return None
     return BudgetGuard(
@@ -269,6 +306,7 @@ def guard_for(*, execution_id: Any, budgets: Sequence[BudgetLimits], registry: A
         cost=registry.cost,
         output_cap=int(settings.MAX_OUTPUT_TOKENS),
         rates=rates_for(registry),
+        held=held,
     )
 
 
@@ -292,6 +330,41 @@ def admission_condition(budgets: Sequence[BudgetLimits], now: datetime | None = 
         sql.append(f"({key} AND NOT {fits})")
         params += [*key_params, *fit_params]
     return f"NOT EXISTS (SELECT 1 FROM {USAGE} WHERE {' OR '.join(sql)})", params
+
+
+@dataclass(slots=True)
+class AdmissionHold:
+    """A run's first hold, written with its row in the INSERT's round trip (budget_ledger.insert_and_hold):
+    its first attempt's worst case as guessed from the request (engine/spend.py guess_first_attempt) and
+    its concurrency slot. It never refuses the run: when it does not fit (or its window has no row yet) the
+    row is written without it and the first attempt holds what it needs before it is sent. `held`: what it
+    held, by kind, once written."""
+
+    claims: list[Claim]
+    held: dict[str, Hold] = field(default_factory=dict)
+
+    def write(self, execution: Any, insert: tuple[str, Sequence[Any]]) -> bool:
+        """services/db.py Write: the INSERT and this hold (if the INSERT wrote the row)."""
+        written, self.held = insert_and_hold(insert, self.claims, execution_id=execution.pk)
+        return written
+
+
+def admission_hold(
+    budgets: Sequence[BudgetLimits], attempt: AttemptSpec | None, registry: Any
+) -> AdmissionHold | None:
+    """The hold to write with a run's row (None: no budget applies, or no first attempt was guessed)."""
+    if not budgets or attempt is None:
+        return None
+    spends = any(b.limits_spend for b in budgets)
+    claims = claims_for(
+        budgets,
+        units=rates_for(registry).units(attempt.platform, attempt.model, attempt.usage) if spends else 0,
+        tokens=attempt.usage.total_tokens,
+        spend=spends,
+        slot=any(b.max_concurrent is not None for b in budgets),
+        now=timezone.now(),
+    )
+    return AdmissionHold(claims)
 
 
 def admission_refusal(budgets: Sequence[BudgetLimits], now: datetime | None = None) -> BudgetExceeded:

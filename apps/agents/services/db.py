@@ -162,20 +162,32 @@ async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
 Condition = tuple[str, Sequence[Any]]
 
 
-def insert_row(obj: Model, alias: str = DEFAULT_DB_ALIAS, *, only_if: Condition | None = None) -> bool:
+#: Writes a model instance's INSERT statement (SQL, parameters) with whatever must go in its round trip;
+#: whether it wrote the row. What else it writes must itself depend on the row being there: on PostgreSQL it
+#: runs either way.
+Write = Callable[[Model, tuple[str, Sequence[Any]]], bool]
+
+
+def insert_row(
+    obj: Model, alias: str = DEFAULT_DB_ALIAS, *, only_if: Condition | None = None, write: Write | None = None
+) -> bool:
     """INSERT `obj` with every concrete column, as `obj.save(force_insert=True)` would write it; with
-    `only_if`, only if that condition holds (`INSERT ... SELECT ... WHERE`, the same one statement).
+    `only_if`, only if that condition holds (`INSERT ... SELECT ... WHERE`, the same one statement); with
+    `write`, written by it (services/budget_ledger.py: the run's first hold in the same round trip).
     Whether the row was written."""
     connection = connections[alias]
     fields = obj._meta.local_concrete_fields
     values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
     condition, condition_params = only_if if only_if is not None else ("", ())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _insert_sql(type(obj), alias, bool(condition)) + condition, [*values, *condition_params]
-        )
-        if condition and cursor.rowcount != 1:
-            return False
+    statement = (_insert_sql(type(obj), alias, bool(condition)) + condition, [*values, *condition_params])
+    if write is not None:
+        written = write(obj, statement)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
+            written = not condition or cursor.rowcount == 1
+    if not written:
+        return False
     obj._state.adding = False
     obj._state.db = alias
     return True

@@ -30,6 +30,7 @@ from apps.agents.engine.cooldown import Cooldowns
 from apps.agents.engine.events import StreamEvent
 from apps.agents.engine.request_options import RequestOptions
 from apps.agents.engine.retry import RetryPolicy
+from apps.agents.engine.spend import AttemptSpec, guess_first_attempt
 from apps.agents.engine.tools import ToolRegistry
 from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, ExecutionMode
@@ -44,6 +45,7 @@ from apps.agents.services.run_stream import Publish, RunStream, relay, replay_fr
 from apps.agents.services.state_manager import StateManager, state_manager
 from apps.agents.services.tools import tools_for_run
 from apps.platforms import registry as platform_registry
+from apps.platforms.errors import PlatformError
 
 __all__ = ["ExecutionEngine", "PreparedRun", "RunStream", "agent_config", "execution_engine"]
 
@@ -108,10 +110,34 @@ class ExecutionEngine:
         apps/agents/services/idempotency.py. When the Idempotency-Key names an earlier request, its row comes
         back with `replayed = True`: nothing was created and the caller answers with that row's outcome."""
         # A budget already exhausted (or at its concurrency limit) refuses the request in the INSERT: no row.
-        admitted = await aadmit_execution(**prepared.create_kwargs(mode=mode, running=running), **admission)
+        # A run that starts now has its first attempt's worst case held in the INSERT's round trip too.
+        admitted = await aadmit_execution(
+            **prepared.create_kwargs(mode=mode, running=running),
+            first_attempt=self.first_attempt(prepared) if running else None,
+            **admission,
+        )
         admitted.execution.replayed = not admitted.created
-        prepared.budgets = admitted.budgets
+        prepared.budgets, prepared.held = admitted.budgets, admitted.held
         return admitted.execution
+
+    def first_attempt(self, prepared: PreparedRun) -> AttemptSpec | None:
+        """The run's first attempt as guessed before it runs (engine/spend.py guess_first_attempt): on the
+        first platform of its chain, unless that one is cooling down (None: no guess)."""
+        registry = platform_registry.get_registry()
+        config = prepared.config
+        chain = registry.chain(config.preferred_platform or None)
+        if not chain or self.cooldowns_for(registry).remaining(chain[0]):
+            return None
+        model = config.model
+        if not model:
+            try:
+                model = registry.get(chain[0]).default_model
+            except PlatformError:
+                return None
+        output_cap = int(settings.MAX_OUTPUT_TOKENS)
+        return guess_first_attempt(
+            chain[0], model, config, prepared.input_data, prepared.context, output_cap=output_cap
+        )
 
     async def _admit(
         self, agent: Agent, input_data: Any, user: Any, context: Any, mode: str, admission: Admission
@@ -253,7 +279,7 @@ class ExecutionEngine:
         # its tools, whose calls tell the model why they failed.
         agent = self.build_agent(prepared.config, tools=await tools_for_run(prepared.config.tools))
         agent.spend_guard = guard_for(
-            execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry
+            execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry, held=prepared.held
         )
         stream = start_run(
             agent=agent,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from apps.agents.engine.schema_policy import SchemaLimits, SchemaRefused, build_
 from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
 from apps.agents.schema_policy import refusal_text, schema_limits
-from apps.agents.services.budgets import BudgetLimits
+from apps.agents.services.budgets import BudgetLimits, Hold
 from apps.agents.services.limits import acheck_run_limits
 
 
@@ -62,6 +63,8 @@ class PreparedRun:
     #: The budgets this run's attempts reserve against (apps/agents/services/budgets.py): found by its
     #: admission (the row's INSERT), or by run_execution for a background run.
     budgets: tuple[BudgetLimits, ...] = ()
+    #: What its admission held for its first attempt, by kind (services/budgets.py AdmissionHold).
+    held: Mapping[str, Hold] = field(default_factory=dict)
 
     def create_kwargs(self, *, mode: str, running: bool) -> dict[str, Any]:
         """StateManager.create_execution keyword arguments (also what idempotent admission takes)."""

@@ -22,7 +22,8 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -30,17 +31,21 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.agents.engine.context import AgentResult
+from apps.agents.engine.spend import AttemptSpec
 from apps.agents.errors import ApplicationError
 from apps.agents.models import TERMINAL_STATUSES, AgentExecution
 from apps.agents.services.budgets import (
     BudgetLimits,
+    Hold,
     admission_condition,
+    admission_hold,
     admission_refusal,
     applicable_budgets,
 )
 from apps.agents.services.conversation_lock import claim_conversation
 from apps.agents.services.db import afirst, db_unit
 from apps.agents.services.state_manager import DEADLINE_GRACE, NotAdmitted, state_manager
+from apps.platforms.registry import get_registry
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class Admission:
     created: bool
     #: The budgets that apply to the run (services/budgets.py), as admission found them.
     budgets: tuple[BudgetLimits, ...] = ()
+    #: What admission held for the run's first attempt, by kind (services/budgets.py AdmissionHold).
+    held: Mapping[str, Hold] = field(default_factory=dict)
 
 
 def request_hash(body: Any) -> str:
@@ -106,9 +113,15 @@ def _replay(existing: AgentExecution, body_hash: str) -> Admission:
 
 
 def admit_execution(
-    *, idempotency_key: str | None = None, request_hash: str = "", **create: Any
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+    first_attempt: AttemptSpec | None = None,
+    **create: Any,
 ) -> Admission:
     """Create the execution row (StateManager.create_execution kwargs) unless the key names an earlier one.
+    `first_attempt`: the run's first attempt as guessed, held with the row when a budget applies
+    (services/budgets.py AdmissionHold).
 
     Raises ApplicationError 422 (key reused with another body) or ConversationBusy 409.
     """
@@ -123,12 +136,14 @@ def admit_execution(
     # the IntegrityError of a lost race leaves that transaction usable.
     needs_transaction = create.get("conversation") is not None or transaction.get_connection().in_atomic_block
     budgets = tuple(applicable_budgets(user=user, agent=create.get("agent")))
+    first_hold = admission_hold(budgets, first_attempt, get_registry())
     try:
         with transaction.atomic() if needs_transaction else contextlib.nullcontext():
             execution = state_manager.create_execution(
                 idempotency_key=key,
                 request_hash=request_hash,
                 only_if=admission_condition(budgets),
+                write=first_hold.write if first_hold is not None else None,
                 **create,
             )
             if execution.conversation_id is not None:
@@ -141,7 +156,9 @@ def admit_execution(
         if existing is None:
             raise
         return _replay(existing, request_hash)
-    return Admission(execution, created=True, budgets=budgets)
+    return Admission(
+        execution, created=True, budgets=budgets, held=first_hold.held if first_hold is not None else {}
+    )
 
 
 # One thread hop for the whole admission (several queries in one transaction), after which the request's

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services.db import Along, Condition, db_unit, insert_row, update_row
+from apps.agents.services.db import Along, Condition, Write, db_unit, insert_row, update_row
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,14 @@ class StateManager:
             execution.deadline_at = now + (pending_deadline or timedelta(hours=1))
         return execution
 
-    def create_execution(self, *, only_if: Condition | None = None, **kwargs: Any) -> AgentExecution:
+    def create_execution(
+        self, *, only_if: Condition | None = None, write: Write | None = None, **kwargs: Any
+    ) -> AgentExecution:
         """Insert a new row; with `only_if`, only if that SQL condition holds when it is written (else
-        NotAdmitted, and nothing is written)."""
+        NotAdmitted, and nothing is written); `write`: how (with a budget hold in its round trip)."""
         execution = self.new_execution(**kwargs)
         # A lean INSERT (services/db.py): the values save() would write, without the ORM's query building.
-        if not insert_row(execution, only_if=only_if):
+        if not insert_row(execution, only_if=only_if, write=write):
             raise NotAdmitted()
         return execution
 
