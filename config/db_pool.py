@@ -20,7 +20,7 @@ CHECK_AFTER_IDLE_SECONDS = 2.0
 
 
 def note_return(connection: Any) -> None:
-    """The pool's `reset` callback: runs when a connection comes back to the pool."""
+    """Note that `connection` is going back to the pool now (config/postgresql/base.py, as Django gives it back)."""
     connection._returned_at = time.monotonic()
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.db_pool import note_return
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -156,8 +154,9 @@ else:
             "max_size": DB_POOL_MAX_SIZE,
             "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
             # Health checks only of a connection left idle for a while (config/db_pool.py), not a round trip
-            # on every checkout as Django's CONN_HEALTH_CHECKS makes them: our backend sets that check.
-            "reset": note_return,
+            # on every checkout as Django's CONN_HEALTH_CHECKS makes them: our backend sets that check and
+            # notes when each connection comes back. No `reset` callback: with one, psycopg_pool hands every
+            # returned connection to its worker thread instead of taking it back at once.
         }
         if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             DATABASES["default"]["CONN_HEALTH_CHECKS"] = False

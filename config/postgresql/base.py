@@ -2,7 +2,12 @@
 
 psycopg_pool takes its `check` callback only when the pool is built, and Django builds it with its own
 (CONN_HEALTH_CHECKS: a round trip on every checkout) or with none. This wrapper hands every pool Django
-builds (it builds a new one after close_pool()) the check that runs only for a connection left idle.
+builds (it builds a new one after close_pool()) the check that runs only for a connection left idle, and
+notes when each connection goes back to the pool, which that check reads.
+
+The note is taken here, in the thread giving the connection back, not by a pool `reset` callback: with one,
+psycopg_pool returns every connection through its worker thread (a queue, a wake-up, the GIL handed over
+twice), and the connection cannot be handed out again until that thread has run.
 
 It also lets psycopg keep the parsed form of longer statements. Django's cursor binds parameters on the
 client, and psycopg caches the split of a query at its `%s` placeholders only for statements under 4 KB and
@@ -17,7 +22,7 @@ from typing import Any
 from django.db.backends.postgresql import base
 from psycopg import _queries
 
-from config.db_pool import check_if_idle
+from config.db_pool import check_if_idle, note_return
 
 _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 200)
 _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 16384)
@@ -30,3 +35,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pool is not None and getattr(pool, "_check", None) is not check_if_idle:
             pool._check = check_if_idle
         return pool
+
+    def _close(self) -> None:
+        if self.connection is not None and self.pool:
+            note_return(self.connection)
+        super()._close()

@@ -63,7 +63,7 @@ def test_the_pool_django_builds_uses_the_idle_check_and_reuses_a_warm_connection
             found.append(connections["default"].connection)
             connections["default"].close()  # pooled: back to the pool
 
-        thread = threading.Thread(target=work)
+        thread = threading.Thread(target=work, name="unit")
         thread.start()
         thread.join()
         return found[0]
@@ -71,8 +71,18 @@ def test_the_pool_django_builds_uses_the_idle_check_and_reuses_a_warm_connection
     unit()
     pool = connections["default"].pool
     assert pool._check is db_pool.check_if_idle
+    # Taken back by the thread that gives it, not queued for the pool's worker thread (as a `reset` callback
+    # would have it): no hand-over between threads per unit, and the next unit can have it at once.
+    takers: list[str] = []
+    take_back = pool._return_connection
+    monkeypatch.setattr(
+        pool,
+        "_return_connection",
+        lambda conn, **kw: takers.append(threading.current_thread().name) or take_back(conn, **kw),
+    )
     for _ in range(pool.max_size):  # every connection in the pool has now been used and given back
         unit()
+    assert takers == ["unit"] * pool.max_size
     monkeypatch.setattr(db_pool, "CHECK_AFTER_IDLE_SECONDS", 3600.0)
     before = len(checks)
     for _ in range(pool.max_size):
