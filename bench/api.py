@@ -319,7 +319,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="also profile the server (py-spy)")
     parser.add_argument("--profile-concurrency", type=int, default=1, help="concurrency of the profiled run")
-    parser.add_argument("--variants", default="no-pool,persistent,pool", help="comma-separated; \"\" for none")
+    parser.add_argument("--variants", default="no-pool,persistent,pool", help='comma-separated; "" for none')
     args = parser.parse_args()
 
     token, path = prepare()

@@ -31,3 +31,15 @@ def check_if_idle(connection: Any) -> None:
         from psycopg_pool import ConnectionPool
 
         ConnectionPool.check_connection(connection)
+
+
+def prepare_threshold(setting: str) -> int | None:
+    """DB_PREPARE_THRESHOLD as psycopg's `prepare_threshold`: after how many uses on a connection a statement
+    bound on the server is prepared there; "off" (or empty) never prepares."""
+    value = setting.strip().lower()
+    if value in ("", "off", "none"):
+        return None
+    threshold = int(value)
+    if threshold < 0:
+        raise ValueError(f"DB_PREPARE_THRESHOLD must be a count of uses or 'off', not {setting!r}")
+    return threshold

@@ -8,6 +8,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.db_pool import prepare_threshold
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -137,6 +139,15 @@ else:
     # the pool below means giving it back to the pool (Django refuses a pool with CONN_MAX_AGE != 0).
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    if "postgresql" in DATABASES["default"]["ENGINE"]:
+        # The hot path's statements (a run's INSERT, its budget holds and settlements, its final UPDATE:
+        # apps/agents/services/db.py execute_statements) are bound on the server and, once used this many
+        # times on a connection, prepared there: PostgreSQL stops parsing and planning them on every run.
+        # Django's own queries are bound on the client and never prepared. "off" for a pooler in transaction
+        # mode in front of PostgreSQL that cannot keep prepared statements (PgBouncer before 1.21).
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = prepare_threshold(
+            env.str("DB_PREPARE_THRESHOLD", default="5")
+        )
     # PostgreSQL connection pool (Django's native one, psycopg_pool), per server or worker process: at most
     # DB_POOL_MAX_SIZE connections, however many requests are open, because a run gives its connection back
     # after each unit of database work (apps/agents/services/db.py) instead of holding it while it waits on

@@ -27,11 +27,13 @@ import contextlib
 import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.utils import CursorDebugWrapper
 from django.db.models import Model, QuerySet
 
 from apps.agents.errors import ApplicationError
@@ -155,7 +157,8 @@ async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
 # the two cost a run, against 0.35 ms in hand-written SQL). The values still go through each field's own
 # pre_save / get_db_prep_save (auto_now, JSON, UUID, Decimal, time zones), exactly as save() and update()
 # convert them; only the statement's text is built here, once per shape. No signals are sent and no field may
-# need a placeholder of its own (binary, geometry): for models like AgentExecution only.
+# need a placeholder of its own (binary, geometry): for models like AgentExecution only. On PostgreSQL they are
+# bound and prepared on the server (execute_statements): about 0.3 ms less per run than bound by the client.
 
 
 #: A condition (SQL, parameters) an INSERT is made on: evaluated by the database in the INSERT's statement.
@@ -183,9 +186,8 @@ def insert_row(
     if write is not None:
         written = write(obj, statement)
     else:
-        with connection.cursor() as cursor:
-            cursor.execute(*statement)
-            written = not condition or cursor.rowcount == 1
+        (inserted,) = execute_statements([statement], alias)
+        written = not condition or inserted.rowcount == 1
     if not written:
         return False
     obj._state.adding = False
@@ -210,8 +212,7 @@ def update_row(
     """`model.objects.filter(pk=pk, <name>__in=..., <name>__isnull=True).update(**values)`: the rows changed.
 
     `along` gives statements (SQL, parameters) to write before the UPDATE in the same transaction, committed
-    with it even when it changes no row: on PostgreSQL in the same round trip (one multi-statement query;
-    the cursor binds parameters on the client), elsewhere in an atomic block."""
+    with it even when it changes no row: execute_statements (on PostgreSQL in the same round trip)."""
     connection = connections[alias]
     meta = model._meta
     sets = tuple(values)
@@ -224,25 +225,72 @@ def update_row(
     shape = (sets, tuple((name, len(allowed)) for name, allowed in where_in.items()), tuple(where_null))
     sql = _update_sql(model, alias, *shape)
     before = along() if along is not None else ()
-    if not before:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(";\n".join([*(text for text, _ in before), sql]), [*_flat(before), *params])
-            while cursor.nextset():  # to the UPDATE's result, the last
-                pass
-            return cursor.rowcount
-    with transaction.atomic(using=alias), connection.cursor() as cursor:
-        for text, statement_params in before:
-            cursor.execute(text, statement_params)
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return execute_statements([*before, (sql, params)], alias)[-1].rowcount
 
 
-def _flat(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-    return [param for _, params in statements for param in params]
+#: A statement and its parameters.
+Statement = tuple[str, Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """What one statement of execute_statements did: the rows it changed, and those it returned."""
+
+    rowcount: int
+    rows: list[tuple[Any, ...]]
+
+
+def execute_statements(statements: Sequence[Statement], alias: str = DEFAULT_DB_ALIAS) -> list[Executed]:
+    """Run `statements` in order, in one transaction (the caller's, if one is open): all of them or none.
+
+    PostgreSQL: in one round trip, each bound and prepared on the server. psycopg's pipeline mode sends them
+    all, then one Sync: the server runs them as one implicit transaction, and a failing one rolls back those
+    before it and skips those after. Bound on the server, parameters travel as typed values instead of being
+    quoted into the text on the client (a budgeted run's INSERT has 60 of them), and a statement used a few
+    times on a pooled connection is prepared there: the server no longer parses and plans it on every run
+    (a budget hold plans in 0.09 ms, the INSERT's admission condition in 0.05 ms). Errors are Django's, and
+    the batch is logged as one query (it is one round trip) where Django logs queries. Elsewhere (SQLite)
+    the statements run one by one in an atomic block, with the cursor's own parameter binding."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        alone = len(statements) == 1  # atomic by itself: no transaction of its own needed
+        with (
+            contextlib.nullcontext() if alone else transaction.atomic(using=alias),
+            connection.cursor() as cursor,
+        ):
+            executed = []
+            for sql, params in statements:
+                cursor.execute(sql, params)
+                executed.append(Executed(cursor.rowcount, cursor.fetchall() if cursor.description else []))
+            return executed
+    with connection.cursor() as cursor:  # Django's checks: connected, usable, this thread's, no broken atomic
+        connection.validate_no_broken_transaction()
+        logged = (
+            cursor.debug_sql(";\n".join(sql for sql, _ in statements))
+            if isinstance(cursor, CursorDebugWrapper)
+            else contextlib.nullcontext()
+        )
+        with logged, connection.wrap_database_errors:
+            return _pipeline(cursor.cursor.connection, statements)
+
+
+def _pipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed]:
+    import psycopg  # the PostgreSQL driver: imported where PostgreSQL is in use
+
+    cursors = []
+    try:
+        with raw.pipeline():
+            for sql, params in statements:
+                cursor = psycopg.Cursor(raw)  # server-side binding (Django's own cursors bind on the client)
+                cursors.append(cursor)
+                cursor.execute(sql, params)
+        return [
+            Executed(cursor.rowcount, cursor.fetchall() if cursor.description is not None else [])
+            for cursor in cursors
+        ]
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
 @functools.cache
