@@ -9,8 +9,8 @@ The note is taken here, in the thread giving the connection back, not by a pool 
 psycopg_pool returns every connection through its worker thread (a queue, a wake-up, the GIL handed over
 twice), and the connection cannot be handed out again until that thread has run.
 
-It also lets psycopg keep the parsed form of longer statements. Django's cursor binds parameters on the
-client, and psycopg caches the split of a query at its `%s` placeholders only for statements under 4 KB and
+It also lets psycopg keep the parsed form of longer statements. psycopg caches the split of a query at its
+`%s` placeholders (whether it then binds on the client or on the server) only for statements under 4 KB and
 50 parameters; a budgeted run's INSERT (with its first hold, services/budget_ledger.py insert_and_hold) has
 56-84 and was parsed again on every run: 0.22 ms of CPU (bench/engine.py). The cache is keyed by the
 statement's text, which our statements build in a few shapes; a miss only costs that parse again."""

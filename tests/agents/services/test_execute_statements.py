@@ -53,7 +53,10 @@ def test_on_postgresql_the_statements_are_one_round_trip_logged_as_one_query():
 
 def test_on_postgresql_a_statement_used_repeatedly_on_a_connection_is_prepared_there():
     if not postgres():
-        pytest.skip("SQLite has no prepared statements on a server: this checks PostgreSQL's, in CI's pass")
+        pytest.skip(
+            "PostgreSQL only: statements are prepared in a PostgreSQL server session, which SQLite does not "
+            "have; `.ci/run` runs this test in its PostgreSQL pass"
+        )
     statement = ("SELECT count(*) FROM auth_group WHERE name = %s", ["writers"])
     connection.ensure_connection()
     for _ in range(connection.connection.prepare_threshold + 1):
