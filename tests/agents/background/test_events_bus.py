@@ -52,6 +52,10 @@ async def _collect(execution_id: str, after: int = -1, limit: int | None = None)
 
 
 def _background_row(**fields):
+    if fields.get("status") == ExecutionStatus.RUNNING:
+        # Alive, as a running background run is: its worker heartbeats. Without one, any reaper pass in this
+        # process (an earlier test's in-process runner reaps periodically) would end it as lost mid-test.
+        fields.setdefault("heartbeat_at", timezone.now())
     return ExecutionFactory(mode=ExecutionMode.BACKGROUND, **fields)
 
 
