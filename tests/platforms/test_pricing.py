@@ -91,3 +91,53 @@ def test_zero_usage_costs_zero() -> None:
 def test_malformed_overrides_fail_loudly_naming_the_entry(overrides: dict) -> None:
     with pytest.raises(ValueError, match="MODEL_PRICES"):
         parse_overrides(overrides)
+
+
+# ------------------------------------------------------------------ the two-rate path (pricing._GenaiPrice)
+USAGES = [(0, 0), (1, 1), (1234, 567), (199_999, 10), (200_001, 4_000), (1_500_000, 80_000)]
+
+
+def _genai_total(provider, model, input_tokens: int, output_tokens: int) -> Decimal:
+    import genai_prices
+
+    usage = genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return Decimal(model.calc_price(usage, provider).total_price).quantize(Decimal("1e-10"))
+
+
+def test_every_published_price_costs_what_genai_prices_computes() -> None:
+    # The fast two-rate formula is taken per price only where it agrees with genai-prices' own computation;
+    # over every model of every provider in the snapshot, tiered prices included, the answer must not move.
+    from genai_prices import data_snapshot
+
+    from apps.platforms.pricing import COST_QUANTUM, _GenaiPrice
+
+    checked = fast = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            price = _GenaiPrice(provider, model)
+            for input_tokens, output_tokens in USAGES:
+                expected = _genai_total(provider, model, input_tokens, output_tokens)
+                cost = price.cost(Usage(input_tokens, output_tokens)).quantize(COST_QUANTUM)
+                assert cost == expected, (provider.id, model.id, input_tokens, output_tokens)
+                checked += 1
+            fast += all(price._two_rates.values())
+    assert checked > 5000
+    assert fast > 1000  # the formula is what most models take, not a path nobody reaches
+
+
+def test_a_price_the_two_rates_cannot_express_goes_through_genai_prices() -> None:
+    # A per-request fee (requests_kcount) is billed on every call whatever the tokens: the formula would miss
+    # it, so the probe finds the disagreement and the full computation is used for that price.
+    from genai_prices import data_snapshot
+    from genai_prices.types import ModelPrice
+
+    from apps.platforms.pricing import _GenaiPrice
+
+    provider, model = data_snapshot.get_snapshot().find_provider_model("gpt-4o-mini", None, "openai", None)
+    fee = ModelPrice(input_mtok=Decimal("0.15"), output_mtok=Decimal("0.6"), requests_kcount=Decimal("5"))
+    price = _GenaiPrice(provider, type(model)(**{**model.__dict__, "prices": fee}))
+
+    cost = price.cost(USAGE)
+
+    assert list(price._two_rates.values()) == [False]
+    assert cost == (1234 * Decimal("0.15") + 567 * Decimal("0.6")) / 1_000_000 + Decimal("5") / 1000
