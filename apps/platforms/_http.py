@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
+import aiohttp
 import anyio
 import httpx2
 
@@ -79,6 +80,18 @@ def transport_error(provider: str, exc: BaseException, secret: str | None) -> Pl
     return None
 
 
+def aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp error an SDK error was raised from (its transport, sdk_platform.py), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # SDK error <- httpx2 error <- aiohttp error; a short walk, never a cycle
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientError):
+            return seen
+    return None
+
+
 def sdk_error(
     provider: str,
     exc: Exception,
@@ -95,6 +108,12 @@ def sdk_error(
     """
     if isinstance(exc, PlatformError):
         return exc
+    wire = aiohttp_cause(exc)
+    if wire is not None and isinstance(exc, sdk.APITimeoutError | sdk.APIConnectionError):
+        # The SDKs' aiohttp transport maps some of aiohttp's errors onto the wrong httpx2 class (the openai
+        # SDK calls a connection the server dropped a ConnectTimeout); aiohttp's own error says which it was.
+        kind = "timeout" if isinstance(wire, TimeoutError) else "connection"
+        return PlatformError(describe(exc, secret), provider=provider, kind=kind, retryable=True)
     if isinstance(exc, sdk.APITimeoutError | TimeoutError):
         return PlatformError(describe(exc, secret), provider=provider, kind="timeout", retryable=True)
     if isinstance(exc, sdk.APIConnectionError):
@@ -206,3 +225,18 @@ class PerLoopClient(Generic[ClientT]):
                 await asyncio.wait_for(asyncio.wrap_future(future), CROSS_LOOP_CLOSE_TIMEOUT)
             except (TimeoutError, RuntimeError) as exc:
                 logger.warning("client of another event loop not closed: %s", type(exc).__name__)
+
+
+class PerLoopTransport(httpx2.AsyncBaseTransport):
+    """An httpx transport with one connection pool per event loop (PerLoopClient), for an SDK that takes a
+    transport but would otherwise share one pool between loops. `factory` makes one loop's transport:
+    httpx2's or httpx's AsyncHTTPTransport, whichever the client sending through it is built on."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._transports: PerLoopClient[Any] = PerLoopClient(factory, lambda transport: transport.aclose())
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return await self._transports.get().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._transports.aclose()

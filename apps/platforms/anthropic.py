@@ -54,7 +54,11 @@ class AnthropicPlatform(SdkPlatform):
 
     def _new_client(self) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
-            api_key=self._secret, base_url=self.base_url, timeout=self.timeout, max_retries=0
+            api_key=self._secret,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            http_client=self._http_client(),
         )
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,6 +35,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from apps.platforms import _http
 from apps.platforms._http import REDACTED, incomplete_stream, malformed, scrub, status_error
 from apps.platforms.base import Chunk, Completion, CompletionRequest, Platform, PlatformInfo
 from apps.platforms.errors import PlatformError
@@ -62,6 +64,11 @@ MALFORMED_ERRORS = (genai_errors.UnknownApiResponseError, json.JSONDecodeError, 
 _opened_responses: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "gemini_opened_responses", default=None
 )
+
+
+def _httpx_module() -> Any:
+    """httpx2, or httpx where the deployment asks the SDK for it (GOOGLE_GENAI_HTTP_CLIENT=httpx)."""
+    return httpx if os.environ.get("GOOGLE_GENAI_HTTP_CLIENT", "").strip().lower() == "httpx" else httpx2
 
 
 async def _remember_response(response: Any) -> None:
@@ -94,7 +101,14 @@ class GeminiPlatform(Platform):
                 api_version=API_VERSION,
                 timeout=seconds_to_ms(timeout),
                 retry_options=types.HttpRetryOptions(attempts=1),
-                async_client_args={"event_hooks": {"response": [_remember_response]}},
+                async_client_args={
+                    "event_hooks": {"response": [_remember_response]},
+                    # Our own httpx transport keeps the SDK on httpx, whose event hook the stream tracking
+                    # above needs: with aiohttp installed (the openai and anthropic SDKs' transport here) the
+                    # SDK would otherwise send through aiohttp, which has no such hook. Per loop, as the SDK's
+                    # own pools are (it stops making them when given a transport).
+                    "transport": _http.PerLoopTransport(_httpx_module().AsyncHTTPTransport),
+                },
             ),
         )
 

@@ -51,6 +51,7 @@ class OpenAIPlatform(SdkPlatform):
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=0,
+            http_client=self._http_client(),
         )
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:

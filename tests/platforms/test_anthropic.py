@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from apps.platforms.anthropic import DEFAULT_MAX_TOKENS, OUTPUT_TOOL, AnthropicPlatform
@@ -432,3 +433,12 @@ async def test_slow_first_byte_within_the_timeout_still_answers(platform, fake_a
     chunks = await collect(platform.stream(ask(timeout=5)))
 
     assert "".join(c.text for c in chunks) == "Hello from the fake provider."
+
+
+async def test_requests_go_through_the_sdks_aiohttp_transport(platform):
+    # sdk_platform.py: the SDK's aiohttp transport (DefaultAioHttpClient) instead of its pure-Python httpx2 pool.
+    assert (await platform.generate(ask())).text == "Hello from the fake provider."
+
+    session = platform._clients.get()._client._transport.client
+    assert isinstance(session, aiohttp.ClientSession)
+    assert not session.closed

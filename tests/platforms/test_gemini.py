@@ -278,3 +278,14 @@ def test_one_platform_serves_successive_event_loops(fake_gemini):
     asyncio.run(platform.aclose())
 
     assert texts == ["first", "second"]
+
+
+async def test_the_sdk_sends_through_httpx_even_with_aiohttp_installed(gemini, fake_gemini):
+    # The stream tracking (gemini.py) needs httpx's event hook; with aiohttp installed the SDK would pick it
+    # unless given a transport, and a transport it is given has one pool per event loop (PerLoopTransport).
+    fake_gemini.reply(text="Hello")
+
+    assert (await gemini.generate(ask())).text == "Hello"
+
+    assert not gemini._client._api_client._use_aiohttp()
+    assert fake_gemini.requests

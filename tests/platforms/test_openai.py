@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 
+import aiohttp
 import openai
 import pytest
 
@@ -467,3 +468,12 @@ async def test_fake_lists_models_to_the_sdk(fake_openai):
         await client.close()
 
     assert [m.id for m in page.data] == ["gpt-4o-mini", "gpt-4o"]
+
+
+async def test_requests_go_through_the_sdks_aiohttp_transport(platform):
+    # sdk_platform.py: the SDK's aiohttp transport (DefaultAioHttpClient) instead of its pure-Python httpx2 pool.
+    assert (await platform.generate(ask())).text == "Hello from the fake provider."
+
+    session = platform._clients.get()._client._transport.client
+    assert isinstance(session, aiohttp.ClientSession)
+    assert not session.closed
