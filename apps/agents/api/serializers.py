@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
+from django.utils.text import format_lazy
 from rest_framework import serializers
 
 from apps.agents.api.fields import (
@@ -198,7 +199,8 @@ def limit_length(field: serializers.Field, maximum: int) -> None:
     """A max length read from settings when the serializer is built (per request, since DRF deep-copies
     declared fields), so that an override applies at once and the schema shows the real limit."""
     field.max_length = maximum  # type: ignore[attr-defined]
-    message = field.error_messages["max_length"].format(max_length=maximum)
+    # Lazy: formatting DRF's translatable message looks the translation up, and it is only read on an error.
+    message = format_lazy(field.error_messages["max_length"], max_length=maximum)
     field.validators.append(MaxLengthValidator(maximum, message=message))
 
 
@@ -235,11 +237,14 @@ class ExecutionInputDataSerializer(serializers.Serializer):
         required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Read per request, so that the limit follows the settings (and the schema shows the real one).
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # Read per request, so that the limit follows the settings (and the schema shows the real one). Here
+        # rather than in __init__: DRF builds a serializer's fields (deep copies) only when they are first read,
+        # and a nested serializer that reads them in __init__ builds them for every request, used or not.
+        fields = super().get_fields()
         for name in ("task", "message"):
-            limit_length(self.fields[name], settings.MAX_TASK_CHARS)
+            limit_length(fields[name], settings.MAX_TASK_CHARS)
+        return fields
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         validated = super().to_internal_value(data)
@@ -260,9 +265,11 @@ class HistoryMessageSerializer(StrictSerializer):
     role = StrictChoiceField(choices=[MessageRole.USER, MessageRole.ASSISTANT])
     content = StrictCharField(allow_blank=True, trim_whitespace=False)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        limit_length(self.fields["content"], settings.MAX_TASK_CHARS)
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # As ExecutionInputDataSerializer.get_fields.
+        fields = super().get_fields()
+        limit_length(fields["content"], settings.MAX_TASK_CHARS)
+        return fields
 
 
 class ExecutionContextSerializer(StrictSerializer):
@@ -279,10 +286,13 @@ class ExecutionContextSerializer(StrictSerializer):
     conversation_summary = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     metadata = SafeJSONObjectField(required=False, help_text="Free JSON object, recorded with the run.")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        limit_length(self.fields["conversation_history"], settings.MAX_HISTORY_MESSAGES)
-        limit_length(self.fields["conversation_summary"], settings.MAX_TASK_CHARS)
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # As ExecutionInputDataSerializer.get_fields: built when first read, so a request without `context`
+        # never builds the history's fields.
+        fields = super().get_fields()
+        limit_length(fields["conversation_history"], settings.MAX_HISTORY_MESSAGES)
+        limit_length(fields["conversation_summary"], settings.MAX_TASK_CHARS)
+        return fields
 
     schema_overrides = {
         "not": {

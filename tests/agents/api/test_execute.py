@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.agents.api.serializers import AgentExecutionInputSerializer
 from apps.agents.models import AgentExecution, ExecutionStatus
 from tests.agents.api.conftest import post_json
 from tests.agents.api.test_auth_and_errors import assert_envelope
@@ -149,9 +150,39 @@ def test_task_and_history_limits_come_from_settings(alice_client, agent, setting
         "invalid",
     )
 
-    assert "input_data.task" in long_task["fields"]
-    assert "context.conversation_history" in long_history["fields"]
+    assert long_task["fields"]["input_data.task"] == ["Ensure this field has no more than 10 characters."]
+    assert long_history["fields"]["context.conversation_history"] == [
+        "Ensure this field has no more than 2 elements."
+    ]
     assert not AgentExecution.objects.exists()
+
+
+def test_history_content_and_summary_limits_come_from_settings(alice_client, agent, settings):
+    settings.MAX_TASK_CHARS = 5
+    context = {
+        "conversation_history": [{"role": "user", "content": "x" * 6}],
+        "conversation_summary": "y" * 6,
+    }
+
+    body = assert_envelope(
+        execute(alice_client, {"input_data": {"task": "ok"}, "context": context}), 400, "invalid"
+    )
+
+    assert body["fields"] == {
+        "context.conversation_history[0].content": ["Ensure this field has no more than 5 characters."],
+        "context.conversation_summary": ["Ensure this field has no more than 5 characters."],
+    }
+    assert not AgentExecution.objects.exists()
+
+
+def test_a_request_without_context_never_builds_the_context_fields():
+    # DRF deep-copies a serializer's declared fields when they are first read; a nested serializer that read
+    # them in __init__ built the whole context tree (history messages included) for every execute request.
+    data = AgentExecutionInputSerializer(data={"input_data": {"task": "Say hello"}})
+
+    assert data.is_valid(), data.errors
+    assert "fields" in vars(data.fields["input_data"])  # read: the task was validated
+    assert "fields" not in vars(data.fields["context"])  # never read, never built
 
 
 def test_an_inactive_agent_is_409(alice_client, alice):
