@@ -57,9 +57,9 @@ class SdkPlatform(Platform):
     def _http_client(self) -> Any:
         """The SDK's own aiohttp transport (`DefaultAioHttpClient`, the `aiohttp` extra) instead of its default
         httpx2 one: the same client API, timeouts and errors (the SDK maps aiohttp's onto httpx2's), with the
-        HTTP/1.1 parsing and the connection pool in aiohttp's C code. Measured with bench/api.py's server at
-        16 concurrent runs: about 10 % less server CPU per run and 13-28 % more runs per second; the pure-Python
-        h11/httpcore pool was the largest single cost of a run after the SDK's own work."""
+        HTTP/1.1 parsing and the connection pool in aiohttp's C code. The pure-Python h11/httpcore pool was the
+        largest cost of a run after the SDK's own work; one server at 16 concurrent runs, alternating with
+        httpx2: 5-10 % less server CPU per run (README: Performance), and a quarter less for 500 streams."""
         return self.sdk.DefaultAioHttpClient()
 
     # ------------------------------------------------------------------ what each adapter supplies
