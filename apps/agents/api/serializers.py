@@ -204,6 +204,22 @@ def limit_length(field: serializers.Field, maximum: int) -> None:
     field.validators.append(MaxLengthValidator(maximum, message=message))
 
 
+class SettingsLimitsMixin:
+    """`length_limits` (field name -> setting name): max lengths read from settings when the fields are built.
+
+    In get_fields, not __init__: DRF builds (deep-copies) a serializer's fields only when they are first read,
+    and a nested serializer that read them in __init__ built them for every request, used or not (the execute
+    request's context and history fields, for a request without `context`)."""
+
+    length_limits: dict[str, str] = {}
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()  # type: ignore[misc]
+        for name, setting in self.length_limits.items():
+            limit_length(fields[name], getattr(settings, setting))
+        return fields
+
+
 # Whitespace-only text is blank; as a pattern it is also in the schema (minLength alone would allow "  ").
 # Python's whitespace (str.strip, engine/inputs.py) spelled out: `\S` means another set in the schema's
 # regex dialect (ECMA-262 counts U+FEFF as space, Python U+0085 and U+001C-U+001F).
@@ -213,7 +229,7 @@ NOT_BLANK = RegexValidator(f"[^{WHITESPACE}]", message="This field may not be bl
 OUTPUT_FORMAT_HELP = "How the answer should be shaped, e.g. text, markdown, code, json."
 
 
-class ExecutionInputDataSerializer(serializers.Serializer):
+class ExecutionInputDataSerializer(SettingsLimitsMixin, serializers.Serializer):
     """`task` (or `message`, for conversational agents) and an optional `output_format`. Any other key is
     passed to the prompt as labelled context; its value may be any JSON, checked for NUL bytes, lone
     surrogates and depth (apps/agents/engine/inputs.py applies the same rules)."""
@@ -237,14 +253,7 @@ class ExecutionInputDataSerializer(serializers.Serializer):
         required=False, allow_blank=True, max_length=50, help_text=OUTPUT_FORMAT_HELP
     )
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # Read per request, so that the limit follows the settings (and the schema shows the real one). Here
-        # rather than in __init__: DRF builds a serializer's fields (deep copies) only when they are first read,
-        # and a nested serializer that reads them in __init__ builds them for every request, used or not.
-        fields = super().get_fields()
-        for name in ("task", "message"):
-            limit_length(fields[name], settings.MAX_TASK_CHARS)
-        return fields
+    length_limits = {"task": "MAX_TASK_CHARS", "message": "MAX_TASK_CHARS"}
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         validated = super().to_internal_value(data)
@@ -261,18 +270,14 @@ class ExecutionInputDataSerializer(serializers.Serializer):
         return {**extra, **validated}
 
 
-class HistoryMessageSerializer(StrictSerializer):
+class HistoryMessageSerializer(SettingsLimitsMixin, StrictSerializer):
     role = StrictChoiceField(choices=[MessageRole.USER, MessageRole.ASSISTANT])
     content = StrictCharField(allow_blank=True, trim_whitespace=False)
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # As ExecutionInputDataSerializer.get_fields.
-        fields = super().get_fields()
-        limit_length(fields["content"], settings.MAX_TASK_CHARS)
-        return fields
+    length_limits = {"content": "MAX_TASK_CHARS"}
 
 
-class ExecutionContextSerializer(StrictSerializer):
+class ExecutionContextSerializer(SettingsLimitsMixin, StrictSerializer):
     conversation_history = serializers.ListField(
         child=HistoryMessageSerializer(),
         required=False,
@@ -286,13 +291,7 @@ class ExecutionContextSerializer(StrictSerializer):
     conversation_summary = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     metadata = SafeJSONObjectField(required=False, help_text="Free JSON object, recorded with the run.")
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # As ExecutionInputDataSerializer.get_fields: built when first read, so a request without `context`
-        # never builds the history's fields.
-        fields = super().get_fields()
-        limit_length(fields["conversation_history"], settings.MAX_HISTORY_MESSAGES)
-        limit_length(fields["conversation_summary"], settings.MAX_TASK_CHARS)
-        return fields
+    length_limits = {"conversation_history": "MAX_HISTORY_MESSAGES", "conversation_summary": "MAX_TASK_CHARS"}
 
     schema_overrides = {
         "not": {
