@@ -43,6 +43,7 @@ def test_eval_catalog_runs_each_agent_and_tabulates_outcome_tokens_and_time(tmp_
     ]
     assert rows[1]["input_tokens"] == 10 and rows[1]["output_tokens"] == 5  # the fake's reported usage
     assert "code-reviewer" in out.getvalue() and "technical-writer" in out.getvalue()
+    assert fake.closed == 1  # the command's loop ends with it: so do its clients' connections
 
 
 def test_a_refusal_is_refused_only_when_nothing_was_answered() -> None:

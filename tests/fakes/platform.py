@@ -107,6 +107,7 @@ class FakePlatform(Platform):
         self.streams_closed = 0  # generator finalised: normal end, error, aclose() or cancellation
         self.cancelled = 0  # a call was cancelled while waiting for the "provider"
         self.request_seen = asyncio.Event()
+        self.closed = 0  # aclose() calls: whoever owns the registry released its connections
 
     # ------------------------------------------------------------------ scripting
     def reply(self, text: str = "Hello from the fake platform.", **kwargs: Any) -> FakePlatform:
@@ -149,6 +150,9 @@ class FakePlatform(Platform):
             raise
 
     # ------------------------------------------------------------------ Platform
+    async def aclose(self) -> None:
+        self.closed += 1
+
     async def generate(self, request: CompletionRequest) -> Completion:
         reply = self._next(request)
         await self._wait(reply.delay, reply.hang)

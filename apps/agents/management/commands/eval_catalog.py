@@ -149,6 +149,21 @@ class Command(BaseCommand):
         deadline: float | None,
         task: str | None,
     ) -> list[Row]:
+        try:
+            return await self._run_all(entries, platforms, registry, deadline, task)
+        finally:
+            # The SDK clients' connections belong to this loop, which ends with the command (left open, the
+            # aiohttp sessions are reported "Unclosed client session" when collected), as in run_agent.
+            await registry.aclose()
+
+    async def _run_all(
+        self,
+        entries: list[CatalogEntry],
+        platforms: list[str],
+        registry: PlatformRegistry,
+        deadline: float | None,
+        task: str | None,
+    ) -> list[Row]:
         for name in platforms:
             load = getattr(registry.get(name), "load", None)
             if load is not None:
