@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import sync_to_async
 
-from apps.agents.engine.spend import AttemptSpec, attempt_spec
+from apps.agents.engine.spend import AttemptSpec, attempt_spec, guess_first_attempt
 from apps.agents.models import Budget, BudgetReservation, BudgetUsage
 from apps.agents.models_budget import units_to_usd
 from apps.platforms.base import ChatMessage, CompletionRequest
@@ -23,6 +23,18 @@ def worst_case(
         model=model, messages=(ChatMessage("user", task),), system_prompt=SYSTEM, max_tokens=max_tokens
     )
     return attempt_spec(platform, request, output_cap=max_tokens)
+
+
+def admission_guess(  # type: ignore[no-untyped-def]
+    agent, task: str, *, platform: str = "openai", model: str = "gpt-4o-mini", max_tokens: int
+) -> AttemptSpec:
+    """What a run of `agent` on `task` holds with its row (the admission's guess of its first attempt, which
+    that attempt keeps when it is covered: services/budgets.py AdmissionHold)."""
+    from apps.agents.services.execution_prepare import agent_config
+
+    return guess_first_attempt(
+        platform, model, agent_config(agent), {"task": task}, None, output_cap=max_tokens
+    )
 
 
 def cost_units(registry, spec: AttemptSpec) -> int:  # type: ignore[no-untyped-def]
