@@ -15,6 +15,12 @@ for name, value in {
     "SECURE_SSL_REDIRECT": "false",
     "SESSION_COOKIE_SECURE": "false",
     "CSRF_COOKIE_SECURE": "false",
+    # The in-process runner's maintenance loop (services/background.py), started by the first test that
+    # queues a run without a broker, would otherwise reap and roll up every 30 s for the rest of the session,
+    # in the executor thread every test's sync_to_async shares: under a later test it ended that test's rows
+    # as lost, or failed inside a transaction and left the thread's connection in it. Tests run the reaper
+    # and the rollup themselves when they mean to (and start beat with its own interval).
+    "REAPER_INTERVAL_SECONDS": "3600",
 }.items():
     os.environ.setdefault(name, value)
 
