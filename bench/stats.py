@@ -50,13 +50,14 @@ def fill(total: int, agents: list[Agent]) -> None:
                 f"""
                 INSERT INTO {table} (id, agent_id, agent_slug, status, mode, input_data, context, attempts,
                     metadata, error_code, error_message, platform_used, model_used, input_tokens, output_tokens,
-                    cost, execution_time, request_hash, created_at, updated_at, started_at, finished_at)
+                    cost, execution_time, request_hash, created_at, updated_at, started_at, finished_at,
+                    redispatch_count)
                 SELECT gen_random_uuid(), %s, %s,
                     (ARRAY['completed','completed','completed','completed','completed','completed',
                            'completed','failed','cancelled','failed'])[1 + (g %% 10)],
                     'sync', '{{}}', '{{}}', '[]', '{{}}', '', '', 'openai', 'gpt-4o-mini',
                     (g %% 500) + 10, (g %% 300) + 5, ((g %% 1000) + 1) * 0.0000001, random() * 5,
-                    '', now() - (g || ' seconds')::interval, now(), now(), now()
+                    '', now() - (g || ' seconds')::interval, now(), now(), now(), 0
                 FROM generate_series(1, %s) AS g
                 """,
                 [agent.pk, agent.agent_id, per_agent],
