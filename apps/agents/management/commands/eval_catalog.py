@@ -150,36 +150,31 @@ class Command(BaseCommand):
         task: str | None,
     ) -> list[Row]:
         try:
-            return await self._run_all(entries, platforms, registry, deadline, task)
+            for name in platforms:
+                load = getattr(registry.get(name), "load", None)
+                if load is not None:
+                    # The local model loads (and calibrates its speed) once per process, as in a server that
+                    # has served one request; a run's seconds are then the run's own.
+                    await load()
+            rows: list[Row] = []
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=Console(stderr=True)) as progress:
+                bar = progress.add_task("catalog", total=len(entries) * len(platforms))
+                for entry in entries:
+                    for name in platforms:
+                        progress.update(bar, description=f"{entry.agent_id} on {name}")
+                        rows.append(await run_one(entry, name, registry, deadline, task))
+                        progress.advance(bar)
+            return rows
         finally:
             # The SDK clients' connections belong to this loop, which ends with the command (left open, the
             # aiohttp sessions are reported "Unclosed client session" when collected), as in run_agent.
             await registry.aclose()
-
-    async def _run_all(
-        self,
-        entries: list[CatalogEntry],
-        platforms: list[str],
-        registry: PlatformRegistry,
-        deadline: float | None,
-        task: str | None,
-    ) -> list[Row]:
-        for name in platforms:
-            load = getattr(registry.get(name), "load", None)
-            if load is not None:
-                # The local model loads (and calibrates its speed) once per process, as in a server that has
-                # served one request; a run's seconds are then the run's own.
-                await load()
-        rows: list[Row] = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True)) as progress:
-            bar = progress.add_task("catalog", total=len(entries) * len(platforms))
-            for entry in entries:
-                for name in platforms:
-                    progress.update(bar, description=f"{entry.agent_id} on {name}")
-                    rows.append(await run_one(entry, name, registry, deadline, task))
-                    progress.advance(bar)
-        return rows
 
 
 def table(rows: list[Row]) -> Table:
