@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rich.console import Console
@@ -32,6 +33,8 @@ from apps.agents.engine.schema_policy import SchemaLimits, first_error
 from apps.agents.engine.task_agent import TaskAgent
 from apps.platforms.local_model import REFUSAL_PREFIX
 from apps.platforms.registry import PlatformRegistry, get_registry
+
+T = TypeVar("T")
 
 DEFAULT_TASK = {"task": "Say hello in five words."}
 
@@ -130,9 +133,8 @@ class Command(BaseCommand):
         entries = [e for e in load_catalog() if not options["agent"] or e.agent_id in options["agent"]]
         if not entries:
             raise CommandError("no catalog agent matches --agent")
-        rows = asyncio.run(
-            self._run(entries, platforms, registry, options["timeout"] or None, options["task"])
-        )
+        work = self._run(entries, platforms, registry, options["timeout"] or None, options["task"])
+        rows = asyncio.run(closing(registry, work))
         console = Console(file=self.stdout, width=140)
         console.print(table(rows))
         if options["json_path"]:
@@ -149,32 +151,31 @@ class Command(BaseCommand):
         deadline: float | None,
         task: str | None,
     ) -> list[Row]:
-        try:
-            for name in platforms:
-                load = getattr(registry.get(name), "load", None)
-                if load is not None:
-                    # The local model loads (and calibrates its speed) once per process, as in a server that
-                    # has served one request; a run's seconds are then the run's own.
-                    await load()
-            rows: list[Row] = []
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=Console(stderr=True)) as progress:
-                bar = progress.add_task("catalog", total=len(entries) * len(platforms))
-                for entry in entries:
-                    for name in platforms:
-                        progress.update(bar, description=f"{entry.agent_id} on {name}")
-                        rows.append(await run_one(entry, name, registry, deadline, task))
-                        progress.advance(bar)
-            return rows
-        finally:
-            # The SDK clients' connections belong to this loop, which ends with the command (left open, the
-            # aiohttp sessions are reported "Unclosed client session" when collected), as in run_agent.
-            await registry.aclose()
+        for name in platforms:
+            load = getattr(registry.get(name), "load", None)
+            if load is not None:
+                # The local model loads (and calibrates its speed) once per process, as in a server that has
+                # served one request; a run's seconds are then the run's own.
+                await load()
+        rows: list[Row] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            bar = progress.add_task("catalog", total=len(entries) * len(platforms))
+            for entry in entries:
+                for name in platforms:
+                    progress.update(bar, description=f"{entry.agent_id} on {name}")
+                    rows.append(await run_one(entry, name, registry, deadline, task))
+                    progress.advance(bar)
+        return rows
+
+
+async def closing(registry: PlatformRegistry, work: Awaitable[T]) -> T:
+    """`work`, then the registry's clients closed: their connections belong to this loop, which ends with the
+    command (left open, the aiohttp sessions are reported "Unclosed client session" when collected)."""
+    try:
+        return await work
+    finally:
+        await registry.aclose()
 
 
 def table(rows: list[Row]) -> Table:
