@@ -192,11 +192,21 @@ class InProcessRunner:
             await asyncio.sleep(float(settings.REAPER_INTERVAL_SECONDS))
             passes += 1
             try:
-                await sync_to_async(reap)()
-                if passes % every == 0:
-                    await sync_to_async(roll_up)()
+                await sync_to_async(maintenance_pass)(roll_up_stats=passes % every == 0)
             except Exception:
                 logger.exception("in-process maintenance pass failed")
+
+
+def maintenance_pass(*, roll_up_stats: bool) -> None:
+    """One pass of the in-process runner's maintenance: the reaper, and the stats rollup when due.
+
+    Its connection is the executor thread's, which no request cycle tidies, as for a run (`_run`): dropped
+    first when it is dead, expired or left in a transaction by a pass that failed inside one (a lost database
+    connection while `atomic()` closed). Without this, every later pass reused the broken connection."""
+    close_old_connections()
+    reap()
+    if roll_up_stats:
+        roll_up()
 
 
 runner = InProcessRunner()

@@ -7,10 +7,11 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from apps.agents.models import AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services import reaper
+from apps.agents.services import background, reaper
 from apps.agents.services.events_bus import BusEvent, get_bus
 from tests.factories import ConversationFactory, ExecutionFactory
 
@@ -144,3 +145,18 @@ def test_management_command_reports_what_it_reaped():
     assert "reaped 1: 1 worker_lost" in out.getvalue()
     assert str(lost.pk) in out.getvalue()
     assert _get(lost).status == S.FAILED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_maintenance_pass_drops_the_connection_a_failed_pass_left_in_a_transaction():
+    """The in-process runner's passes share one executor thread's connection. A pass that lost its
+    connection while `atomic()` closed leaves it out of autocommit; the next pass starts on a fresh one,
+    so what it reaps is committed (before, it wrote into a transaction nobody committed)."""
+    lost = _row(heartbeat_ago=120)
+    connection.set_autocommit(False)  # what the failed pass left behind
+
+    background.maintenance_pass(roll_up_stats=True)
+    connection.close()  # an uncommitted transaction would end here
+
+    row = _get(lost)
+    assert (row.status, row.error_code) == (S.FAILED, "worker_lost")
