@@ -56,13 +56,12 @@ seed: migrate
 run: export SECURE_SSL_REDIRECT ?= false
 run: export SESSION_COOKIE_SECURE ?= false
 run: export CSRF_COOKIE_SECURE ?= false
-# Forwarded headers are believed only from TRUSTED_PROXIES (default none), by uvicorn as by the app.
-# WEB_CONCURRENCY: server processes (default 1), each with its own DB_POOL_MAX_SIZE connections.
+# uvicorn (config/serve.py): forwarded headers believed only from TRUSTED_PROXIES (default none), as by the
+# app; WEB_CONCURRENCY server processes (default 1), each with its own DB_POOL_MAX_SIZE connections and its
+# own listening socket.
 run: seed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	proxy_args=$$($(BIN)/python config/launch.py proxy-args) && \
-	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log $$proxy_args \
-	  --workers $${WEB_CONCURRENCY:-1}
+	$(BIN)/python -m config.serve --host $(HOST) --port $(PORT)
 
 # The web console is tested in a real headless Chromium: Debian's package, since browsers cannot be
 # downloaded here. Installed once; later runs find it.

@@ -181,12 +181,16 @@ def proxy_target(url: str, variant: str) -> Target:
 async def _turn(pool: Pool, seconds: float, pid: int | None) -> dict[str, Any]:
     postgres = procs.postmaster_pid()
     cpu = procs.cpu_seconds(pid) if pid else 0.0
+    split = procs.cpu_by_process(pid) if pid else {}
     db_cpu = procs.cpu_seconds(postgres) if postgres else 0.0
     result = await pool.run(max_requests=LOAD_MAX_REQUESTS, duration=seconds)
+    used = [now - split.get(member, 0.0) for member, now in procs.cpu_by_process(pid).items()] if pid else []
     return {
         "result": result,
         "server_cpu_ms": (procs.cpu_seconds(pid) - cpu) * 1000 if pid else 0.0,
         "db_cpu_ms": (procs.cpu_seconds(postgres) - db_cpu) * 1000 if postgres else 0.0,
+        # How evenly the server's processes shared the work (1.0: one process did all of it).
+        "busiest_process_share": max(used) / sum(used) if used and sum(used) > 0 else None,
     }
 
 
@@ -217,8 +221,11 @@ async def _at_concurrency(
         if targets[name][1]:
             row["server_cpu_ms_per_request"] = round(sum(t["server_cpu_ms"] for t in turns[name]) / served, 2)
         row["db_cpu_ms_per_request"] = round(sum(t["db_cpu_ms"] for t in turns[name]) / served, 2)
+        shares = [t["busiest_process_share"] for t in turns[name] if t["busiest_process_share"] is not None]
+        row["busiest_process_cpu_share"] = [round(share, 2) for share in shares]
         procs.log(
             f"  {name} {variant} c={concurrency}: {row['rps']} req/s, {merged.errors} errors"
+            + (f", busiest process's CPU share by turn {row['busiest_process_cpu_share']}" if shares else "")
             + (f" ({merged.first_error[:120]})" if merged.errors else "")
         )
         rows[name] = row
@@ -253,8 +260,8 @@ def measure_http(targets: dict[str, tuple[Target, int | None]], variant: str) ->
 
 def start_ours(fake: procs.Server, variant: str) -> procs.Server:
     port = procs.free_port()
-    argv = [str(ROOT / ".venv" / "bin" / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "config.serve", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "warning"]
     argv += ["--workers", str(procs.web_workers())]  # as many as the proxy's (README: Scaling out)
     env = ours_env(fake.url + VARIANTS[variant])
     return procs.start(f"ours-uvicorn-{variant}", argv, env, port=port, health="/api/v1/health/", timeout=60)

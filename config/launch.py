@@ -1,15 +1,14 @@
 """What `make run` prepares before it starts anything (run as a script, before Django is configured):
 
     python config/launch.py secret-key    # a random SECRET_KEY in .env, when .env has none
-    python config/launch.py proxy-args    # uvicorn's proxy options, from TRUSTED_PROXIES
 
 Settings refuse to start without SECRET_KEY when DEBUG is off, so the first `make run` on a machine writes
 one; every later start (make run, uvicorn, manage.py, Celery) reads the same key from .env. The file is
 created readable by its owner only.
 
-uvicorn believes X-Forwarded-For and X-Forwarded-Proto from 127.0.0.1 unless told otherwise; `proxy-args`
-gives it the same list the application uses (TRUSTED_PROXIES, from the environment or .env), or switches
-proxy headers off when the list is empty (the default).
+uvicorn believes X-Forwarded-For and X-Forwarded-Proto from 127.0.0.1 unless told otherwise; the server
+(config/serve.py) gives it the list the application uses, `trusted_proxies()` (TRUSTED_PROXIES, from the
+environment or .env), and switches proxy headers off when the list is empty (the default).
 """
 
 from __future__ import annotations
@@ -86,25 +85,12 @@ def trusted_proxies() -> list[str]:
     return entries
 
 
-def uvicorn_proxy_args(proxies: list[str]) -> list[str]:
-    if not proxies:
-        return ["--no-proxy-headers"]
-    return ["--proxy-headers", f"--forwarded-allow-ips={','.join(proxies)}"]
-
-
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else ""
     if command == "secret-key":
         path = env_file()
         if path is not None and ensure_secret_key(path):
             print(f"Wrote a new random SECRET_KEY to {path}", file=sys.stderr)
-        return 0
-    if command == "proxy-args":
-        try:
-            print(" ".join(uvicorn_proxy_args(trusted_proxies())))
-        except ValueError as exc:
-            print(f"TRUSTED_PROXIES: {exc}", file=sys.stderr)
-            return 2
         return 0
     print(__doc__, file=sys.stderr)
     return 2

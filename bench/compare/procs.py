@@ -182,6 +182,18 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """{process: its own user + system CPU seconds} for pid and its descendants (a server's workers)."""
+    out = {}
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[member] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process tree (all threads), in seconds, including children that have exited
     (cutime/cstime): a PostgreSQL backend that served one connection and quit still counts."""
@@ -235,6 +247,7 @@ def machine() -> dict[str, Any]:
         # Others may share the machine: a load average well above 0 at the start or end means noisy numbers.
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "web_workers": web_workers(),
     }
 
 

@@ -120,6 +120,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                     "peak_rss_mb": raw.get("peak_rss_mb"),
                     "cpu_ms_per_call": c16.get("server_cpu_ms_per_request"),
                     "db_cpu_ms_per_call": c16.get("db_cpu_ms_per_request"),
+                    "busiest_process_cpu_share_c16": c16.get("busiest_process_cpu_share"),
                 }
             )
         out[variant] = rows
@@ -181,6 +182,24 @@ def _row(row: dict[str, Any]) -> str:
     )
 
 
+def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
+    """How evenly each HTTP server's processes shared the c=16 load (uvicorn's shared socket can give one
+    worker every connection: config/serve.py)."""
+    names = {"ours_http": "ours", "litellm_proxy": "LiteLLM proxy"}
+    shares = [
+        f"{names[row['name']]} {', '.join(f'{share:.0%}' for share in row['busiest_process_cpu_share_c16'])}"
+        for row in rows
+        if row["name"] in names and row.get("busiest_process_cpu_share_c16")
+    ]
+    return (
+        f"- Server processes: {workers or 'WEB_CONCURRENCY'} each (ours: `python -m config.serve`, a socket per "
+        "worker; the proxy: `litellm --num_workers`, one socket shared by its uvicorn workers). The busiest "
+        "process's share of the server's CPU at c=16, by turn (50% is an even split over two): "
+        + ("; ".join(shares) or "not measured")
+        + "."
+    )
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     summary = data["summary"]
@@ -234,6 +253,7 @@ def markdown(data: dict[str, Any]) -> str:
         "- req/s: async httpx workers (one connection each) posting back to back for "
         f"{data['settings']['load_seconds']} s (at most {data['settings']['load_max_requests']} requests); "
         "the fake's own row is the load generator's ceiling on this machine (it shares the 2 cores).",
+        _process_shares(summary.get("instant", []), data["machine"].get("web_workers")),
         "- First token: streamed request (SSE) until the first text delta arrives.",
         "",
         "Raw numbers: `bench/results/latest.json`; chart: `bench/results/latest.png`.",

@@ -7,6 +7,7 @@ The subprocesses get a production environment built from scratch (nothing from t
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import stat
@@ -19,7 +20,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from apps.security.checks import check_middleware_as_subclassed, middleware_as_django_sees_it
-from config import launch
+from config import launch, serve
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION_KEY = "x7Qm2R-production-key-for-the-test-9vL0sT_aZ3pW8kN1bY6cH4dF5gJ7"
@@ -153,16 +154,18 @@ def test_make_run_keeps_an_existing_key_and_fills_an_empty_one(tmp_path: Path) -
 def test_make_run_gives_uvicorn_no_proxy_trust_by_default(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ENV_FILE", str(tmp_path / ".env"))
     monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
-    assert launch.uvicorn_proxy_args(launch.trusted_proxies()) == ["--no-proxy-headers"]
+    args = argparse.Namespace(host="127.0.0.1", port=8000, workers=1, log_level="warning")
+    config = serve.config_for(args)  # config/serve.py, what `make run` starts
+    assert config.proxy_headers is False
 
     (tmp_path / ".env").write_text("TRUSTED_PROXIES=10.0.0.5, 10.1.0.0/16\n")
-    assert launch.uvicorn_proxy_args(launch.trusted_proxies()) == [
-        "--proxy-headers",
-        "--forwarded-allow-ips=10.0.0.5,10.1.0.0/16",
-    ]
+    config = serve.config_for(args)
+    assert config.proxy_headers is True
+    assert config.forwarded_allow_ips == "10.0.0.5,10.1.0.0/16"
     monkeypatch.setenv("TRUSTED_PROXIES", "not-an-address")  # the environment wins over .env
     with pytest.raises(ValueError):
         launch.trusted_proxies()
+    assert serve.main(["--port", "8000"]) == 2  # refused before anything starts
 
 
 # ------------------------------------------------------------------------------- the demo user
