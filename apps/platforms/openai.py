@@ -7,11 +7,11 @@ module holds the client's options and the mapping of OpenAI's own API errors.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion
 
 from apps.platforms import _http
 from apps.platforms.base import SAMPLING_OPTIONS, Completion, CompletionRequest
@@ -70,7 +70,14 @@ class OpenAIPlatform(SdkPlatform):
         if "timeout" in body:  # a client option, not a field of the body
             options["timeout"] = body.pop("timeout")
         if not stream:
-            return await client.post(CHAT_PATH, cast_to=ChatCompletion, body=body, options=options)
+            # The raw response, its JSON parsed here into plain dicts as a stream's events are (sse.py): the
+            # SDK's ChatCompletion model costs ten times the JSON parse (97 against 8 us per answer) for
+            # fields read once.
+            response = await client.post(CHAT_PATH, cast_to=httpx2.Response, body=body, options=options)
+            try:
+                return json.loads(response.content)
+            except ValueError as exc:
+                raise _http.malformed(PROVIDER, f"not JSON ({exc})") from None
         # OpenAI reports a stream's usage only when asked, in a last chunk of its own. The raw response, its
         # body unread: its events are parsed here into plain dicts, not into the SDK's pydantic chunks
         # (sse.py says why).

@@ -8,8 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai.types.chat import ChatCompletion
-
 from apps.platforms import _http
 from apps.platforms.base import (
     ChatMessage,
@@ -121,34 +119,39 @@ def openai_tool_choice(choice: ToolChoice) -> Any:
 
 
 # ---------------------------------------------------------------------- whole answers
-def completion_of(response: object, model: str, secret: str | None) -> Completion:
-    if not isinstance(response, ChatCompletion):
-        raise _http.malformed(PROVIDER, f"expected a chat.completion, got {type(response).__name__}")
+def completion_of(body: object, model: str, secret: str | None) -> Completion:
+    """A whole answer (a `chat.completion` payload as parsed JSON) as a Completion."""
+    if not isinstance(body, dict):
+        raise _http.malformed(PROVIDER, f"expected a chat.completion, got {type(body).__name__}")
     try:
-        choice = response.choices[0]
-        message = choice.message
-        if message.refusal:
-            raise refusal(message.refusal, secret)
+        choice = body["choices"][0]
+        message = choice["message"]
+        if message.get("refusal"):
+            raise refusal(_text(message["refusal"]), secret)
         tool_calls = tuple(
             ToolCall(
-                id=call.id,
-                name=call.function.name,
-                arguments=_http.parse_arguments(PROVIDER, call.function.arguments, tool=call.function.name),
+                id=_text(call.get("id")),
+                name=_text(call["function"]["name"]),
+                arguments=_http.parse_arguments(
+                    PROVIDER, _text(call["function"].get("arguments")), tool=call["function"]["name"]
+                ),
             )
-            for call in message.tool_calls or ()
-            if call.type == "function"
+            for call in message.get("tool_calls") or ()
+            if call.get("type") == "function"
         )
-        usage = response.usage
+        usage = body.get("usage")
         return Completion(
-            text=message.content or "",
-            finish_reason=normalise_finish(choice.finish_reason, bool(tool_calls)),
-            usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else Usage(),
-            model=response.model or model,
+            text=_text(message.get("content")),
+            finish_reason=normalise_finish(choice.get("finish_reason"), bool(tool_calls)),
+            usage=Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            if usage
+            else Usage(),
+            model=body.get("model") or model,
             tool_calls=tool_calls,
-            provider_id=response.id,
+            provider_id=body.get("id"),
             logprobs=_logprobs(choice),
         )
-    except (AttributeError, IndexError, TypeError) as exc:
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
         raise _http.malformed(PROVIDER, _http.describe(exc, secret)) from None
 
 
@@ -172,11 +175,11 @@ def refusal(text: str, secret: str | None) -> PlatformError:
     )
 
 
-def _logprobs(choice: Any) -> tuple[dict[str, Any], ...] | None:
-    content = choice.logprobs.content if choice.logprobs is not None else None
+def _logprobs(choice: dict[str, Any]) -> tuple[dict[str, Any], ...] | None:
+    content = (choice.get("logprobs") or {}).get("content")
     if content is None:
         return None
-    return tuple(item.model_dump(mode="json") for item in content)
+    return tuple(dict(item) for item in content)
 
 
 # ---------------------------------------------------------------------- streams

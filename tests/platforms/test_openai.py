@@ -435,6 +435,49 @@ async def test_each_fault_maps_to_its_platform_error(
     assert_no_key(error)
 
 
+# A 200 whose JSON is not the shape of a chat.completion (a compatible server's bug, a proxy's page): the
+# answer is parsed as plain JSON (openai.py), so each wrong type must surface as malformed_response, never as
+# a Completion holding it (a number as the text reached the row before: the SDK's models do not check types).
+WRONG_SHAPES = [
+    pytest.param([1, 2], "expected a chat.completion, got list", id="a-list"),
+    pytest.param({"choices": []}, "IndexError", id="no-choices"),
+    pytest.param({"id": "x"}, "KeyError", id="no-choices-key"),
+    pytest.param(
+        {"choices": [{"message": {"content": 5}, "finish_reason": "stop"}]}, "expected a string", id="number"
+    ),
+    pytest.param({"choices": [{"message": {"content": "hi"}}]}, "no finish_reason", id="no-finish"),
+    pytest.param(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": None,
+                        "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        },
+        "expected a string",
+        id="arguments-not-a-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "problem"), WRONG_SHAPES)
+async def test_a_json_answer_of_the_wrong_shape_is_malformed(
+    platform, fake_openai, monkeypatch, body, problem
+):
+    monkeypatch.setattr(fake_openai, "completion_body", lambda reply, request: body)
+
+    error = await fail_with(platform, streaming=False)
+
+    assert (error.kind, error.retryable) == ("malformed_response", True)
+    assert problem in str(error)
+
+
 async def test_auth_error_echoing_the_key_is_scrubbed(platform, fake_openai):
     fake_openai.fail(Fault("status", status=401))
 
