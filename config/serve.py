@@ -15,7 +15,8 @@ new connections over the workers' sockets by a hash of their addresses. uvicorn 
 pull request encode/uvicorn#2472 is open), so its supervisor is used as it is (health checks, restarting a
 dead worker, signals) with one change: its worker processes are given no socket and bind their own. The parent
 binds the address first, without listening, so that a port in use fails at once and the port stays ours while
-a worker restarts. One worker, or a system without SO_REUSEPORT, is plain uvicorn.
+a worker restarts. Linux lets only processes of the same user join a port's group. One worker, or a system
+other than Linux (macOS accepts SO_REUSEPORT but gives every connection to one socket), is plain uvicorn.
 
 Proxy headers follow TRUSTED_PROXIES as the application does (config/launch.py).
 """

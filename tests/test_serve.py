@@ -164,6 +164,18 @@ def test_a_worker_that_dies_is_replaced_by_one_listening_on_its_own_socket(serve
         assert get(port).startswith(b"HTTP/1.1 ")
 
 
+def test_sigterm_stops_the_parent_and_every_worker(server) -> None:
+    process, port = server
+    workers = list(workers_by_socket(process.pid, port, LISTEN))
+
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=30) == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    with pytest.raises(OSError):  # nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
 def test_a_port_in_use_fails_at_once_with_the_address_named(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
