@@ -21,7 +21,8 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from apps.agents.services.db import admission_slot, db_unit
@@ -38,16 +39,33 @@ class DeferredResponse(Response):
 
 
 async def complete_deferred(response: HttpResponseBase) -> HttpResponseBase:
-    if not isinstance(response, DeferredResponse):
+    if isinstance(response, DeferredResponse):
+        view = response.renderer_context["view"]
+        try:
+            final = await response.produce()
+        except Exception as exc:
+            final = view.handle_exception(exc)
+        if isinstance(final, Response):
+            final = view.finalize_response(view.request, final, *view.args, **view.kwargs)
+        response = final
+    return rendered_json(response)
+
+
+def rendered_json(response: HttpResponseBase) -> HttpResponseBase:
+    """A DRF Response rendered as JSON here, on the event loop, as a plain HttpResponse.
+
+    Django renders a response that has a `render` method (a DRF Response) through `sync_to_async`: a thread
+    hop of its own, the sixth of a run request, for a JSON body that takes microseconds to write (the SSE
+    events of a streamed run are written on the loop likewise). Any other renderer (the browsable API, which
+    may query the database) is left to Django's hop."""
+    if not isinstance(response, Response) or not isinstance(
+        getattr(response, "accepted_renderer", None), JSONRenderer
+    ):
         return response
-    view = response.renderer_context["view"]
-    try:
-        final = await response.produce()
-    except Exception as exc:
-        final = view.handle_exception(exc)
-    if isinstance(final, Response):
-        final = view.finalize_response(view.request, final, *view.args, **view.kwargs)
-    return final
+    response.render()
+    plain = HttpResponse(response.content, status=response.status_code, headers=response.headers)
+    plain.cookies = response.cookies
+    return plain
 
 
 class AsyncActionsMixin:
