@@ -107,11 +107,14 @@ async def _slot(
     slots = semaphores.get(loop)
     if slots is None:
         slots = semaphores[loop] = asyncio.Semaphore(size)
-    try:
-        async with asyncio.timeout(wait):
-            await slots.acquire()
-    except TimeoutError:
-        raise Overloaded() from None
+    if slots.locked():  # taken, or others wait: queue behind them for at most `wait` seconds
+        try:
+            async with asyncio.timeout(wait):
+                await slots.acquire()
+        except TimeoutError:
+            raise Overloaded() from None
+    else:  # free and nobody waiting: taken at once, without arming and cancelling a timer (7 against 1 us)
+        await slots.acquire()
     try:
         yield
     finally:
