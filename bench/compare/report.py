@@ -200,6 +200,18 @@ def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
     )
 
 
+def _skew_warning(rows: list[dict[str, Any]]) -> str:
+    """A caveat on the HTTP ratio when one process of a server did most of its work at c=16 (the ratio then
+    compares a server on one core with one on two)."""
+    names = {"ours_http": "ours", "litellm_proxy": "the proxy's"}
+    skewed = [
+        f"{names[row['name']]} busiest process did {max(row['busiest_process_cpu_share_c16']):.0%} of its work"
+        for row in rows
+        if row["name"] in names and max(row.get("busiest_process_cpu_share_c16") or [0.0]) > 0.75
+    ]
+    return f" (**skewed**: {'; '.join(skewed)}; see Server processes below)" if skewed else ""
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     summary = data["summary"]
@@ -225,7 +237,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"**Ratios (instant fake):** our in-process overhead p50 is {_fmt(r['ours_vs_litellm_inprocess_overhead_p50'], 2)}x "
         f"LiteLLM's and {_fmt(r['ours_vs_pydantic_ai_inprocess_overhead_p50'], 2)}x pydantic-ai's; "
         f"our HTTP endpoint serves {_fmt(r['ours_vs_litellm_proxy_rps_c16'], 2)}x the LiteLLM proxy's requests/s at "
-        "concurrency 16.",
+        "concurrency 16" + _skew_warning(summary.get("instant", [])) + ".",
         "",
     ]
     header = (
