@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY") or 1),
+        default=os.environ.get("WEB_CONCURRENCY") or "1",  # a string default goes through `type` too
         help="server processes (default: WEB_CONCURRENCY, else 1)",
     )
     parser.add_argument("--log-level", default="info")

@@ -176,6 +176,34 @@ def test_sigterm_stops_the_parent_and_every_worker(server) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+def test_one_worker_is_plain_uvicorn_and_serves(tmp_path: Path) -> None:
+    """`make run`'s default (WEB_CONCURRENCY unset): one process, uvicorn's own socket, no supervisor."""
+    port = free_port()
+    process = start(port, tmp_path, workers=1)
+    try:
+        status = wait_for(lambda: _answer(port))
+        assert status.startswith(b"HTTP/1.1 ")
+        assert children(process.pid) == []  # the server is the process itself
+    finally:
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down, then re-raises the signal it caught, as `uvicorn` run by hand does.
+        assert process.wait(timeout=30) == -signal.SIGTERM
+
+
+def _answer(port: int) -> bytes | None:
+    try:
+        return get(port)
+    except OSError:
+        return None
+
+
+def test_a_bad_web_concurrency_is_refused_with_its_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "two")
+    with pytest.raises(SystemExit) as exited:
+        serve.main(["--port", "8000"])
+    assert exited.value.code == 2  # argparse: "argument --workers: invalid int value: 'two'"
+
+
 def test_a_port_in_use_fails_at_once_with_the_address_named(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
