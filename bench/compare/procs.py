@@ -182,29 +182,27 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_by_process(pid: int) -> dict[int, float]:
-    """{process: its own user + system CPU seconds} for pid and its descendants (a server's workers)."""
+def _cpu_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """{process: (its own user + system ticks, those of its exited children)} for pid and its descendants."""
     out = {}
     for member in _tree(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[member] = (int(fields[11]) + int(fields[12])) / TICKS
+        out[member] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
     return out
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """{process: its own user + system CPU seconds} for pid and its descendants (a server's workers)."""
+    return {member: own / TICKS for member, (own, _) in _cpu_ticks(pid).items()}
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process tree (all threads), in seconds, including children that have exited
     (cutime/cstime): a PostgreSQL backend that served one connection and quit still counts."""
-    total = 0
-    for member in _tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15])
-    return total / TICKS
+    return sum(own + exited for own, exited in _cpu_ticks(pid).values()) / TICKS
 
 
 def peak_rss_mb(pid: int) -> float:
