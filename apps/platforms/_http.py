@@ -124,7 +124,9 @@ def sdk_error(
         mapped = api_error(exc)
         if mapped is not None:
             return mapped
-    if isinstance(exc, ValueError):  # the body or an SSE event was not JSON, or not the expected shape
+    # The body or an SSE event was not JSON, or not the expected shape; or JSON nested past the parser's
+    # recursion limit (json.loads raises RecursionError for it).
+    if isinstance(exc, ValueError | RecursionError):
         return malformed(provider, describe(exc, secret))
     # The SDKs do not wrap network errors raised while reading a stream body: map them here.
     transport = transport_error(provider, exc, secret)

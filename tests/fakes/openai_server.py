@@ -141,10 +141,11 @@ class FakeOpenAIServer(FakeProviderServer):
         if fault.kind == "malformed_json":
             if streaming:
                 await exchange.start(200, content_type="text/event-stream")
-                await exchange.write(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n')
+                event = fault.body or b'{"id": "chatcmpl-broken", "choices": [{"delta": '
+                await exchange.write(b"data: " + event + b"\n\n")
                 await exchange.close()
             else:
-                await exchange.raw(200, b'{"id": "chatcmpl-broken", "choices": [')
+                await exchange.raw(200, fault.body or b'{"id": "chatcmpl-broken", "choices": [')
             return True
         if fault.kind == "cut_stream" and not streaming:
             # A JSON answer cut midway: half a body, then the socket closes.

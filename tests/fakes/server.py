@@ -31,7 +31,8 @@ class Fault:
     hang: never answer (until the client gives up or disconnects).
     cut_stream: stream `after_chunks` text chunks, then end the body without a finish event (with `abrupt`,
         drop the socket instead, so the client sees a broken transfer rather than an early end).
-    malformed_json: answer 200 with a body that is not JSON.
+    malformed_json: answer 200 with a body that is not JSON, or with `body` (the OpenAI fake: the whole
+        answer, or a stream's one event).
     drop_connection: close the socket without any response.
     """
 
@@ -43,6 +44,7 @@ class Fault:
     message: str = "fake failure"
     code: str | None = None  # provider error code in the body, e.g. "content_policy_violation"
     abrupt: bool = False
+    body: bytes | None = None
 
 
 @dataclass

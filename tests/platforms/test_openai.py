@@ -404,6 +404,14 @@ FAULTS = [
         Fault("status", status=400, code="content_policy_violation"), "refusal", False, 400, id="policy"
     ),
     pytest.param(Fault("malformed_json"), "malformed_response", True, None, id="malformed"),
+    # JSON nested past the parser's recursion limit: RecursionError, not ValueError, from json.loads.
+    pytest.param(
+        Fault("malformed_json", body=b"[" * 100_000 + b"]" * 100_000),
+        "malformed_response",
+        True,
+        None,
+        id="nested-too-deep",
+    ),
     pytest.param(Fault("drop_connection"), "connection", True, None, id="dropped"),
     pytest.param(Fault("hang"), "timeout", True, None, id="hang"),
 ]
