@@ -180,14 +180,20 @@ def proxy_target(url: str, variant: str) -> Target:
 
 async def _turn(pool: Pool, seconds: float, pid: int | None) -> dict[str, Any]:
     postgres = procs.postmaster_pid()
-    cpu = procs.cpu_seconds(pid) if pid else 0.0
-    split = procs.cpu_by_process(pid) if pid else {}
+    before = procs.cpu_ticks(pid) if pid else {}
     db_cpu = procs.cpu_seconds(postgres) if postgres else 0.0
     result = await pool.run(max_requests=LOAD_MAX_REQUESTS, duration=seconds)
-    used = [now - split.get(member, 0.0) for member, now in procs.cpu_by_process(pid).items()] if pid else []
+    after = procs.cpu_ticks(pid) if pid else {}
+    split = procs.cpu_by_process(pid, before) if pid else {}
+    used = (
+        [now - split.get(member, 0.0) for member, now in procs.cpu_by_process(pid, after).items()]
+        if pid
+        else []
+    )
+    server_cpu = procs.cpu_seconds(pid, after) - procs.cpu_seconds(pid, before) if pid else 0.0
     return {
         "result": result,
-        "server_cpu_ms": (procs.cpu_seconds(pid) - cpu) * 1000 if pid else 0.0,
+        "server_cpu_ms": server_cpu * 1000,
         "db_cpu_ms": (procs.cpu_seconds(postgres) - db_cpu) * 1000 if postgres else 0.0,
         # How evenly the server's processes shared the work (1.0: one process did all of it).
         "busiest_process_share": max(used) / sum(used) if used and sum(used) > 0 else None,

@@ -182,8 +182,9 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_ticks(pid: int) -> dict[int, tuple[int, int]]:
-    """{process: (its own user + system ticks, those of its exited children)} for pid and its descendants."""
+def cpu_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """{process: (its own user + system ticks, those of its exited children)} for pid and its descendants:
+    one read of the tree, for cpu_seconds and cpu_by_process alike."""
     out = {}
     for member in _tree(pid):
         try:
@@ -194,15 +195,15 @@ def _cpu_ticks(pid: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-def cpu_by_process(pid: int) -> dict[int, float]:
+def cpu_by_process(pid: int, ticks: dict[int, tuple[int, int]] | None = None) -> dict[int, float]:
     """{process: its own user + system CPU seconds} for pid and its descendants (a server's workers)."""
-    return {member: own / TICKS for member, (own, _) in _cpu_ticks(pid).items()}
+    return {member: own / TICKS for member, (own, _) in (ticks or cpu_ticks(pid)).items()}
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, ticks: dict[int, tuple[int, int]] | None = None) -> float:
     """User + system CPU of a process tree (all threads), in seconds, including children that have exited
     (cutime/cstime): a PostgreSQL backend that served one connection and quit still counts."""
-    return sum(own + exited for own, exited in _cpu_ticks(pid).values()) / TICKS
+    return sum(own + exited for own, exited in (ticks or cpu_ticks(pid)).values()) / TICKS
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -182,14 +182,17 @@ def _row(row: dict[str, Any]) -> str:
     )
 
 
+#: The HTTP servers of the summary rows whose processes' CPU split is recorded, as the text names them.
+HTTP_SERVERS = {"ours_http": "ours", "litellm_proxy": "LiteLLM proxy"}
+
+
 def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
     """How evenly each HTTP server's processes shared the c=16 load (uvicorn's shared socket can give one
     worker every connection: config/serve.py)."""
-    names = {"ours_http": "ours", "litellm_proxy": "LiteLLM proxy"}
     shares = [
-        f"{names[row['name']]} {', '.join(f'{share:.0%}' for share in row['busiest_process_cpu_share_c16'])}"
+        f"{HTTP_SERVERS[row['name']]} {', '.join(f'{share:.0%}' for share in row['busiest_process_cpu_share_c16'])}"
         for row in rows
-        if row["name"] in names and row.get("busiest_process_cpu_share_c16")
+        if row["name"] in HTTP_SERVERS and row.get("busiest_process_cpu_share_c16")
     ]
     return (
         f"- Server processes: {workers or 'WEB_CONCURRENCY'} each (ours: `python -m config.serve`, a socket per "
@@ -203,11 +206,11 @@ def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
 def _skew_warning(rows: list[dict[str, Any]]) -> str:
     """A caveat on the HTTP ratio when one process of a server did most of its work at c=16 (the ratio then
     compares a server on one core with one on two)."""
-    names = {"ours_http": "ours", "litellm_proxy": "the proxy's"}
     skewed = [
-        f"{names[row['name']]} busiest process did {max(row['busiest_process_cpu_share_c16']):.0%} of its work"
+        f"{HTTP_SERVERS[row['name']]}: its busiest process did {max(row['busiest_process_cpu_share_c16']):.0%} of "
+        "its work"
         for row in rows
-        if row["name"] in names and max(row.get("busiest_process_cpu_share_c16") or [0.0]) > 0.75
+        if row["name"] in HTTP_SERVERS and max(row.get("busiest_process_cpu_share_c16") or [0.0]) > 0.75
     ]
     return f" (**skewed**: {'; '.join(skewed)}; see Server processes below)" if skewed else ""
 
