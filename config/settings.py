@@ -350,29 +350,30 @@ AXES_LOCKOUT_CALLABLE = "apps.security.lockout.lockout_response"
 AXES_CLIENT_STR_CALLABLE = "apps.security.lockout.client_str"
 AXES_DISABLE_ACCESS_LOG = True  # successful logins are not recorded: only failures count
 AXES_ENABLE_ADMIN = True  # staff see and delete attempts in the admin (or `manage.py axes_reset_username`)
-# Counters shared by every server process: in Redis when REDIS_URL is set (Django's own RedisCache), else in
-# the database (one table, shared by every process that uses it).
+# Counters shared by every server process: in Redis when REDIS_URL is set (Django's RedisCache, with one
+# connection pool per process: config/redis_cache.py), else in the database (one table, shared by every
+# process that uses it).
 if REDIS_URL:
     AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
     AXES_CACHE = "logins"
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "logins": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.redis_cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}logins",
         },
         # Token -> user lookups (apps/agents/api/authentication.py): shared, so a revoked token or a
         # deactivated user is refused at once by every server process, not only the one that saw it.
         "auth": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.redis_cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}auth",
         },
         # Rate-limit counters (apps/agents/api/throttling.py): shared, so N server processes allow a user
         # the configured rate, not N times it.
         "throttle": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.redis_cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}throttle",
         },

@@ -269,7 +269,7 @@ print("locked" if request.axes_locked_out else "not locked")
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "logins": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.redis_cache.SharedRedisCache",
             "LOCATION": url,
             "KEY_PREFIX": f"{prefix}logins",
         },

@@ -194,7 +194,5 @@ def test_rate_limits_are_counted_in_redis_when_it_is_configured() -> None:
         "shell", "-c", show, env=production_env(SECRET_KEY="x", REDIS_URL="redis://127.0.0.1:1/0")
     )
     without = manage("shell", "-c", show, env=production_env(SECRET_KEY="x", REDIS_URL=""))
-    assert with_redis.stdout.splitlines()[-1] == "django.core.cache.backends.redis.RedisCache", (
-        with_redis.stderr
-    )
+    assert with_redis.stdout.splitlines()[-1] == "config.redis_cache.SharedRedisCache", with_redis.stderr
     assert without.stdout.splitlines()[-1] == "django.core.cache.backends.locmem.LocMemCache", without.stderr

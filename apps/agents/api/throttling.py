@@ -2,8 +2,8 @@
 (runs, on top of "user") and "anon" (unauthenticated endpoints, per client address).
 
 A fixed-window counter in the "throttle" cache (Redis when REDIS_URL is set, so every server process counts
-against the same limit; the process's memory otherwise), `cache.add` + `cache.incr`, atomic in Redis and in the
-local-memory cache, instead of
+against the same limit: INCR + EXPIRE in one round trip; the process's memory otherwise: `cache.add` +
+`cache.incr`), atomic in Redis and in the local-memory cache, instead of
 DRF's sliding window: DRF keeps and re-pickles a list of every request time in the window, which at the
 default 6000/min is a 6000-element list read and written on every request. The price is that a client can
 burst up to twice its rate across a window boundary. Rates are read on every request, so a settings
@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -55,13 +56,7 @@ class WindowRateThrottle(BaseThrottle):
         now = time.time()
         window = int(now // period)
         key = f"throttle:{self.scope}:{self.ident(request)}:{window}"
-        cache = caches["throttle"]  # Redis when REDIS_URL is set: one count for every server process
-        cache.add(key, 0, timeout=period + 1)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            cache.set(key, 1, timeout=period + 1)
-            count = 1
+        count = _count(caches["throttle"], key, timeout=period + 1)
         if count > allowed:
             self._wait = (window + 1) * period - now
             return False
@@ -69,6 +64,20 @@ class WindowRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+def _count(cache: BaseCache, key: str, *, timeout: int) -> int:
+    """One more hit on the window's counter `key`, and the count so far."""
+    # REDIS_URL set (config/redis_cache.py SharedRedisCache): one count for every server process.
+    incr_with_expiry = getattr(cache, "incr_with_expiry", None)
+    if incr_with_expiry is not None:
+        return incr_with_expiry(key, timeout)
+    cache.add(key, 0, timeout=timeout)
+    try:
+        return cache.incr(key)
+    except ValueError:  # evicted between add and incr
+        cache.set(key, 1, timeout=timeout)
+        return 1
 
 
 class UserRateThrottle(WindowRateThrottle):
