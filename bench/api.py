@@ -71,7 +71,8 @@ def server_env(provider_url: str, db_url: str) -> dict[str, str]:
         "ANTHROPIC_API_KEY": "",
         "GEMINI_API_KEY": "",
         "CELERY_BROKER_URL": "",
-        "REDIS_URL": "",
+        # BENCH_REDIS_URL: the server with Redis (shared rate limits and caches, as several processes need).
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", ""),
         # The bench measures the endpoint, not the rate limiter's refusals.
         "THROTTLE_USER_RATE": "10000000/min",
         "THROTTLE_EXECUTE_RATE": "10000000/min",

@@ -21,7 +21,7 @@ LABELS = {
 }
 RECORDS = {
     "ours": "execution row (INSERT running + 1 UPDATE), attempts, tokens, Decimal cost",
-    "ours_http": "same + token auth (DB), agent lookup, idempotency check",
+    "ours_http": "same + token auth, agent lookup, rate limits (Redis), idempotency check",
     "litellm": "nothing",
     "pydantic_ai": "nothing",
     "litellm_proxy": "nothing (no DB); master-key auth",
@@ -121,6 +121,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                     "cpu_ms_per_call": c16.get("server_cpu_ms_per_request"),
                     "db_cpu_ms_per_call": c16.get("db_cpu_ms_per_request"),
                     "busiest_process_cpu_share_c16": c16.get("busiest_process_cpu_share"),
+                    "rps_by_turn_c16": c16.get("rps_by_turn"),
                 }
             )
         out[variant] = rows
@@ -142,10 +143,21 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         rps = by.get(name, {}).get("rps")
         return rps["16"] if rps else None
 
+    # Turn by turn: the two servers' turns alternate (bench/run.py), so turn i of each ran under about the
+    # same load from the rest of the machine; the spread says how far one run's ratio can be trusted.
+    by_turn = [
+        ratio(ours, proxy)
+        for ours, proxy in zip(
+            by.get("ours_http", {}).get("rps_by_turn_c16") or [],
+            by.get("litellm_proxy", {}).get("rps_by_turn_c16") or [],
+            strict=False,
+        )
+    ]
     return {
         "ours_vs_litellm_inprocess_overhead_p50": ratio(p50("ours"), p50("litellm")),
         "ours_vs_pydantic_ai_inprocess_overhead_p50": ratio(p50("ours"), p50("pydantic_ai")),
         "ours_vs_litellm_proxy_rps_c16": ratio(rps16("ours_http"), rps16("litellm_proxy")),
+        "ours_vs_litellm_proxy_rps_c16_by_turn": [value for value in by_turn if value is not None],
     }
 
 
@@ -203,6 +215,13 @@ def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
     )
 
 
+def _turn_range(r: dict[str, Any]) -> str:
+    turns = r.get("ours_vs_litellm_proxy_rps_c16_by_turn") or []
+    if len(turns) < 2:
+        return ""
+    return f" ({_fmt(min(turns), 2)}-{_fmt(max(turns), 2)}x turn by turn, {len(turns)} turns)"
+
+
 def _skew_warning(rows: list[dict[str, Any]]) -> str:
     """A caveat on the HTTP ratio when one process of a server did most of its work at c=16 (the ratio then
     compares a server on one core with one on two)."""
@@ -240,7 +259,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"**Ratios (instant fake):** our in-process overhead p50 is {_fmt(r['ours_vs_litellm_inprocess_overhead_p50'], 2)}x "
         f"LiteLLM's and {_fmt(r['ours_vs_pydantic_ai_inprocess_overhead_p50'], 2)}x pydantic-ai's; "
         f"our HTTP endpoint serves {_fmt(r['ours_vs_litellm_proxy_rps_c16'], 2)}x the LiteLLM proxy's requests/s at "
-        "concurrency 16" + _skew_warning(summary.get("instant", [])) + ".",
+        "concurrency 16" + _turn_range(r) + _skew_warning(summary.get("instant", [])) + ".",
         "",
     ]
     header = (
@@ -259,8 +278,9 @@ def markdown(data: dict[str, Any]) -> str:
         "- **Our rows do work the others skip**: each call inserts its execution row (status running), runs "
         "the agent (retry/fallback machinery, cost in Decimal from genai-prices) and writes the final "
         "UPDATE with attempts, tokens and cost. Over HTTP add token authentication and the agent lookup "
-        "(both PostgreSQL queries) and the idempotency check. LiteLLM and pydantic-ai record nothing; the "
-        "proxy runs without a database.",
+        "(cached in Redis, which the server processes share, as they must to be correct across processes), "
+        "the per-user and per-run rate limits (counted in Redis) and the idempotency check. LiteLLM and "
+        "pydantic-ai record nothing; the proxy runs without a database or Redis.",
         "- CPU ms per call: in-process, the whole process's CPU (all threads) over the timed calls / calls. "
         "HTTP: the server process's CPU per request at concurrency 16; `+ N DB` is PostgreSQL's CPU "
         "per request on top (ours only; the others use no database).",
