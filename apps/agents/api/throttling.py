@@ -32,7 +32,10 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 class WindowRateThrottle(BaseThrottle):
-    scope = ""
+    """Counts a request against the rate of each of its `scopes`, in one call to the cache (one Redis round
+    trip); refused when any of them is over its rate."""
+
+    scopes: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self._wait: float | None = None
@@ -49,16 +52,24 @@ class WindowRateThrottle(BaseThrottle):
         return client_ip(request._request)
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
-        if not rate:
-            return True
-        allowed, period = parse_rate(rate)
         now = time.time()
-        window = int(now // period)
-        key = f"throttle:{self.scope}:{self.ident(request)}:{window}"
-        count = _count(caches["throttle"], key, timeout=period + 1)
-        if count > allowed:
-            self._wait = (window + 1) * period - now
+        windows = []  # (key, allowed, period, window) of each scope that has a rate
+        for scope in self.scopes:
+            rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+            if rate:
+                allowed, period = parse_rate(rate)
+                window = int(now // period)
+                windows.append((f"throttle:{scope}:{self.ident(request)}:{window}", allowed, period, window))
+        if not windows:
+            return True
+        counts = _count(caches["throttle"], {key: period + 1 for key, _, period, _ in windows})
+        waits = [
+            (window + 1) * period - now
+            for (_, allowed, period, window), count in zip(windows, counts, strict=True)
+            if count > allowed
+        ]
+        if waits:
+            self._wait = max(waits)
             return False
         return True
 
@@ -66,27 +77,33 @@ class WindowRateThrottle(BaseThrottle):
         return self._wait
 
 
-def _count(cache: BaseCache, key: str, *, timeout: int) -> int:
-    """One more hit on the window's counter `key`, and the count so far."""
-    # REDIS_URL set (config/redis_cache.py SharedRedisCache): one count for every server process.
+def _count(cache: BaseCache, counters: dict[str, int]) -> list[int]:
+    """One more hit on each window's counter (key -> seconds it lives), and the counts so far."""
+    # REDIS_URL set (config/redis_cache.py SharedRedisCache): one count for every server process, one round
+    # trip for every counter.
     incr_with_expiry = getattr(cache, "incr_with_expiry", None)
     if incr_with_expiry is not None:
-        return incr_with_expiry(key, timeout)
-    cache.add(key, 0, timeout=timeout)
-    try:
-        return cache.incr(key)
-    except ValueError:  # evicted between add and incr
-        cache.set(key, 1, timeout=timeout)
-        return 1
+        return incr_with_expiry(counters)
+    counts = []
+    for key, timeout in counters.items():
+        cache.add(key, 0, timeout=timeout)
+        try:
+            counts.append(cache.incr(key))
+        except ValueError:  # evicted between add and incr
+            cache.set(key, 1, timeout=timeout)
+            counts.append(1)
+    return counts
 
 
 class UserRateThrottle(WindowRateThrottle):
-    scope = "user"
+    scopes = ("user",)
 
 
-class ExecuteRateThrottle(WindowRateThrottle):
-    scope = "execute"
+class RunRateThrottle(WindowRateThrottle):
+    """A run request: the user's rate for every request and the rate of runs, counted together."""
+
+    scopes = ("user", "execute")
 
 
 class AnonRateThrottle(WindowRateThrottle):
-    scope = "anon"
+    scopes = ("anon",)

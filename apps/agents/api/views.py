@@ -55,7 +55,7 @@ from apps.agents.api.serializers_records import (
     HealthOutputSerializer,
 )
 from apps.agents.api.sse import EVENT_STREAM
-from apps.agents.api.throttling import AnonRateThrottle, ExecuteRateThrottle
+from apps.agents.api.throttling import AnonRateThrottle, RunRateThrottle
 from apps.agents.errors import ApplicationError
 from apps.agents.models import SLUG_VALIDATOR, Agent, AgentExecution, Conversation
 from apps.agents.selectors import (
@@ -154,10 +154,9 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         return agent
 
     def get_throttles(self) -> list[Any]:
-        throttles = super().get_throttles()
-        if self.action == "execute":
-            throttles.append(ExecuteRateThrottle())
-        return throttles
+        if self.action == "execute":  # the user's rate and the rate of runs, counted in one round trip
+            return [RunRateThrottle()]
+        return super().get_throttles()
 
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())

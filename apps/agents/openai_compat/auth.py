@@ -19,7 +19,7 @@ from django.http import HttpRequest
 from rest_framework import exceptions as drf
 
 from apps.agents.api.authentication import CachedBearerTokenAuthentication, CachedTokenAuthentication
-from apps.agents.api.throttling import ExecuteRateThrottle, UserRateThrottle
+from apps.agents.api.throttling import RunRateThrottle, UserRateThrottle
 from apps.agents.models import SLUG_VALIDATOR, Agent
 from apps.agents.openai_compat.errors import OpenAIError
 from apps.agents.selectors import agents_visible_to
@@ -56,18 +56,16 @@ def authenticate(request: HttpRequest) -> Any:
 
 
 def throttle(request: HttpRequest, *, execute: bool) -> None:
-    throttles: list[Any] = [UserRateThrottle()]
-    if execute:
-        throttles.append(ExecuteRateThrottle())
-    for limiter in throttles:
-        if not limiter.allow_request(request, None):
-            wait = max(1, int((limiter.wait() or 1) + 0.999))
-            raise OpenAIError(
-                f"Rate limit reached for your account; try again in {wait} s.",
-                status=429,
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(wait)},
-            )
+    # A run: the user's rate and the rate of runs, counted in one round trip.
+    limiter = RunRateThrottle() if execute else UserRateThrottle()
+    if not limiter.allow_request(request, None):
+        wait = max(1, int((limiter.wait() or 1) + 0.999))
+        raise OpenAIError(
+            f"Rate limit reached for your account; try again in {wait} s.",
+            status=429,
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 def visible_agents(user: Any) -> Any:

@@ -217,3 +217,29 @@ def test_the_schema_states_what_the_server_refuses(anon_client, alice_client, al
         f"/api/v1/agents/{agent.agent_id}/execute/", {"input_data": {"task": "\u0085"}}, format="json"
     )
     assert blank.status_code == 400 and "input_data.task" in blank.json()["error"]["fields"]
+
+
+@pytest.fixture
+def runnable(alice):  # type: ignore[no-untyped-def]
+    return AgentFactory(owner=alice, agent_id="helper", preferred_platform="openai", max_retries=0)
+
+
+def run(client):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/agents/helper/execute/", {"input_data": {"task": "hi"}}, format="json")
+
+
+@throttle_rates(execute="2/min")
+def test_runs_are_limited_by_the_rate_of_runs(fake_registry, alice_client, runnable):
+    assert [run(alice_client).status_code for _ in range(2)] == [200, 200]
+    response = run(alice_client)
+    assert_envelope(response, 429, "throttled")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert alice_client.get("/api/v1/agents/").status_code == 200  # other requests: the user's rate only
+
+
+@throttle_rates(user="3/min")
+def test_a_run_counts_against_the_users_rate_too(fake_registry, alice_client, runnable):
+    assert [run(alice_client).status_code for _ in range(2)] == [200, 200]
+    assert alice_client.get("/api/v1/agents/").status_code == 200
+    assert_envelope(alice_client.get("/api/v1/agents/"), 429, "throttled")
+    assert_envelope(run(alice_client), 429, "throttled")

@@ -60,9 +60,27 @@ def test_a_counter_is_counted_and_expires_in_one_round_trip(server):
     cache = cache_handler()["r"]
     key = cache.make_and_validate_key("hits")
 
-    assert [cache.incr_with_expiry("hits", 61) for _ in range(3)] == [1, 2, 3]
+    assert [cache.incr_with_expiry({"hits": 61}) for _ in range(3)] == [[1], [2], [3]]
     assert 0 < server.ttl(key) <= 61  # the window's counter goes away with its window
     assert cache.get("hits") == 3  # the same value Django's cache API reads
+
+
+def test_several_counters_are_counted_in_one_round_trip(server, monkeypatch):
+    cache = cache_handler()["r"]
+    cache.incr_with_expiry({"user": 61})  # the connection is open: what follows is commands only
+    sends = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sends.append(command)
+        return real(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+
+    assert cache.incr_with_expiry({"user": 61, "runs": 3601}) == [2, 1]  # in the order given
+
+    assert len(sends) == 1  # MULTI, two INCR and two EXPIRE, EXEC: written at once, read at once
+    assert 3540 < server.ttl(cache.make_and_validate_key("runs")) <= 3601
 
 
 @pytest.mark.django_db
