@@ -7,20 +7,14 @@ import pytest
 from django.utils import deprecation
 
 from config.asgi import application
+from tests.spies import name_of, record_calls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_an_api_request_makes_no_thread_hop_in_the_middleware(monkeypatch):
     # Django's MiddlewareMixin sends each process_request / process_response through this name.
-    hops: list[object] = []
-    real = deprecation.sync_to_async
-
-    def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
-        hops.append(func)
-        return real(func, *args, **kwargs)
-
-    monkeypatch.setattr(deprecation, "sync_to_async", counting)
+    hops = record_calls(monkeypatch, deprecation, "sync_to_async", name_of)
     transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         response = await client.get("/api/v1/agents/")
@@ -44,14 +38,7 @@ async def test_a_run_request_is_rendered_on_the_loop_without_a_thread_hop(
 
     await sync_to_async(AgentFactory)(owner=alice, agent_id="helper", preferred_platform="openai")
     token = await sync_to_async(token_for)(alice)
-    hops: list[str] = []
-    real = base.sync_to_async
-
-    def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
-        hops.append(getattr(func, "__name__", repr(func)))
-        return real(func, *args, **kwargs)
-
-    monkeypatch.setattr(base, "sync_to_async", counting)
+    hops = record_calls(monkeypatch, base, "sync_to_async", lambda func, *args: func.__name__)
     transport = httpx.ASGITransport(app=application)
     headers = {"Authorization": f"Token {token}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as client:

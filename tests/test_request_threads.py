@@ -17,6 +17,7 @@ from django.dispatch import dispatcher
 from apps.agents.api import views
 from config import asgi
 from config.asgi import PooledThreadsASGIHandler, application, skip_start_checks_under_asgi
+from tests.spies import name_of, record_calls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,14 +73,7 @@ async def test_a_request_start_makes_no_thread_hop_for_the_connection_checks(mon
     # The test client puts close_old_connections back for every sender after each of its requests; this is
     # the state config/asgi.py leaves a server process in.
     assert skip_start_checks_under_asgi()
-    hops: list[str] = []
-    real = dispatcher.sync_to_async
-
-    def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
-        hops.append(getattr(func, "__qualname__", repr(func)))
-        return real(func, *args, **kwargs)
-
-    monkeypatch.setattr(dispatcher, "sync_to_async", counting)
+    hops = record_calls(monkeypatch, dispatcher, "sync_to_async", name_of)
     async with client() as http:
         assert (await http.get("/api/v1/health/")).status_code == 200
     assert hops == []  # Signal.asend hops only for sync receivers

@@ -12,6 +12,7 @@ import redis
 from django.core.cache import CacheHandler, caches
 
 from tests.agents.api.conftest import throttle_rates
+from tests.spies import record_calls
 
 URL = "redis://127.0.0.1:6379/13"
 SHARED = "config.redis_cache.SharedRedisCache"
@@ -68,14 +69,7 @@ def test_a_counter_is_counted_and_expires_in_one_round_trip(server):
 def test_several_counters_are_counted_in_one_round_trip(server, monkeypatch):
     cache = cache_handler()["r"]
     cache.incr_with_expiry({"user": 61})  # the connection is open: what follows is commands only
-    sends = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(self, command, *args, **kwargs):  # type: ignore[no-untyped-def]
-        sends.append(command)
-        return real(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    sends = record_calls(monkeypatch, redis.connection.AbstractConnection, "send_packed_command")
 
     assert cache.incr_with_expiry({"user": 61, "runs": 3601}) == [2, 1]  # in the order given
 
