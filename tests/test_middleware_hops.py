@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from unittest.mock import Mock
+
 import httpx
 import pytest
 from django.utils import deprecation
 
 from config.asgi import application
-from tests.spies import name_of, record_calls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_an_api_request_makes_no_thread_hop_in_the_middleware(monkeypatch):
     # Django's MiddlewareMixin sends each process_request / process_response through this name.
-    hops = record_calls(monkeypatch, deprecation, "sync_to_async", name_of)
+    hops = Mock(wraps=deprecation.sync_to_async)
+    monkeypatch.setattr(deprecation, "sync_to_async", hops)
     transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         response = await client.get("/api/v1/agents/")
@@ -22,7 +24,7 @@ async def test_an_api_request_makes_no_thread_hop_in_the_middleware(monkeypatch)
     assert response.status_code == 401  # went through the whole stack, to DRF's authentication
     assert response.headers["x-frame-options"] == "DENY"  # the inline hooks did run
     assert "nosniff" in response.headers["x-content-type-options"]
-    assert hops == []
+    assert hops.call_args_list == []
 
 
 async def test_a_run_request_is_rendered_on_the_loop_without_a_thread_hop(
@@ -38,7 +40,12 @@ async def test_a_run_request_is_rendered_on_the_loop_without_a_thread_hop(
 
     await sync_to_async(AgentFactory)(owner=alice, agent_id="helper", preferred_platform="openai")
     token = await sync_to_async(token_for)(alice)
-    hops = record_calls(monkeypatch, base, "sync_to_async", lambda func, *args: func.__name__)
+    spy = Mock(wraps=base.sync_to_async)
+    monkeypatch.setattr(base, "sync_to_async", spy)
+
+    def hops() -> list[str]:
+        return [call.args[0].__name__ for call in spy.call_args_list]
+
     transport = httpx.ASGITransport(app=application)
     headers = {"Authorization": f"Token {token}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as client:
@@ -46,12 +53,12 @@ async def test_a_run_request_is_rendered_on_the_loop_without_a_thread_hop(
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/json"
         assert response.json()["output"] == "Hello from the fake provider."
-        assert "render" not in hops
+        assert "render" not in hops()
 
         refused = await client.post("/api/v1/agents/helper/execute/", json={"input_data": {}})
         assert refused.status_code == 400  # the DRF half's own answer (the error envelope), also JSON
         assert refused.json()["error"]["fields"]
-        assert "render" not in hops
+        assert "render" not in hops()
 
         html = await client.post(
             "/api/v1/agents/helper/execute/",
@@ -59,4 +66,4 @@ async def test_a_run_request_is_rendered_on_the_loop_without_a_thread_hop(
             headers={"Accept": "text/html"},
         )
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
-    assert hops.count("render") == 1  # the browsable API's page, rendered by Django in its thread
+    assert hops().count("render") == 1  # the browsable API's page, rendered by Django in its thread

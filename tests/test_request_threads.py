@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from unittest.mock import Mock
 
 import httpx
 import pytest
@@ -17,7 +18,6 @@ from django.dispatch import dispatcher
 from apps.agents.api import views
 from config import asgi
 from config.asgi import PooledThreadsASGIHandler, application, skip_start_checks_under_asgi
-from tests.spies import name_of, record_calls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,10 +73,11 @@ async def test_a_request_start_makes_no_thread_hop_for_the_connection_checks(mon
     # The test client puts close_old_connections back for every sender after each of its requests; this is
     # the state config/asgi.py leaves a server process in.
     assert skip_start_checks_under_asgi()
-    hops = record_calls(monkeypatch, dispatcher, "sync_to_async", name_of)
+    hops = Mock(wraps=dispatcher.sync_to_async)
+    monkeypatch.setattr(dispatcher, "sync_to_async", hops)
     async with client() as http:
         assert (await http.get("/api/v1/health/")).status_code == 200
-    assert hops == []  # Signal.asend hops only for sync receivers
+    assert hops.call_args_list == []  # Signal.asend hops only for sync receivers
 
     sync_for_asgi, _ = signals.request_started._live_receivers(PooledThreadsASGIHandler)
     sync_for_wsgi, _ = signals.request_started._live_receivers(WSGIHandler)

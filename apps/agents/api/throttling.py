@@ -53,13 +53,14 @@ class WindowRateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
+        ident = self.ident(request)
         windows = []  # (key, allowed, period, window) of each scope that has a rate
         for scope in self.scopes:
             rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
             if rate:
                 allowed, period = parse_rate(rate)
                 window = int(now // period)
-                windows.append((f"throttle:{scope}:{self.ident(request)}:{window}", allowed, period, window))
+                windows.append((f"throttle:{scope}:{ident}:{window}", allowed, period, window))
         if not windows:
             return True
         counts = _count(caches["throttle"], {key: period + 1 for key, _, period, _ in windows})
