@@ -183,7 +183,9 @@ async def test_cancel_of_a_running_stream_ends_it_with_execution_cancelled(
     events = []
     async for event in engine.execute_streaming(agent, {"task": "count"}, alice):
         events.append(event)
-        if isinstance(event, OutputDelta):
+        # Once: deltas already queued before the stop may still arrive, and by then the row is cancelled (a
+        # second cancel answers False, as it should).
+        if isinstance(event, OutputDelta) and sum(isinstance(e, OutputDelta) for e in events) == 1:
             assert await engine.cancel(events[0].execution_id) is True
 
     assert isinstance(events[-1], ExecutionCancelled)
