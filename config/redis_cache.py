@@ -46,15 +46,22 @@ class SharedRedisCache(RedisCache):
 
     @cached_property
     def _cache(self) -> SharedRedisCacheClient:  # type: ignore[override]
-        # Keyed by the servers and options as written in the settings (their repr: OPTIONS may hold classes).
-        key = (*self._servers, repr(sorted(self._options.items())))
+        key = self._shared_as()
         client = _clients.get(key)
         if client is None:
             with _lock:
                 client = _clients.get(key)
                 if client is None:
-                    client = _clients[key] = SharedRedisCacheClient(self._servers, **self._options)
+                    client = _clients[key] = self._new_client()
         return client
+
+    def _shared_as(self) -> tuple[str, ...]:
+        """What instances that may share a client have in common: the servers and options as written in the
+        settings (their repr: OPTIONS may hold classes)."""
+        return (type(self).__name__, *self._servers, repr(sorted(self._options.items())))
+
+    def _new_client(self) -> SharedRedisCacheClient:
+        return SharedRedisCacheClient(self._servers, **self._options)
 
     def incr_with_expiry(self, counters: Mapping[str, int], version: int | None = None) -> list[int]:
         """Each counter plus one (created at 1), living its number of seconds from now, and the counts in the

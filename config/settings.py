@@ -366,7 +366,11 @@ if REDIS_URL:
         # Token -> user lookups (apps/agents/api/authentication.py): shared, so a revoked token or a
         # deactivated user is refused at once by every server process, not only the one that saw it.
         "auth": {
-            "BACKEND": "config.redis_cache.SharedRedisCache",
+            # Read on every run request, changed rarely: each process keeps what it read until any process
+            # changes it (config/near_cache.py). NEAR_CACHE=false reads Redis every time.
+            "BACKEND": "config.near_cache.NearRedisCache"
+            if env.bool("NEAR_CACHE", default=True)
+            else "config.redis_cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"{REDIS_KEY_PREFIX}auth",
         },

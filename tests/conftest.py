@@ -78,6 +78,42 @@ def _empty_auth_cache() -> None:
     caches["throttle"].clear()
 
 
+@pytest.fixture(params=["in the process's memory", "in Redis with near copies"])
+def every_auth_cache(request, settings):
+    """The test runs once with the "auth" cache (tokens, agents, budgets) as configured without REDIS_URL and
+    once as with it: Redis, each process keeping copies until a change is announced (config/near_cache.py).
+    One key prefix per test process: its subscription is made once, and its keys are deleted after each
+    test through the cache, so that no copy outlives them."""
+    import os
+
+    from django.core.cache import caches
+
+    if request.param == "in the process's memory":
+        yield
+        return
+    prefix = f"near-test-{os.getpid()}"
+    settings.CACHES = {
+        **settings.CACHES,
+        "auth": {
+            "BACKEND": "config.near_cache.NearRedisCache",
+            "LOCATION": NEAR_TEST_REDIS,
+            "KEY_PREFIX": prefix,
+        },
+    }
+    cache = caches["auth"]
+    deadline = time.monotonic() + 10
+    while not cache._cache.copies.trusted():
+        assert time.monotonic() < deadline, "the near cache's subscription was not confirmed"
+        time.sleep(0.01)
+    yield
+    leftovers = [key.decode() for key in cache._cache.get_client(None).keys(f"{prefix}:*")]
+    if leftovers:
+        cache._cache.delete_many(leftovers)
+
+
+NEAR_TEST_REDIS = "redis://127.0.0.1:6379/13"
+
+
 @pytest.fixture
 def alice(db):
     return UserFactory(username="alice")

@@ -2,7 +2,8 @@
 
 DRF's TokenAuthentication joins authtoken_token to auth_user on every request. Here the pair is kept in
 Django's "auth" cache (Redis when REDIS_URL is set, so every server process sees the same entries and the same
-invalidations; the process's own memory otherwise) for AUTH_CACHE_SECONDS, under a hash of the key, never
+invalidations, each keeping copies of what it read until any process changes them: config/near_cache.py; the
+process's own memory otherwise) for AUTH_CACHE_SECONDS, under a hash of the key, never
 the key itself. Entries are dropped at once when the token is deleted or replaced and when its user is
 saved or deleted (deactivated, made staff, password changed...), by the signal handlers below. A change that
 bypasses signals (a queryset .update()) is seen after AUTH_CACHE_SECONDS at most.

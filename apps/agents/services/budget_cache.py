@@ -3,10 +3,11 @@
 Every run needs the budgets that apply to its user and agent. Reading them was a query and a thread hop on
 every run, budgets or not (0.55 ms of a streamed run's first token on PostgreSQL, bench/engine.py). Budgets
 change rarely (staff edit them), so the set is kept in the "auth" cache (Redis when REDIS_URL is set, so every
-server process and worker sees the same entries; the process's memory otherwise) under (user, agent), each
+server process and worker sees the same entries, each keeping copies of what it read until any process
+changes them: config/near_cache.py; the process's memory otherwise) under (user, agent), each
 entry stamped with the cache's *generation*: a random token replaced whenever a budget is saved or deleted.
 An entry stamped with another generation is never used. The generation and the entry are read together (one
-get_many: one Redis round trip, in the admission's thread).
+get_many: from the process's copies, or one Redis round trip, in the admission's thread).
 
 Why no committed change is missed: the generation is replaced when a budget is saved and again after that
 commits. A reader that saw an old generation stores an entry stamped old, which nobody uses once the new

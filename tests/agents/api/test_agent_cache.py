@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from tests.agents.api.conftest import post_json
 from tests.factories import AgentFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("every_auth_cache")]
 
 BODY = {"input_data": {"task": "hi"}}
 

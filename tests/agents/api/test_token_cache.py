@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from tests.agents.api.conftest import token_for
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("every_auth_cache")]
 
 URL = "/api/v1/executions/"
 

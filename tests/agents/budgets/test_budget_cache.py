@@ -14,7 +14,7 @@ from apps.agents.services import budget_cache
 from apps.agents.services.budgets import admission_condition, applicable_budgets
 from tests.factories import AgentFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("every_auth_cache")]
 
 
 def labels(user, agent) -> list[str]:  # type: ignore[no-untyped-def]
