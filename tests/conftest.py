@@ -78,6 +78,9 @@ def _empty_auth_cache() -> None:
     caches["throttle"].clear()
 
 
+NEAR_TEST_REDIS = "redis://127.0.0.1:6379/13"
+
+
 @pytest.fixture(params=["in the process's memory", "in Redis with near copies"])
 def every_auth_cache(request, settings):
     """The test runs once with the "auth" cache (tokens, agents, budgets) as configured without REDIS_URL and
@@ -109,9 +112,6 @@ def every_auth_cache(request, settings):
     leftovers = [key.decode() for key in cache._cache.get_client(None).keys(f"{prefix}:*")]
     if leftovers:
         cache._cache.delete_many(leftovers)
-
-
-NEAR_TEST_REDIS = "redis://127.0.0.1:6379/13"
 
 
 @pytest.fixture

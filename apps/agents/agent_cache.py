@@ -3,9 +3,10 @@
 Looking the agent up was the costliest read of a run request (an ORM query with its join, about a tenth of
 the server's CPU per request in `bench/api.py --profile`). The row is kept in the "auth" cache (Redis when
 REDIS_URL is set, so every server process sees the same entries and the same invalidations, each keeping
-copies of what it read until any process changes them: config/near_cache.py; the process's memory otherwise) for AGENT_CACHE_SECONDS, under the key the request used. Visibility is decided on the
-cached row with the same rules as the selector (`agents_visible_to`), so a cached agent is never shown to
-someone the query would have refused.
+copies of what it read until any process changes them: config/near_cache.py; the process's memory otherwise)
+for AGENT_CACHE_SECONDS, under the key the request used. Visibility is decided on the cached row with the
+same rules as the selector (`agents_visible_to`), so a cached agent is never shown to someone the query would
+have refused.
 
 Entries are dropped when the agent is saved or deleted (now, and again when the transaction commits, so a
 request running meanwhile cannot put the old row back for good), under its UUID, its slug and its slug before

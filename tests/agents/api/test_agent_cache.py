@@ -66,6 +66,21 @@ def test_a_private_agent_cached_for_its_owner_stays_hidden_from_others(
 
 
 @pytest.mark.parametrize(
+    "key", ["x" * 5000, "..%2F..%2Fetc%2Fpasswd", "http%3A%2F%2F127.0.0.1%3A1%2F", "helper%00"]
+)
+@pytest.mark.filterwarnings("ignore::django.core.cache.backends.base.CacheKeyWarning")  # the lookup below
+def test_a_hostile_key_is_a_404_and_is_never_cached(fake_registry, fake_openai, alice_client, shared, key):
+    from django.core.cache import caches
+
+    from apps.agents import agent_cache
+
+    with CaptureQueriesContext(connection) as queries:
+        assert run(alice_client, key).status_code == 404
+    assert not any('FROM "agents_agent"' in q["sql"] for q in queries.captured_queries)
+    assert caches["auth"].get(agent_cache._cache_key(key)) is None
+
+
+@pytest.mark.parametrize(
     "change",
     [
         pytest.param(lambda agent: setattr(agent, "is_shared", False), id="unshared"),
