@@ -73,9 +73,10 @@ def server_env(provider_url: str, db_url: str) -> dict[str, str]:
         "CELERY_BROKER_URL": "",
         # BENCH_REDIS_URL: the server with Redis (shared rate limits and caches, as several processes need).
         "REDIS_URL": os.environ.get("BENCH_REDIS_URL", ""),
-        # The bench measures the endpoint, not the rate limiter's refusals.
-        "THROTTLE_USER_RATE": "10000000/min",
-        "THROTTLE_EXECUTE_RATE": "10000000/min",
+        # The bench measures the endpoint, not the rate limiter's refusals. BENCH_THROTTLE_RATE="" turns the
+        # two limits off (no rate-limit count at all: what counting costs, with or without Redis).
+        "THROTTLE_USER_RATE": os.environ.get("BENCH_THROTTLE_RATE", "10000000/min"),
+        "THROTTLE_EXECUTE_RATE": os.environ.get("BENCH_THROTTLE_RATE", "10000000/min"),
         "LOG_LEVEL": "WARNING",
         "DEBUG": "false",
         # Plain HTTP on 127.0.0.1, as `make run`: no redirect to HTTPS (settings' production default).

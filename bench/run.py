@@ -38,10 +38,12 @@ STREAM_CALLS = {"instant": 10 if QUICK else 100, "50ms": 6 if QUICK else 40}
 BLOCK = {"instant": 20, "50ms": 10}  # calls per turn
 HTTP_TTFT_CALLS = {"instant": 9 if QUICK else 60, "50ms": 6 if QUICK else 30}
 CONCURRENCY = (1, 16, 64)
-# Per target and concurrency, split in LOAD_ROUNDS turns. Four turns, not two: the HTTP ratio is also given
-# turn by turn (report.py), and on this shared 2-core machine two runs of the same code differed by 10%.
-LOAD_SECONDS = 1.5 if QUICK else 6.0
-LOAD_ROUNDS = 2 if QUICK else 4
+# Per target and concurrency, split in LOAD_ROUNDS turns. Eight turns, not two: the HTTP ratio is also given
+# turn by turn (report.py), and on this shared 2-core machine two runs of the same code differed by 10%; and
+# the proxy's processes share one socket, so in many turns one of them takes every connection (report.py
+# gives the ratio of the turns where both servers split the load, and four turns often had none).
+LOAD_SECONDS = 1.5 if QUICK else 12.0
+LOAD_ROUNDS = 2 if QUICK else 8
 LOAD_MAX_REQUESTS = 3000
 MASTER_KEY = "sk-bench-master-0123456789abcdef0123456789abcdef"  # a local proxy's key, not a secret
 BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_compare")
@@ -239,6 +241,11 @@ async def _at_concurrency(
             round(t["result"].ok / t["result"].elapsed, 1) if t["result"].elapsed else 0.0
             for t in turns[name]
         ]
+        if targets[name][1]:
+            row["server_cpu_ms_per_request_by_turn"] = [
+                round(t["server_cpu_ms"] / max(1, t["result"].ok + t["result"].errors), 2)
+                for t in turns[name]
+            ]
         procs.log(
             f"  {name} {variant} c={concurrency}: {row['rps']} req/s, {merged.errors} errors"
             + (f", busiest process's CPU share by turn {row['busiest_process_cpu_share']}" if shares else "")

@@ -122,6 +122,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                     "db_cpu_ms_per_call": c16.get("db_cpu_ms_per_request"),
                     "busiest_process_cpu_share_c16": c16.get("busiest_process_cpu_share"),
                     "rps_by_turn_c16": c16.get("rps_by_turn"),
+                    "cpu_ms_per_call_by_turn_c16": c16.get("server_cpu_ms_per_request_by_turn"),
                 }
             )
         out[variant] = rows
@@ -153,11 +154,38 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             strict=False,
         )
     ]
+    # The turns in which both servers spread the load over their processes (busiest share at most BALANCED):
+    # a turn where one process of a server took every connection compares one core with two.
+    ours, proxy = by.get("ours_http", {}), by.get("litellm_proxy", {})
+    balanced = [
+        index
+        for index, (a, b) in enumerate(
+            zip(
+                ours.get("busiest_process_cpu_share_c16") or [],
+                proxy.get("busiest_process_cpu_share_c16") or [],
+                strict=False,
+            )
+        )
+        if a <= BALANCED and b <= BALANCED
+    ]
     return {
         "ours_vs_litellm_inprocess_overhead_p50": ratio(p50("ours"), p50("litellm")),
         "ours_vs_pydantic_ai_inprocess_overhead_p50": ratio(p50("ours"), p50("pydantic_ai")),
         "ours_vs_litellm_proxy_rps_c16": ratio(rps16("ours_http"), rps16("litellm_proxy")),
         "ours_vs_litellm_proxy_rps_c16_by_turn": [value for value in by_turn if value is not None],
+        "balanced_turns_c16": balanced,
+        "ours_vs_litellm_proxy_rps_c16_balanced": [by_turn[i] for i in balanced if i < len(by_turn)],
+        # Server CPU per request (ours with PostgreSQL's) in the balanced turns: the proxy's over ours. Unlike
+        # requests/s, it does not depend on what the load generator and the fake take of the shared cores.
+        "litellm_proxy_vs_ours_cpu_per_request_c16_balanced": [
+            ratio(
+                proxy["cpu_ms_per_call_by_turn_c16"][i],
+                ours["cpu_ms_per_call_by_turn_c16"][i] + (ours.get("db_cpu_ms_per_call") or 0.0),
+            )
+            for i in balanced
+            if i < len(proxy.get("cpu_ms_per_call_by_turn_c16") or [])
+            and i < len(ours.get("cpu_ms_per_call_by_turn_c16") or [])
+        ],
     }
 
 
@@ -196,6 +224,8 @@ def _row(row: dict[str, Any]) -> str:
 
 #: The HTTP servers of the summary rows whose processes' CPU split is recorded, as the text names them.
 HTTP_SERVERS = {"ours_http": "ours", "litellm_proxy": "LiteLLM proxy"}
+#: A turn counts as balanced when the busiest of the two server processes did at most this share of the work.
+BALANCED = 0.6
 
 
 def _process_shares(rows: list[dict[str, Any]], workers: int | None) -> str:
@@ -220,6 +250,19 @@ def _turn_range(r: dict[str, Any]) -> str:
     if len(turns) < 2:
         return ""
     return f" ({_fmt(min(turns), 2)}-{_fmt(max(turns), 2)}x turn by turn, {len(turns)} turns)"
+
+
+def _balanced(r: dict[str, Any]) -> str:
+    rps = r.get("ours_vs_litellm_proxy_rps_c16_balanced") or []
+    cpu = r.get("litellm_proxy_vs_ours_cpu_per_request_c16_balanced") or []
+    if not rps:
+        return " No turn had both servers' load split evenly."
+    return (
+        f" In the {len(rps)} turn(s) where both servers split the load evenly (busiest process at most "
+        f"{BALANCED:.0%}): {', '.join(f'{value:.2f}x' for value in rps)} the proxy's requests/s; the proxy used "
+        f"{', '.join(f'{value:.2f}x' for value in cpu if value is not None)} our server CPU per request (ours "
+        "with PostgreSQL's)."
+    )
 
 
 def _skew_warning(rows: list[dict[str, Any]]) -> str:
@@ -259,7 +302,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"**Ratios (instant fake):** our in-process overhead p50 is {_fmt(r['ours_vs_litellm_inprocess_overhead_p50'], 2)}x "
         f"LiteLLM's and {_fmt(r['ours_vs_pydantic_ai_inprocess_overhead_p50'], 2)}x pydantic-ai's; "
         f"our HTTP endpoint serves {_fmt(r['ours_vs_litellm_proxy_rps_c16'], 2)}x the LiteLLM proxy's requests/s at "
-        "concurrency 16" + _turn_range(r) + _skew_warning(summary.get("instant", [])) + ".",
+        "concurrency 16" + _turn_range(r) + _skew_warning(summary.get("instant", [])) + "." + _balanced(r),
         "",
     ]
     header = (
