@@ -168,6 +168,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         )
         if a <= BALANCED and b <= BALANCED
     ]
+    ours_cpu = ours.get("cpu_ms_per_call_by_turn_c16") or []
+    proxy_cpu = proxy.get("cpu_ms_per_call_by_turn_c16") or []
     return {
         "ours_vs_litellm_inprocess_overhead_p50": ratio(p50("ours"), p50("litellm")),
         "ours_vs_pydantic_ai_inprocess_overhead_p50": ratio(p50("ours"), p50("pydantic_ai")),
@@ -178,13 +180,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # Server CPU per request (ours with PostgreSQL's) in the balanced turns: the proxy's over ours. Unlike
         # requests/s, it does not depend on what the load generator and the fake take of the shared cores.
         "litellm_proxy_vs_ours_cpu_per_request_c16_balanced": [
-            ratio(
-                proxy["cpu_ms_per_call_by_turn_c16"][i],
-                ours["cpu_ms_per_call_by_turn_c16"][i] + (ours.get("db_cpu_ms_per_call") or 0.0),
-            )
+            ratio(proxy_cpu[i], ours_cpu[i] + (ours.get("db_cpu_ms_per_call") or 0.0))
             for i in balanced
-            if i < len(proxy.get("cpu_ms_per_call_by_turn_c16") or [])
-            and i < len(ours.get("cpu_ms_per_call_by_turn_c16") or [])
+            if i < min(len(proxy_cpu), len(ours_cpu))  # results written before the per-turn CPU have none
         ],
     }
 

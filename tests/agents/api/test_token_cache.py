@@ -69,3 +69,25 @@ def test_unknown_key_is_never_cached(alice):
     assert bearer("0" * 40).get(URL).status_code == 401
     Token.objects.create(user=alice, key="0" * 40)
     assert bearer("0" * 40).get(URL).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("k" * 100_000, id="huge"),
+        pytest.param("../../etc/passwd", id="path"),
+        pytest.param("http://169.254.169.254/latest/meta-data/", id="url"),
+        pytest.param("é" * 40, id="not-ascii"),
+    ],
+)
+def test_a_hostile_key_is_a_401_and_is_never_cached(alice, key):
+    from django.core.cache import caches
+
+    from apps.agents.api import authentication
+
+    assert bearer(key).get(URL).status_code == 401
+    assert not caches["auth"].has_key(authentication._cache_key(key))
+    if hasattr(caches["auth"]._cache, "copies"):  # the near cache: no copy kept either
+        assert (
+            caches["auth"]._cache.copies.get(caches["auth"].make_key(authentication._cache_key(key))) is None
+        )
