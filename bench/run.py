@@ -10,10 +10,10 @@
    `execution_engine.execute_agent` / `execute_streaming` on PostgreSQL (every call writes its real row:
    INSERT running, final UPDATE with attempts, tokens and cost), `litellm.acompletion`, pydantic-ai
    `Agent.run` / `run_stream`.
-4. Over HTTP, each server in its own process, loaded by an async httpx generator at concurrency 1, 16, 64
-   (bounded in requests and seconds): the fake itself (the floor), our execute endpoint under uvicorn on
-   PostgreSQL (DEBUG off, log level warning, token auth), the LiteLLM proxy (no database, master key
-   auth), each with WEB_CONCURRENCY server processes (default: one per core).
+4. Over HTTP, each server in its own process, loaded by a lean HTTP/1.1 generator (bench/compare/load.py) at
+   concurrency 1, 16, 64 (bounded in requests and seconds): the fake itself (the floor), our execute
+   endpoint under uvicorn on PostgreSQL (DEBUG off, log level warning, token auth), the LiteLLM proxy (no
+   database, master key auth), each with WEB_CONCURRENCY server processes (default: one per core).
 5. Writes bench/results/latest.md, latest.json, latest.png (overhead and throughput) and prints the table.
 """
 
@@ -186,11 +186,16 @@ def proxy_target(url: str, variant: str) -> Target:
     return Target("litellm_proxy", f"{url}/v1/chat/completions", headers, body, {**body, "stream": True})
 
 
-async def _turn(pool: Pool, seconds: float, pid: int | None) -> dict[str, Any]:
+async def _turn(pool: Pool, seconds: float, pid: int | None, fake_pid: int | None) -> dict[str, Any]:
     postgres = procs.postmaster_pid()
     before = procs.cpu_ticks(pid) if pid else {}
     db_cpu = procs.cpu_seconds(postgres) if postgres else 0.0
+    fake_cpu = procs.cpu_seconds(fake_pid) if fake_pid else 0.0
+    generator_cpu = time.process_time()  # this process: the load generator, nothing else runs meanwhile
+    idle, total = procs.machine_ticks()
     result = await pool.run(max_requests=LOAD_MAX_REQUESTS, duration=seconds)
+    generator_cpu = time.process_time() - generator_cpu
+    idle_after, total_after = procs.machine_ticks()
     after = procs.cpu_ticks(pid) if pid else {}
     split = procs.cpu_by_process(pid, before) if pid else {}
     used = (
@@ -203,13 +208,17 @@ async def _turn(pool: Pool, seconds: float, pid: int | None) -> dict[str, Any]:
         "result": result,
         "server_cpu_ms": server_cpu * 1000,
         "db_cpu_ms": (procs.cpu_seconds(postgres) - db_cpu) * 1000 if postgres else 0.0,
+        "fake_cpu_ms": (procs.cpu_seconds(fake_pid) - fake_cpu) * 1000 if fake_pid else 0.0,
+        "generator_cpu_ms": generator_cpu * 1000,
+        # Idle cores while the server was loaded: CPU the server could have used and did not.
+        "machine_idle_share": (idle_after - idle) / (total_after - total) if total_after > total else None,
         # How evenly the server's processes shared the work (1.0: one process did all of it).
         "busiest_process_share": max(used) / sum(used) if used and sum(used) > 0 else None,
     }
 
 
 async def _at_concurrency(
-    targets: dict[str, tuple[Target, int | None]], concurrency: int, variant: str
+    targets: dict[str, tuple[Target, int | None]], concurrency: int, variant: str, fake_pid: int | None
 ) -> dict[str, dict[str, Any]]:
     """LOAD_ROUNDS turns per target, the targets taking turns (a different one first each round)."""
     names = list(targets)
@@ -221,7 +230,9 @@ async def _at_concurrency(
         for round_index in range(LOAD_ROUNDS):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                turns[name].append(await _turn(pools[name], LOAD_SECONDS / LOAD_ROUNDS, targets[name][1]))
+                turns[name].append(
+                    await _turn(pools[name], LOAD_SECONDS / LOAD_ROUNDS, targets[name][1], fake_pid)
+                )
     finally:
         for pool in pools.values():
             await pool.aclose()
@@ -235,8 +246,17 @@ async def _at_concurrency(
         if targets[name][1]:
             row["server_cpu_ms_per_request"] = round(sum(t["server_cpu_ms"] for t in turns[name]) / served, 2)
         row["db_cpu_ms_per_request"] = round(sum(t["db_cpu_ms"] for t in turns[name]) / served, 2)
+        # What the rest of the machine spent per request: the same for every contender, so it flattens
+        # their requests/s ratio (README: Performance).
+        row["fake_cpu_ms_per_request"] = round(sum(t["fake_cpu_ms"] for t in turns[name]) / served, 2)
+        row["generator_cpu_ms_per_request"] = round(
+            sum(t["generator_cpu_ms"] for t in turns[name]) / served, 2
+        )
         shares = [t["busiest_process_share"] for t in turns[name] if t["busiest_process_share"] is not None]
         row["busiest_process_cpu_share"] = [round(share, 2) for share in shares]
+        row["machine_idle_share_by_turn"] = [
+            round(t["machine_idle_share"], 2) for t in turns[name] if t["machine_idle_share"] is not None
+        ]
         row["rps_by_turn"] = [
             round(t["result"].ok / t["result"].elapsed, 1) if t["result"].elapsed else 0.0
             for t in turns[name]
@@ -249,18 +269,21 @@ async def _at_concurrency(
         procs.log(
             f"  {name} {variant} c={concurrency}: {row['rps']} req/s, {merged.errors} errors"
             + (f", busiest process's CPU share by turn {row['busiest_process_cpu_share']}" if shares else "")
+            + f", machine idle by turn {row['machine_idle_share_by_turn']}"
             + (f" ({merged.first_error[:120]})" if merged.errors else "")
         )
         rows[name] = row
     return rows
 
 
-def measure_http(targets: dict[str, tuple[Target, int | None]], variant: str) -> dict[str, Any]:
+def measure_http(
+    targets: dict[str, tuple[Target, int | None]], variant: str, fake_pid: int | None = None
+) -> dict[str, Any]:
     """req/s at each concurrency, the targets taking turns; then first tokens, also in turns."""
     names = list(targets)
     out: dict[str, Any] = {name: {"loads": []} for name in names}
     for concurrency in CONCURRENCY:
-        rows = asyncio.run(_at_concurrency(targets, concurrency, variant))
+        rows = asyncio.run(_at_concurrency(targets, concurrency, variant, fake_pid))
         for name in names:
             out[name]["loads"].append(rows[name])
     firsts: dict[str, list[float]] = {name: [] for name in names}
@@ -315,7 +338,7 @@ def over_http(fake: procs.Server, proxy: procs.Server, token: str) -> dict[str, 
                 "ours": (ours_target(ours[variant].url, token), ours[variant].pid),
                 "litellm_proxy": (proxy_target(proxy.url, variant), proxy.pid),
             }
-            results[variant] = measure_http(targets, variant)
+            results[variant] = measure_http(targets, variant, fake.pid)
         return results
     finally:
         for server in servers:

@@ -206,6 +206,12 @@ def cpu_seconds(pid: int, ticks: dict[int, tuple[int, int]] | None = None) -> fl
     return sum(own + exited for own, exited in (ticks or cpu_ticks(pid)).values()) / TICKS
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine since boot (/proc/stat; iowait counts as idle)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident set (VmHWM) summed over a process tree, in MiB."""
     total = 0

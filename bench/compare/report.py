@@ -120,6 +120,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                     "peak_rss_mb": raw.get("peak_rss_mb"),
                     "cpu_ms_per_call": c16.get("server_cpu_ms_per_request"),
                     "db_cpu_ms_per_call": c16.get("db_cpu_ms_per_request"),
+                    "generator_cpu_ms_per_call": c16.get("generator_cpu_ms_per_request"),
+                    "fake_cpu_ms_per_call": c16.get("fake_cpu_ms_per_request"),
+                    "machine_idle_share_by_turn_c16": c16.get("machine_idle_share_by_turn"),
                     "busiest_process_cpu_share_c16": c16.get("busiest_process_cpu_share"),
                     "rps_by_turn_c16": c16.get("rps_by_turn"),
                     "cpu_ms_per_call_by_turn_c16": c16.get("server_cpu_ms_per_request_by_turn"),
@@ -315,7 +318,7 @@ def markdown(data: dict[str, Any]) -> str:
         "- Overhead = the contender's latency percentile minus the floor's, same fake, same run. In-process: the "
         "floor is the raw `openai` SDK (same version) in its own process of the same venv; every contender "
         "runs alone in its own process, sequential calls. HTTP: the floor is the fake server called directly "
-        "by the same httpx client; latency from the concurrency-1 run.",
+        "by the same load generator; latency from the concurrency-1 run.",
         "- **Our rows do work the others skip**: each call inserts its execution row (status running), runs "
         "the agent (retry/fallback machinery, cost in Decimal from genai-prices) and writes the final "
         "UPDATE with attempts, tokens and cost. Over HTTP add token authentication and the agent lookup "
@@ -326,15 +329,38 @@ def markdown(data: dict[str, Any]) -> str:
         "HTTP: the server process's CPU per request at concurrency 16; `+ N DB` is PostgreSQL's CPU "
         "per request on top (ours only; the others use no database).",
         "- Peak RSS: of the process that made the calls (in-process) or of the server process (HTTP).",
-        "- req/s: async httpx workers (one connection each) posting back to back for "
+        "- req/s: one keep-alive connection per concurrent client, posting back to back for "
         f"{data['settings']['load_seconds']} s (at most {data['settings']['load_max_requests']} requests); "
-        "the fake's own row is the load generator's ceiling on this machine (it shares the 2 cores).",
+        "the fake's own row is the load generator's ceiling on this machine (it shares the 2 cores). "
+        + _harness_cpu(summary.get("instant", [])),
         _process_shares(summary.get("instant", []), data["machine"].get("web_workers")),
         "- First token: streamed request (SSE) until the first text delta arrives.",
         "",
         "Raw numbers: `bench/results/latest.json`; chart: `bench/results/latest.png`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _harness_cpu(rows: list[dict[str, Any]]) -> str:
+    """What the load generator (bench/compare/load.py) and the fake took of the shared cores per request, and
+    how much of the machine stayed idle while each server was loaded."""
+    http = [row for row in rows if row["kind"] == "HTTP" and row["name"] != "fake"]
+    parts = [
+        f"{row['name']} {row['generator_cpu_ms_per_call']} + {row['fake_cpu_ms_per_call']}"
+        for row in http
+        if row.get("generator_cpu_ms_per_call") is not None
+    ]
+    idle = [
+        f"{row['name']} {min(shares) * 100:.0f}-{max(shares) * 100:.0f} %"
+        for row in http
+        if (shares := row.get("machine_idle_share_by_turn_c16"))
+    ]
+    text = ""
+    if parts:
+        text += "CPU ms per request at c=16 of the load generator + the fake: " + ", ".join(parts) + ". "
+    if idle:
+        text += "The machine's idle share at c=16, by turn: " + ", ".join(idle) + "."
+    return text.strip()
 
 
 def write(data: dict[str, Any]) -> None:
