@@ -13,11 +13,18 @@ So an action marked async (`AsyncActionsMixin.async_actions`) runs in two halves
    goes through the same view's `handle_exception` (same handler, same envelope), and a DRF `Response` it
    returns is finalized (rendered) by the same view.
 The router, drf-spectacular and the CSRF middleware see the same view attributes as for a sync action.
+
+The DRF half may have written something the async rest was to take over (execute writes its run's row
+there). When the client goes away while the DRF half runs, Django cancels the request; the DRF half is left
+to finish (a thread cannot be stopped anyway) and what it wrote is given up (`DeferredResponse.abandon`:
+the row recorded cancelled), instead of being lost with the cancelled await.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,15 +34,50 @@ from rest_framework.response import Response
 
 from apps.agents.services.db import admission_slot, db_unit
 
+logger = logging.getLogger(__name__)
+
 Produce = Callable[[], Awaitable[HttpResponseBase]]
 
 
 class DeferredResponse(Response):
-    """What a DRF action returns when the rest of its work must be awaited (see module docstring)."""
+    """What a DRF action returns when the rest of its work must be awaited (see module docstring).
+    `abandon`: what gives up the DRF half's work when the client left before `produce` could run."""
 
-    def __init__(self, produce: Produce) -> None:
+    def __init__(self, produce: Produce, abandon: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__()
         self.produce = produce
+        self.abandon = abandon
+
+
+#: Abandonments under way (a task nobody awaits must be referenced until it ends).
+_abandoning: set[asyncio.Task[None]] = set()
+
+
+async def finish_drf_half(half: Awaitable[HttpResponseBase]) -> HttpResponseBase:
+    """Await the DRF half; if the request is cancelled meanwhile, let the half finish and abandon what it
+    deferred (see the module docstring), then let the cancellation go on."""
+    task = asyncio.ensure_future(half)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_abandon_deferred)
+        raise
+
+
+def _abandon_deferred(half: asyncio.Future[HttpResponseBase]) -> None:
+    if half.cancelled() or half.exception() is not None:
+        return  # nothing was deferred (a refusal, an error: the DRF half wrote no row)
+    response = half.result()
+    if isinstance(response, DeferredResponse) and response.abandon is not None:
+        abandoning = asyncio.ensure_future(response.abandon())
+        _abandoning.add(abandoning)
+        abandoning.add_done_callback(_abandoned)
+
+
+def _abandoned(task: asyncio.Task[None]) -> None:
+    _abandoning.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("giving up a deferred response failed", exc_info=task.exception())
 
 
 async def complete_deferred(response: HttpResponseBase) -> HttpResponseBase:
@@ -86,7 +128,7 @@ class AsyncActionsMixin:
             # Admitted a few at a time (services/db.py, admission_slot), so that a burst of runs leaves the
             # loop and the GIL to short requests; the slot is given back once the DRF half is done.
             async with admission_slot():
-                drf_response = await run_drf_view(request, *args, **kwargs)
+                drf_response = await finish_drf_half(run_drf_view(request, *args, **kwargs))
             return await complete_deferred(drf_response)
 
         # cls, initkwargs, actions, csrf_exempt: what the router, spectacular and CSRF middleware look for.

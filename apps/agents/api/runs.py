@@ -1,13 +1,15 @@
 """Execute and cancel, split in the two halves described in deferred.py.
 
-`build_command` runs in the DRF view (sync, in a worker thread): everything that can refuse the request
-without starting a run. `run` and `cancel` are awaited on the event loop and call the execution engine.
+`build_command` and `admit` run in the DRF view (sync, in a worker thread): everything that can refuse the
+request, then the run's row, written in that same thread (one thread hop and one database connection for
+the whole admission). `run`, `abandon` and `cancel` are awaited on the event loop and call the execution
+engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.http import HttpResponseBase
 from django.urls import reverse
@@ -26,6 +28,9 @@ from apps.agents.models import Agent, AgentExecution
 from apps.agents.services.background import aenqueue_execution, request_cancel
 from apps.agents.services.idempotency import clean_key, request_hash
 from apps.agents.services.run_stream import follow as follow_run
+
+if TYPE_CHECKING:  # imported at call time (_engine)
+    from apps.agents.services.execution_engine import AdmittedRun
 
 Mode = Literal["sync", "stream", "background"]
 
@@ -82,7 +87,7 @@ def build_command(*, request: Request, agent: Agent, validated: dict[str, Any]) 
 
 def _engine() -> Any:
     # Imported at call time: the API module graph stays importable (URLconf, schema) without the SDKs loaded.
-    from apps.agents.services import execution_engine
+    from apps.agents.services.execution_engine import execution_engine
 
     return execution_engine
 
@@ -103,13 +108,23 @@ def execution_links(request: Request, execution_id: Any) -> dict[str, str]:
     }
 
 
-async def run(request: Request, command: ExecuteCommand) -> HttpResponseBase:
+def admit(command: ExecuteCommand) -> AdmittedRun:
+    """The run's row (ExecutionEngine.admit), written in the calling DRF half's thread."""
+    return _engine().admit(mode=command.mode, **_engine_kwargs(command))
+
+
+async def abandon(admitted: AdmittedRun) -> None:
+    """The client went away before `run` started (deferred.py): the row is cancelled, not left running."""
+    await _engine().abandon(admitted, "cancelled: the client went away before the run started")
+
+
+async def run(request: Request, command: ExecuteCommand, admitted: AdmittedRun) -> HttpResponseBase:
     engine = _engine()
     if command.mode == "stream":
-        return event_stream(await engine.open_stream(**_engine_kwargs(command)))
+        return event_stream(await engine.stream_admitted(admitted))
     if command.mode == "background":
-        return await _run_in_background(request, command, engine)
-    result = await engine.execute_agent(**_engine_kwargs(command))
+        return await _run_in_background(request, admitted.execution)
+    result = await engine.run_admitted(admitted)
     # result_body is already the documented shape (AgentExecutionOutputSerializer, the schema; the SSE
     # terminal event carries the same dict), and a test holds the two equal: rendering it through DRF's
     # fields again cost about half a millisecond of CPU per request.
@@ -131,8 +146,7 @@ def retry_after_header(result: Any) -> dict[str, str]:
     return {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
 
-async def _run_in_background(request: Request, command: ExecuteCommand, engine: Any) -> Response:
-    execution: AgentExecution = await engine.create_pending(**_engine_kwargs(command))
+async def _run_in_background(request: Request, execution: AgentExecution) -> Response:
     await aenqueue_execution(execution)
     body = {
         "execution_id": execution.pk,

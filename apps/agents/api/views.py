@@ -224,7 +224,10 @@ class AgentViewSet(ApiMixin, AsyncActionsMixin, viewsets.GenericViewSet):
         data = AgentExecutionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         command = runs.build_command(request=request, agent=agent, validated=data.validated_data)
-        return DeferredResponse(lambda: runs.run(request, command))
+        admitted = runs.admit(command)  # the row, written in this thread (runs.py)
+        return DeferredResponse(
+            lambda: runs.run(request, command, admitted), abandon=lambda: runs.abandon(admitted)
+        )
 
 
 # -------------------------------------------------------------------------------- executions

@@ -1,12 +1,12 @@
 """Turning an execute request into a validated run (part of the ExecutionEngine service).
 
 Everything here happens before the execution row exists: a bad request raises ApplicationError (4xx, the
-field named in `fields`) and nothing is written.
+field named in `fields`) and nothing is written. Synchronous ORM work, run in a thread together with the
+row's INSERT (ExecutionEngine.admit): the API's DRF half, or one unit of database work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from apps.agents.errors import ApplicationError
 from apps.agents.models import Agent, Conversation, Message
 from apps.agents.schema_policy import refusal_text, schema_limits
 from apps.agents.services.budgets import BudgetLimits, Hold
-from apps.agents.services.limits import acheck_run_limits
+from apps.agents.services.limits import check_run_limits
 
 
 def agent_config(agent: Agent, limits: SchemaLimits | None = None) -> AgentConfig:
@@ -91,7 +91,7 @@ def _not_found() -> ApplicationError:
     )
 
 
-async def owned_conversation(conversation_id: Any, user: Any) -> Conversation:
+def owned_conversation(conversation_id: Any, user: Any) -> Conversation:
     """The user's conversation with this id; someone else's answers 404 like a missing one."""
     try:
         pk = uuid.UUID(str(conversation_id))
@@ -99,17 +99,18 @@ async def owned_conversation(conversation_id: Any, user: Any) -> Conversation:
         raise _not_found() from None
     if not getattr(user, "is_authenticated", False):
         raise _not_found()
-    conversation = await Conversation.objects.filter(pk=pk, owner=user).afirst()
+    conversation = Conversation.objects.filter(pk=pk, owner=user).first()
     if conversation is None:
         raise _not_found()
     return conversation
 
 
-async def _check_stored_schema(agent: Agent, limits: SchemaLimits) -> None:
+def _check_stored_schema(agent: Agent, limits: SchemaLimits) -> None:
     """A stored agent whose schema the policy refuses (saved before the policy, or past the API) never runs.
-    In a worker thread: the first compile of a large schema is not event-loop work (later ones are cached)."""
+    The first compile of a large schema happens here, in the admission's thread, never on the event loop
+    (later ones are cached)."""
     try:
-        await asyncio.to_thread(build_validator, agent.output_schema, limits)
+        build_validator(agent.output_schema, limits)
     except SchemaRefused as exc:
         raise ApplicationError(
             f"agent {agent.agent_id} cannot run: its output_schema is refused by the schema policy "
@@ -120,7 +121,7 @@ async def _check_stored_schema(agent: Agent, limits: SchemaLimits) -> None:
         ) from None
 
 
-async def prepare_run(
+def prepare_run(
     agent: Agent,
     input_data: Any,
     user: Any = None,
@@ -140,8 +141,8 @@ async def prepare_run(
         raise ApplicationError(f"agent {agent.agent_id} is inactive", code="agent_inactive", status=409)
     limits = schema_limits()
     if agent.output_schema:
-        await _check_stored_schema(agent, limits)
-    await acheck_run_limits(agent)
+        _check_stored_schema(agent, limits)
+    check_run_limits(agent)
     max_chars = int(settings.MAX_TASK_CHARS)
     max_messages = int(settings.MAX_HISTORY_MESSAGES)
     try:
@@ -152,7 +153,7 @@ async def prepare_run(
             str(exc), code="invalid", status=400, fields={exc.field: exc.problem}
         ) from None
     if conversation is None and ctx.get("conversation_id"):
-        conversation = await owned_conversation(ctx["conversation_id"], user)
+        conversation = owned_conversation(ctx["conversation_id"], user)
     history: list[dict[str, Any]] = list(ctx.get("conversation_history") or ())
     summary: str = ctx.get("conversation_summary", "")
     positions: tuple[int, ...] = ()
@@ -160,12 +161,11 @@ async def prepare_run(
         unsummarised = Message.objects.filter(
             conversation=conversation, position__gt=conversation.summary_upto
         )
-        rows = [
-            row
-            async for row in unsummarised.order_by("-position").values(
+        rows = list(
+            unsummarised.order_by("-position").values(
                 "position", "role", "content", "tool_calls", "tool_call_id"
             )[:max_messages]
-        ]
+        )
         rows.reverse()
         positions = tuple(row.pop("position") for row in rows)
         history, summary = rows, conversation.summary

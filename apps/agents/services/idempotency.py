@@ -43,7 +43,7 @@ from apps.agents.services.budgets import (
     applicable_budgets,
 )
 from apps.agents.services.conversation_lock import claim_conversation
-from apps.agents.services.db import afirst, db_unit
+from apps.agents.services.db import afirst
 from apps.agents.services.state_manager import DEADLINE_GRACE, NotAdmitted, state_manager
 from apps.platforms.registry import get_registry
 
@@ -159,12 +159,6 @@ def admit_execution(
     return Admission(
         execution, created=True, budgets=budgets, held=first_hold.held if first_hold is not None else {}
     )
-
-
-# One thread hop for the whole admission (several queries in one transaction), after which the request's
-# connection goes back to the pool: the run that follows waits on its provider without holding one
-# (services/db.py). This also returns the connection that authentication and the agent lookup used.
-aadmit_execution = db_unit(admit_execution)
 
 
 async def await_outcome(execution_id: Any, *, wait_seconds: float) -> AgentExecution | None:

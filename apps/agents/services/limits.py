@@ -64,7 +64,7 @@ def check_agent_limits(agent: Any, *, staff: bool) -> None:
         raise limits_error(errors)
 
 
-async def acheck_run_limits(agent: Any) -> None:
+def check_run_limits(agent: Any) -> None:
     """At run time. The owner is read only when a limit is broken (one query, rarely): staff agents may
     exceed the non-staff ceilings."""
     if not limit_errors(agent, staff=False):
@@ -73,5 +73,5 @@ async def acheck_run_limits(agent: Any) -> None:
     if agent.owner_id is not None:
         from django.contrib.auth import get_user_model
 
-        staff = await get_user_model().objects.filter(pk=agent.owner_id, is_staff=True).aexists()
+        staff = get_user_model().objects.filter(pk=agent.owner_id, is_staff=True).exists()
     check_agent_limits(agent, staff=staff)

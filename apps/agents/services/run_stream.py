@@ -90,20 +90,32 @@ async def _run(
         target = Status.FAILED
     finally:
         forget()
-    # The run is over: its last settlement and its concurrency slot are written with its outcome, in one
-    # transaction (the guard is always the services' BudgetGuard: ExecutionEngine._start sets it). Not a
-    # conversation's: its completion is a transaction that a lost transition rolls back whole, so they are
-    # written first, on their own.
+    # The guard is always the services' BudgetGuard: ExecutionEngine._start sets it.
     guard: BudgetGuard | None = getattr(agent, "spend_guard", None)
-    if guard is not None and prepared.conversation is not None:
-        await shielded(guard.close())
-    along = guard.closing() if guard is not None else None
-    result = await shielded(record_outcome(state, prepared, execution, result, target, run, along=along))
+    result = await record_end(state, prepared, execution, guard, result, target, run)
     stream.outcome = result
     stream.push(terminal_event(result))  # the recorded outcome, not necessarily this run's own
     if cancelled is not None:
         raise cancelled
     return result
+
+
+async def record_end(
+    state: StateManager,
+    prepared: PreparedRun,
+    execution: AgentExecution,
+    guard: BudgetGuard | None,
+    result: AgentResult,
+    target: str,
+    run: RunState,
+) -> AgentResult:
+    """The run is over: its outcome recorded (what the row now says is returned). Its last settlement and its
+    concurrency slot are written with the outcome, in one transaction. Not a conversation's: its completion
+    is a transaction that a lost transition rolls back whole, so they are written first, on their own."""
+    if guard is not None and prepared.conversation is not None:
+        await shielded(guard.close())
+    along = guard.closing() if guard is not None else None
+    return await shielded(record_outcome(state, prepared, execution, result, target, run, along=along))
 
 
 def replay_from_row(execution: AgentExecution) -> RunStream:

@@ -7,14 +7,22 @@ ends `cancelled` (not stuck `running`) and the upstream request to the provider 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
+import time
+from decimal import Decimal
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 from httpx_sse import aconnect_sse
 
-from apps.agents.models import AgentExecution, ExecutionStatus
+from apps.agents.models import AgentExecution, Budget, BudgetUsage, ExecutionStatus
+from apps.agents.services.budgets import period_start
+from apps.agents.services.state_manager import StateManager
 from tests.agents.api.conftest import token_for
 from tests.factories import AgentFactory
 from tests.fakes.live_server import async_wait_until
@@ -188,3 +196,85 @@ async def test_the_events_of_a_finished_execution_end_with_its_outcome(
 
     assert replay[-1].event == "execution.completed"
     assert json.loads(replay[-1].data)["output"] == "Done"
+
+
+@pytest.mark.parametrize("mode", ["sync", "stream", "background"])
+async def test_a_client_that_leaves_while_its_run_is_admitted_leaves_no_running_row(
+    live_server_url, fake_registry, fake_openai, setup, monkeypatch, mode
+):
+    """The row is written while the client is already gone (its request's admission still runs in a thread):
+    it ends `cancelled` at once, not `running` (or `pending`) until the reaper finds it past its deadline."""
+    fake_openai.reply(text="never sent")
+    written = threading.Event()
+    create_execution = StateManager.create_execution
+
+    def slow_create(self, **kwargs):  # type: ignore[no-untyped-def]
+        execution = create_execution(self, **kwargs)
+        written.set()
+        time.sleep(0.5)  # the client goes away meanwhile
+        return execution
+
+    monkeypatch.setattr(StateManager, "create_execution", slow_create)
+    body = {"input_data": {"task": "hi"}, "stream": mode == "stream", "background": mode == "background"}
+    async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
+        request = asyncio.ensure_future(
+            client.post("/api/v1/agents/streamer/execute/", json=body, headers=setup)
+        )
+        assert await async_wait_until(written.is_set, limit=10)
+        request.cancel()  # closes the connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+
+    async def ended() -> bool:
+        row = await AgentExecution.objects.filter(agent__agent_id="streamer").afirst()
+        return row is not None and row.status not in (ExecutionStatus.RUNNING, ExecutionStatus.PENDING)
+
+    assert await async_wait_until(ended, limit=10)
+    execution = await AgentExecution.objects.aget(agent__agent_id="streamer")
+    assert (execution.status, execution.mode) == (ExecutionStatus.CANCELLED, mode)
+    assert fake_openai.requests == []  # nothing was sent to the provider
+
+
+async def test_a_run_given_up_at_admission_gives_back_what_it_held(
+    live_server_url, fake_registry, fake_openai, setup, alice, monkeypatch
+):
+    """Its first attempt's budget room and its concurrency slot, held with the row's INSERT, are released
+    with the cancellation, so the budget does not count a run that never ran."""
+    budget = await Budget.objects.acreate(
+        scope="user", user=alice, period="day", limit_usd=Decimal("5"), max_concurrent=2
+    )
+    now = timezone.now()
+    for window in ("day", "total"):  # an admission holds only in windows that have their row
+        await BudgetUsage.objects.acreate(budget=budget, period_start=period_start(window, now))
+    written = threading.Event()
+    create_execution = StateManager.create_execution
+
+    def slow_create(self, **kwargs):  # type: ignore[no-untyped-def]
+        execution = create_execution(self, **kwargs)
+        written.set()
+        time.sleep(0.5)
+        return execution
+
+    monkeypatch.setattr(StateManager, "create_execution", slow_create)
+    async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
+        request = asyncio.ensure_future(
+            client.post(
+                "/api/v1/agents/streamer/execute/", json={"input_data": {"task": "hi"}}, headers=setup
+            )
+        )
+        assert await async_wait_until(written.is_set, limit=10)
+        held = [row async for row in BudgetUsage.objects.filter(budget=budget)]
+        assert sum(row.active_runs for row in held) == 1  # held with the row, at admission
+        assert sum(row.reserved_units for row in held) > 0
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+
+    async def released() -> bool:
+        rows = [row async for row in BudgetUsage.objects.filter(budget=budget)]
+        return all(row.active_runs == 0 and row.reserved_units == 0 for row in rows)
+
+    assert await async_wait_until(released, limit=10)
+    execution = await AgentExecution.objects.aget(agent__agent_id="streamer")
+    assert execution.status == ExecutionStatus.CANCELLED
+    assert sum([row.spent_units async for row in BudgetUsage.objects.filter(budget=budget)]) == 0
