@@ -16,15 +16,13 @@ The router, drf-spectacular and the CSRF middleware see the same view attributes
 
 The DRF half may have written something the async rest was to take over (execute writes its run's row
 there). When the client goes away while the DRF half runs, Django cancels the request; the DRF half is left
-to finish (a thread cannot be stopped anyway) and what it wrote is given up (`DeferredResponse.abandon`:
-the row recorded cancelled), instead of being lost with the cancelled await.
+to finish and what it wrote is given up (`DeferredResponse.abandon`: the row recorded cancelled), see
+services/db.py kept_if_cancelled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,9 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from apps.agents.services.db import admission_slot, db_unit
-
-logger = logging.getLogger(__name__)
+from apps.agents.services.db import admission_slot, db_unit, kept_if_cancelled
 
 Produce = Callable[[], Awaitable[HttpResponseBase]]
 
@@ -49,35 +45,11 @@ class DeferredResponse(Response):
         self.abandon = abandon
 
 
-#: Abandonments under way (a task nobody awaits must be referenced until it ends).
-_abandoning: set[asyncio.Task[None]] = set()
-
-
-async def finish_drf_half(half: Awaitable[HttpResponseBase]) -> HttpResponseBase:
-    """Await the DRF half; if the request is cancelled meanwhile, let the half finish and abandon what it
-    deferred (see the module docstring), then let the cancellation go on."""
-    task = asyncio.ensure_future(half)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_abandon_deferred)
-        raise
-
-
-def _abandon_deferred(half: asyncio.Future[HttpResponseBase]) -> None:
-    if half.cancelled() or half.exception() is not None:
-        return  # nothing was deferred (a refusal, an error: the DRF half wrote no row)
-    response = half.result()
+def _abandon(response: HttpResponseBase) -> Awaitable[None] | None:
+    """What gives up a DRF half's work whose client left (kept_if_cancelled), if it deferred any."""
     if isinstance(response, DeferredResponse) and response.abandon is not None:
-        abandoning = asyncio.ensure_future(response.abandon())
-        _abandoning.add(abandoning)
-        abandoning.add_done_callback(_abandoned)
-
-
-def _abandoned(task: asyncio.Task[None]) -> None:
-    _abandoning.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("giving up a deferred response failed", exc_info=task.exception())
+        return response.abandon()
+    return None
 
 
 async def complete_deferred(response: HttpResponseBase) -> HttpResponseBase:
@@ -128,7 +100,7 @@ class AsyncActionsMixin:
             # Admitted a few at a time (services/db.py, admission_slot), so that a burst of runs leaves the
             # loop and the GIL to short requests; the slot is given back once the DRF half is done.
             async with admission_slot():
-                drf_response = await finish_drf_half(run_drf_view(request, *args, **kwargs))
+                drf_response = await kept_if_cancelled(run_drf_view(request, *args, **kwargs), _abandon)
             return await complete_deferred(drf_response)
 
         # cls, initkwargs, actions, csrf_exempt: what the router, spectacular and CSRF middleware look for.

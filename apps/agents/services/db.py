@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from django.db.backends.utils import CursorDebugWrapper
 from django.db.models import Model, QuerySet
 
 from apps.agents.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -149,6 +152,41 @@ def db_unit(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
             return await hop(*args, **kwargs)
 
     return limited
+
+
+#: Orphans being given up (a task nobody awaits must be referenced until it ends).
+_giving_up: set[asyncio.Task[Any]] = set()
+
+
+async def kept_if_cancelled(work: Awaitable[R], give_up: Callable[[R], Awaitable[object] | None]) -> R:
+    """Await `work`, a unit whose result its caller takes over (a run's row, written already `running` or
+    `pending`). If the caller is cancelled meanwhile (its client went away), the unit is left to finish (its
+    thread cannot be stopped anyway) and its result handed to `give_up(result)`, which undoes it (records the
+    row cancelled), instead of being lost with the cancelled await: asgiref discards a cancelled call's
+    result, and a row nobody runs stayed `running`, holding its budget room, until the reaper ended it."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(functools.partial(_give_up, give_up))
+        raise
+
+
+def _give_up(give_up: Callable[[Any], Awaitable[object] | None], work: asyncio.Future[Any]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return  # nothing was written (a refusal, an error)
+    undo = give_up(work.result())
+    if undo is None:
+        return
+    task = asyncio.ensure_future(undo)
+    _giving_up.add(task)
+    task.add_done_callback(_given_up)
+
+
+def _given_up(task: asyncio.Task[Any]) -> None:
+    _giving_up.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("giving up an orphaned unit's result failed", exc_info=task.exception())
 
 
 def _first(queryset: QuerySet[Any]) -> Any:

@@ -40,7 +40,7 @@ from apps.agents.models import ExecutionStatus as Status
 from apps.agents.services.background import anotify_cancel
 from apps.agents.services.budgets import aapplicable_budgets, guard_for
 from apps.agents.services.conversation_lock import arelease_conversation
-from apps.agents.services.db import db_unit
+from apps.agents.services.db import db_unit, kept_if_cancelled
 from apps.agents.services.execution_prepare import PreparedRun, agent_config, prepare_run
 from apps.agents.services.execution_records import result_from_row, status_body
 from apps.agents.services.idempotency import admit_execution, replayed_result
@@ -174,7 +174,11 @@ class ExecutionEngine:
     async def _admit(
         self, agent: Agent, input_data: Any, user: Any, context: Any, mode: str, admission: Admission
     ) -> AdmittedRun:
-        return await self._admit_unit(agent, input_data, user, context, mode=mode, **admission)
+        # A caller cancelled during the hop (an async view whose client left) has its row cancelled at once.
+        return await kept_if_cancelled(
+            self._admit_unit(agent, input_data, user, context, mode=mode, **admission),
+            lambda admitted: self.abandon(admitted, "cancelled: the caller went away before the run started"),
+        )
 
     # ------------------------------------------------------------------ the seed's contract
     # Each takes the seed's (agent, input_data, user, context) and, from the API, the Idempotency-Key and the
