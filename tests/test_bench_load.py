@@ -105,11 +105,12 @@ async def test_a_connection_the_server_closes_is_opened_again():
         await pool.open(warmup=0)
         result = await pool.run(max_requests=6, duration=10)
         await pool.aclose()
-    # Answers 2, 4 and 6 of each connection are followed by a close: the request sent on a closed
-    # connection fails, and the next one opens a new connection.
+    # The server closes each connection after its second answer. The next request either finds it closed
+    # and opens another, or is sent before the close arrives and fails; either way a new connection serves
+    # the requests after it.
     assert result.ok + result.errors == 6
     assert result.ok >= 4
-    assert accepted[0] >= 3
+    assert accepted[0] >= 2
 
 
 def test_the_parser_waits_for_a_whole_answer_and_refuses_what_is_not_http():
