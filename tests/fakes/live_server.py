@@ -11,11 +11,13 @@ the `fake_registry`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -128,3 +130,33 @@ async def async_wait_until(predicate, limit: float = 10.0, interval: float = 0.0
             return True
         await asyncio.sleep(interval)
     return False
+
+
+async def leave_during_admission(
+    monkeypatch: pytest.MonkeyPatch,
+    send: Callable[[], Awaitable[Any]],
+    *,
+    while_paused: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Send a run request with `send()` and close its connection once the run's row is written: the server's
+    admission pauses half a second right after the row's INSERT (StateManager.create_execution), so the
+    client is gone before the run could start. `while_paused()` is awaited before the client leaves."""
+    from apps.agents.services.state_manager import StateManager
+
+    written = threading.Event()
+    create_execution = StateManager.create_execution
+
+    def paused_create(self, **kwargs):  # type: ignore[no-untyped-def]
+        execution = create_execution(self, **kwargs)
+        written.set()
+        time.sleep(0.5)
+        return execution
+
+    monkeypatch.setattr(StateManager, "create_execution", paused_create)
+    request = asyncio.ensure_future(send())
+    assert await async_wait_until(written.is_set, limit=10), "no row was written"
+    if while_paused is not None:
+        await while_paused()
+    request.cancel()  # closes the connection
+    with contextlib.suppress(asyncio.CancelledError):
+        await request

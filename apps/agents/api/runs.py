@@ -115,7 +115,7 @@ def admit(command: ExecuteCommand) -> AdmittedRun:
 
 async def abandon(admitted: AdmittedRun) -> None:
     """The client went away before `run` started (deferred.py): the row is cancelled, not left running."""
-    await _engine().abandon(admitted, "cancelled: the client went away before the run started")
+    await _engine().abandon(admitted)
 
 
 async def run(request: Request, command: ExecuteCommand, admitted: AdmittedRun) -> HttpResponseBase:

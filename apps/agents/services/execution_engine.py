@@ -176,8 +176,7 @@ class ExecutionEngine:
     ) -> AdmittedRun:
         # A caller cancelled during the hop (an async view whose client left) has its row cancelled at once.
         return await kept_if_cancelled(
-            self._admit_unit(agent, input_data, user, context, mode=mode, **admission),
-            lambda admitted: self.abandon(admitted, "cancelled: the caller went away before the run started"),
+            self._admit_unit(agent, input_data, user, context, mode=mode, **admission), self.abandon
         )
 
     # ------------------------------------------------------------------ the seed's contract
@@ -229,7 +228,9 @@ class ExecutionEngine:
             return replay_from_row(admitted.execution)
         return await self._start(admitted.prepared, admitted.execution, streamed=True)
 
-    async def abandon(self, admitted: AdmittedRun, reason: str) -> None:
+    async def abandon(
+        self, admitted: AdmittedRun, reason: str = "cancelled: the caller went away before the run started"
+    ) -> None:
         """A row admitted for a caller that went away before its run started (a client that disconnected
         while its request was admitted): recorded `cancelled` now, giving back what it held (the first
         attempt's budget room, the conversation), instead of staying `running` until the reaper ends it.
@@ -242,12 +243,7 @@ class ExecutionEngine:
             await self.cancel(execution.pk)
             return
         run = RunState()
-        guard = guard_for(
-            execution_id=execution.pk,
-            budgets=prepared.budgets,
-            registry=platform_registry.get_registry(),
-            held=prepared.held,
-        )
+        guard = self._spend_guard(prepared, execution, platform_registry.get_registry())
         result = run.partial_result("cancelled_by_user", reason)
         await record_end(self.state, prepared, execution, guard, result, Status.CANCELLED, run)
 
@@ -338,13 +334,18 @@ class ExecutionEngine:
         return stop_now is not None
 
     # ------------------------------------------------------------------ one run
+    @staticmethod
+    def _spend_guard(prepared: PreparedRun, execution: AgentExecution, registry: Any) -> Any:
+        """The run's budget guard (None when no budget applies), holding what its admission held."""
+        return guard_for(
+            execution_id=execution.pk, budgets=prepared.budgets, registry=registry, held=prepared.held
+        )
+
     async def _start(self, prepared: PreparedRun, execution: AgentExecution, *, streamed: bool) -> RunStream:
         # MCP tools need their servers' schemas (cached per session); a server that is down still gives
         # its tools, whose calls tell the model why they failed.
         agent = self.build_agent(prepared.config, tools=await tools_for_run(prepared.config.tools))
-        agent.spend_guard = guard_for(
-            execution_id=execution.pk, budgets=prepared.budgets, registry=agent.registry, held=prepared.held
-        )
+        agent.spend_guard = self._spend_guard(prepared, execution, agent.registry)
         stream = start_run(
             agent=agent,
             prepared=prepared,

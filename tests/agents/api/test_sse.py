@@ -7,11 +7,7 @@ ends `cancelled` (not stuck `running`) and the upstream request to the provider 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
-import time
 from decimal import Decimal
 
 import httpx
@@ -22,10 +18,9 @@ from httpx_sse import aconnect_sse
 
 from apps.agents.models import AgentExecution, Budget, BudgetUsage, ExecutionStatus
 from apps.agents.services.budgets import period_start
-from apps.agents.services.state_manager import StateManager
 from tests.agents.api.conftest import token_for
 from tests.factories import AgentFactory
-from tests.fakes.live_server import async_wait_until
+from tests.fakes.live_server import async_wait_until, leave_during_admission
 from tests.fakes.server import Fault, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -205,25 +200,11 @@ async def test_a_client_that_leaves_while_its_run_is_admitted_leaves_no_running_
     """The row is written while the client is already gone (its request's admission still runs in a thread):
     it ends `cancelled` at once, not `running` (or `pending`) until the reaper finds it past its deadline."""
     fake_openai.reply(text="never sent")
-    written = threading.Event()
-    create_execution = StateManager.create_execution
-
-    def slow_create(self, **kwargs):  # type: ignore[no-untyped-def]
-        execution = create_execution(self, **kwargs)
-        written.set()
-        time.sleep(0.5)  # the client goes away meanwhile
-        return execution
-
-    monkeypatch.setattr(StateManager, "create_execution", slow_create)
     body = {"input_data": {"task": "hi"}, "stream": mode == "stream", "background": mode == "background"}
     async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
-        request = asyncio.ensure_future(
-            client.post("/api/v1/agents/streamer/execute/", json=body, headers=setup)
+        await leave_during_admission(
+            monkeypatch, lambda: client.post("/api/v1/agents/streamer/execute/", json=body, headers=setup)
         )
-        assert await async_wait_until(written.is_set, limit=10)
-        request.cancel()  # closes the connection
-        with contextlib.suppress(asyncio.CancelledError):
-            await request
 
     async def ended() -> bool:
         row = await AgentExecution.objects.filter(agent__agent_id="streamer").afirst()
@@ -246,29 +227,19 @@ async def test_a_run_given_up_at_admission_gives_back_what_it_held(
     now = timezone.now()
     for window in ("day", "total"):  # an admission holds only in windows that have their row
         await BudgetUsage.objects.acreate(budget=budget, period_start=period_start(window, now))
-    written = threading.Event()
-    create_execution = StateManager.create_execution
 
-    def slow_create(self, **kwargs):  # type: ignore[no-untyped-def]
-        execution = create_execution(self, **kwargs)
-        written.set()
-        time.sleep(0.5)
-        return execution
-
-    monkeypatch.setattr(StateManager, "create_execution", slow_create)
-    async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
-        request = asyncio.ensure_future(
-            client.post(
-                "/api/v1/agents/streamer/execute/", json={"input_data": {"task": "hi"}}, headers=setup
-            )
-        )
-        assert await async_wait_until(written.is_set, limit=10)
+    async def held_with_the_row() -> None:
         held = [row async for row in BudgetUsage.objects.filter(budget=budget)]
         assert sum(row.active_runs for row in held) == 1  # held with the row, at admission
         assert sum(row.reserved_units for row in held) > 0
-        request.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await request
+
+    body = {"input_data": {"task": "hi"}}
+    async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
+        await leave_during_admission(
+            monkeypatch,
+            lambda: client.post("/api/v1/agents/streamer/execute/", json=body, headers=setup),
+            while_paused=held_with_the_row,
+        )
 
     async def released() -> bool:
         rows = [row async for row in BudgetUsage.objects.filter(budget=budget)]

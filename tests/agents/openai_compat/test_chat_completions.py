@@ -3,11 +3,7 @@ fake OpenAI / Anthropic / Gemini servers (fake_registry). README examples are th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
-import time
 
 import httpx
 import openai
@@ -17,10 +13,9 @@ from asgiref.sync import sync_to_async
 from apps.agents.catalog.loader import load_catalog
 from apps.agents.catalog.seed import seed_catalog
 from apps.agents.models import Agent, AgentExecution, ExecutionStatus
-from apps.agents.services.state_manager import StateManager
 from tests.agents.openai_compat.conftest import token_for
 from tests.factories import AgentFactory
-from tests.fakes.live_server import async_wait_until, wait_until
+from tests.fakes.live_server import async_wait_until, leave_during_admission, wait_until
 from tests.fakes.server import Fault, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -385,24 +380,12 @@ async def test_a_client_that_leaves_while_its_run_is_admitted_leaves_no_running_
     """The facade admits through the engine's async entry points (one unit of database work): a client gone
     during it has the row recorded cancelled at once, as on the native API (tests/agents/api/test_sse.py)."""
     await sync_to_async(AgentFactory)(owner=alice, agent_id="greeter", preferred_platform="openai")
-    written = threading.Event()
-    create_execution = StateManager.create_execution
-
-    def slow_create(self, **kwargs):  # type: ignore[no-untyped-def]
-        execution = create_execution(self, **kwargs)
-        written.set()
-        time.sleep(0.5)  # the client goes away meanwhile
-        return execution
-
-    monkeypatch.setattr(StateManager, "create_execution", slow_create)
     headers = {"Authorization": f"Bearer {await sync_to_async(token_for)(alice)}"}
     body = {"model": "greeter", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     async with httpx.AsyncClient(base_url=live_server_url, timeout=30) as client:
-        request = asyncio.ensure_future(client.post("/v1/chat/completions", json=body, headers=headers))
-        assert await async_wait_until(written.is_set, limit=10)
-        request.cancel()  # closes the connection
-        with contextlib.suppress(asyncio.CancelledError):
-            await request
+        await leave_during_admission(
+            monkeypatch, lambda: client.post("/v1/chat/completions", json=body, headers=headers)
+        )
 
     async def ended() -> bool:
         row = await AgentExecution.objects.afirst()
