@@ -122,4 +122,10 @@ def skip_start_checks_under_asgi() -> bool:
 
 
 skip_start_checks_under_asgi()
-application = PooledThreadsASGIHandler()
+django_application = PooledThreadsASGIHandler()
+
+from apps.agents.api.execute_route import ExecuteRoute  # noqa: E402 - needs django.setup()
+
+# Plain execute requests (a synchronous run, token, JSON) are answered without Django's handler, through the
+# same steps, in a request thread lent as above; everything else is Django's (apps/agents/api/execute_route.py).
+application = ExecuteRoute(django_application, lambda: LentThreadContext(PooledThreadsASGIHandler.threads))

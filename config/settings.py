@@ -193,6 +193,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # validation, the agent) runs at once per process; the rest wait their turn on the event loop
 # (apps/agents/services/db.py, admission_slot). 0: no limit.
 RUN_ADMISSIONS = env.int("RUN_ADMISSIONS", default=4)
+# Plain synchronous run requests answered without Django's handler and DRF's dispatch, through the same
+# steps (apps/agents/api/execute_route.py); false: Django answers every request.
+EXECUTE_ROUTE = env.bool("EXECUTE_ROUTE", default=True)
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=60)
 # Seconds the agent a run request names is cached (apps/agents/agent_cache.py); 0 turns the cache off.
 AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=60)

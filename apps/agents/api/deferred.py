@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.cache import cc_delim_re, patch_vary_headers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
@@ -61,6 +62,10 @@ async def complete_deferred(response: HttpResponseBase) -> HttpResponseBase:
             final = view.handle_exception(exc)
         if isinstance(final, Response):
             final = view.finalize_response(view.request, final, *view.args, **view.kwargs)
+        # DRF's finalize_response adds the view's Vary (Accept: the answer depends on it) only once, to the
+        # first response it finalizes: this one's half.
+        if response.has_header("Vary"):
+            patch_vary_headers(final, cc_delim_re.split(response["Vary"]))
         response = final
     return rendered_json(response)
 

@@ -124,7 +124,12 @@ async def run(request: Request, command: ExecuteCommand, admitted: AdmittedRun) 
         return event_stream(await engine.stream_admitted(admitted))
     if command.mode == "background":
         return await _run_in_background(request, admitted.execution)
-    result = await engine.run_admitted(admitted)
+    return await run_sync(admitted)
+
+
+async def run_sync(admitted: AdmittedRun) -> Response:
+    """A synchronous run and its answer: the seed's body, 200 or the failure's status (FAILURE_STATUS)."""
+    result = await _engine().run_admitted(admitted)
     # result_body is already the documented shape (AgentExecutionOutputSerializer, the schema; the SSE
     # terminal event carries the same dict), and a test holds the two equal: rendering it through DRF's
     # fields again cost about half a millisecond of CPU per request.
