@@ -14,6 +14,11 @@ So an action marked async (`AsyncActionsMixin.async_actions`) runs in two halves
    returns is finalized (rendered) by the same view.
 The router, drf-spectacular and the CSRF middleware see the same view attributes as for a sync action.
 
+A plain synchronous execute request (a token, a JSON body and answer) usually never gets here: it is
+answered before Django, through the same steps (execute_route.py, for the CPU Django's handler and DRF's
+dispatch take). Everything else an async action serves (streams, background runs, session logins, every
+refusal before the rate limit counts) comes this way.
+
 The DRF half may have written something the async rest was to take over (execute writes its run's row
 there). When the client goes away while the DRF half runs, Django cancels the request; the DRF half is left
 to finish and what it wrote is given up (`DeferredResponse.abandon`: the row recorded cancelled), see

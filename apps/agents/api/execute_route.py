@@ -16,11 +16,12 @@ exception handler and JSON renderer, and Django's own security, common and frame
 answer's headers. tests/agents/test_execute_route.py holds the answers of both paths equal.
 
 Everything else goes to Django untouched, *before anything is counted or written*: another route or method,
-a session cookie instead of a token, an unknown token, an agent the user cannot see, a body that does not
-parse or validate, a stream or background run, a Host not in ALLOWED_HOSTS, a plain-HTTP request that
-SECURE_SSL_REDIRECT redirects, a body over MAX_REQUEST_BYTES. Django answers those as it always did (404,
-400 with the field named, 401...). Once a request has counted against the user's rate limits it is answered
-here: a 429, the admission's 409/422/503, the run's 200/502/504.
+a session cookie instead of a token, an unknown token, an agent the user cannot see, an empty body, a stream
+or background run, a Host not in ALLOWED_HOSTS, a plain-HTTP request that SECURE_SSL_REDIRECT redirects, a
+body over MAX_REQUEST_BYTES. Django answers those as it always did (401, 404, 400...). Once a request has
+counted against the user's rate limits it is answered here: a 429, a body that does not parse or validate
+(400 with the field named: parsed once, not again by Django), the admission's 409/422/503, the run's
+200/502/504.
 
 The route is on only with the shipped MIDDLEWARE (a team that adds one, CORS headers say, gets Django's path
 for every request) and with no database keeping connections between requests (Django's connection checks at
@@ -47,7 +48,7 @@ from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.utils.log import log_response
-from rest_framework.exceptions import AuthenticationFailed, Throttled
+from rest_framework.exceptions import AuthenticationFailed, ParseError, Throttled, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -55,7 +56,7 @@ from apps.agents.agent_cache import agent_get_runnable
 from apps.agents.api import runs
 from apps.agents.api.authentication import CachedTokenAuthentication
 from apps.agents.api.exceptions import api_exception_handler
-from apps.agents.api.parsers import loads_bounded
+from apps.agents.api.parsers import BoundedJSONParser
 from apps.agents.api.renderers import SafeJSONRenderer
 from apps.agents.api.serializers import AgentExecutionInputSerializer
 from apps.agents.api.throttling import RunRateThrottle
@@ -85,6 +86,7 @@ SHIPPED_MIDDLEWARE = (
 JSON = "application/json"
 ACCEPTED = frozenset({"", "*/*", JSON})
 RENDERER = SafeJSONRenderer()
+PARSER = BoundedJSONParser()
 
 
 def _no_view(request: Any) -> None:  # the header middlewares below are only asked for their process_* hooks
@@ -133,26 +135,35 @@ def _user(request: ASGIRequest, schemes: frozenset[str]) -> Any:
 
 def admit(request: ASGIRequest, key: str, schemes: frozenset[str]) -> Admitted | Response:
     """The DRF half of execute for a plain request (sync, in the request's thread): the run admitted, or the
-    answer refusing it. Raises Unplain, before counting or writing anything, for what Django should answer."""
+    answer refusing it. Raises Unplain, before counting or writing anything, for what Django should answer.
+
+    The order answers as DRF's does: the rate is counted before the body is read (a refused request is a 429
+    whatever its body), and a body that does not parse or validate is a 400 after it. The body is read first
+    only to know whether it asks for a stream or a background run (Django's to answer, uncounted)."""
     user = _user(request, schemes)
     agent = agent_get_runnable(user=user, key=key)
-    if agent is None:
+    if agent is None or not request.body:
         raise Unplain
     try:
-        body = AgentExecutionInputSerializer(data=loads_bounded(request.body))
-    except ValueError:
-        raise Unplain from None
-    if not body.is_valid() or body.validated_data["stream"] or body.validated_data["background"]:
-        raise Unplain
+        body = AgentExecutionInputSerializer(data=PARSER.parse(io.BytesIO(request.body)))
+        valid = body.is_valid()
+    except ParseError as exc:
+        valid, refusal = False, exc
+    else:
+        refusal = ValidationError(body.errors)
+        if valid and (body.validated_data["stream"] or body.validated_data["background"]):
+            raise Unplain
     drf_request = Request(request)
     drf_request.user = user
     throttle = RunRateThrottle()
     try:
         if not throttle.allow_request(drf_request, None):  # type: ignore[arg-type]
             raise Throttled(throttle.wait())
+        if not valid:
+            raise refusal
         command = runs.build_command(request=drf_request, agent=agent, validated=body.validated_data)
         return Admitted(command, runs.admit(command))
-    except Exception as exc:  # a refusal (429, 409, 422, 503...): the one handler's envelope
+    except Exception as exc:  # a refusal (429, 400, 409, 422, 503...): the one handler's envelope
         return api_exception_handler(exc, {})
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -15,9 +14,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.utils import timezone
+from rest_framework.settings import api_settings
 
 import config.asgi
-from apps.agents.api import execute_route
+from apps.agents.api import execute_route, throttling
+from apps.agents.api.throttling import parse_rate
 from apps.agents.models import Agent, AgentExecution, Budget, BudgetUsage, ExecutionStatus
 from apps.agents.services.budgets import period_start
 from tests.agents.api.conftest import throttle_rates, token_for
@@ -189,13 +190,7 @@ NOT_PLAIN = {
     "token with three parts": ({"Authorization": "Token a b"}, {}, 401),
     "another user's agent": ({}, {"url": "/api/v1/agents/bobs/execute/"}, 404),
     "no such agent": ({}, {"url": "/api/v1/agents/nobody/execute/"}, 404),
-    "invalid body": ({}, {"json": {"input_data": {}}}, 400),
-    "not JSON": ({"Content-Type": "application/json"}, {"json": None, "content": b"{nope"}, 400),
-    "too deep": (
-        {"Content-Type": "application/json"},
-        {"json": None, "content": b'{"input_data": ' + b"[" * 200 + b"]" * 200 + b"}"},
-        400,
-    ),
+    "empty body": ({"Content-Type": "application/json"}, {"json": None, "content": b""}, 400),
     "form body": ({"Content-Type": "text/plain"}, {"json": None, "content": b"task=hi"}, 415),
     "too large": ({}, {"json": {"input_data": {"task": "x" * 1_100_000}}}, 400),
     "html wanted": ({"Accept": "text/html"}, {}, 200),
@@ -226,7 +221,8 @@ async def test_what_the_route_does_not_answer_reaches_django_uncounted_and_unwri
     assert django_calls, (by_route.status_code, by_route.text[:300])  # handed over
     assert by_route.status_code == status
     assert shape(by_route)[:2] == shape(by_django)[:2]
-    assert counters in ([], [1])  # never counted twice (0 where DRF refused before counting: 401)
+    # Counted once, by DRF (not at all where Django or DRF refuse before counting: a bad Host, a 401).
+    assert counters == ([] if status == 401 or case == "host not allowed" else [1])
 
     async def settled() -> bool:  # a background run goes on after its answer
         return not await AgentExecution.objects.filter(status__in=["pending", "running"]).aexists()
@@ -242,9 +238,51 @@ async def _alice_id(headers: dict[str, str]) -> int:
 
 
 def _user_counters(user_id: int) -> list[int]:
-    window = int(time.time() // 60)
+    """The user's count in the current window of its "user" rate (api/throttling.py), as a list: [] if none."""
+    _allowed, period = parse_rate(api_settings.DEFAULT_THROTTLE_RATES["user"])
+    window = int(throttling.time.time() // period)  # the throttles' clock (pinned by tests/conftest.py)
     count = caches["throttle"].get(f"throttle:user:user:{user_id}:{window}")
     return [] if count is None else [int(count)]
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+DEEP = b'{"input_data": ' + b"[" * 200 + b"]" * 200 + b"}"
+BAD_BODIES = {
+    "invalid": ({}, {"json": {"input_data": {}}}, "invalid", "input_data.task"),
+    "stream and background": (
+        {},
+        {"json": {**BODY, "stream": True, "background": True}},
+        "invalid",
+        "background",
+    ),
+    "not JSON": (JSON_HEADERS, {"json": None, "content": b"{nope"}, "parse_error", None),
+    "not an object": (JSON_HEADERS, {"json": None, "content": b"[1]"}, "invalid", "non_field_errors"),
+    "too deep": (JSON_HEADERS, {"json": None, "content": DEEP}, "too_deep", None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+async def test_a_bad_body_is_refused_by_the_route_as_by_django_and_parsed_once(
+    live_server_url, fake_registry, headers, django_calls, monkeypatch, case
+):
+    """Counted against the rate (as DRF counts before it reads the body), then the 400 with the field named,
+    in the one envelope; Django never parses it again."""
+    extra_headers, extra, code, field = BAD_BODIES[case]
+
+    async def send() -> httpx.Response:
+        caches["throttle"].clear()
+        return await post(live_server_url, {**headers, **extra_headers}, **extra)
+
+    by_route, by_django = await both_paths(monkeypatch, send)
+    counters = await sync_to_async(_user_counters)(await _alice_id(headers))
+
+    assert django_calls == []
+    assert (by_route.status_code, by_route.json()["error"]["code"]) == (400, code)
+    assert field is None or field in by_route.json()["error"]["fields"]
+    assert shape(by_route) == shape(by_django)
+
+    assert counters == [1]
+    assert not await AgentExecution.objects.aexists()
 
 
 async def test_a_client_that_leaves_mid_run_cancels_it(
