@@ -70,8 +70,10 @@ INSTALLED_APPS = [
 ]
 
 # Django's middleware, subclassed so that under ASGI their hooks run on the event loop instead of a thread
-# hop each (config/middleware.py: thirteen hops per request otherwise).
-MIDDLEWARE = [
+# hop each (config/middleware.py: thirteen hops per request otherwise). SHIPPED_MIDDLEWARE is the list as
+# shipped, which apps/agents/api/execute_route.py reproduces for the requests it answers; change MIDDLEWARE,
+# never this, and Django answers every request.
+SHIPPED_MIDDLEWARE = (
     "config.middleware.SecurityMiddleware",
     # Serves admin/console static files under uvicorn without a separate web server.
     "apps.agents.api.middleware.AsyncWhiteNoiseMiddleware",
@@ -84,7 +86,8 @@ MIDDLEWARE = [
     # Turns a request that hit a login lockout into the lockout answer (apps/security/lockout.py). Async
     # capable: no thread hop unless a lockout is being answered.
     "axes.middleware.AxesMiddleware",
-]
+)
+MIDDLEWARE = list(SHIPPED_MIDDLEWARE)
 
 # django-axes first: it refuses any login (even with the right password) while the username or the client
 # address is locked out, then Django's own backend checks the password.

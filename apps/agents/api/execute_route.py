@@ -71,18 +71,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
-#: The middleware this route answers for (config/settings.py as shipped). With any other list, Django answers.
-SHIPPED_MIDDLEWARE = (
-    "config.middleware.SecurityMiddleware",
-    "apps.agents.api.middleware.AsyncWhiteNoiseMiddleware",
-    "config.middleware.SessionMiddleware",
-    "config.middleware.CommonMiddleware",
-    "config.middleware.CsrfViewMiddleware",
-    "config.middleware.AuthenticationMiddleware",
-    "config.middleware.MessageMiddleware",
-    "config.middleware.XFrameOptionsMiddleware",
-    "axes.middleware.AxesMiddleware",
-)
 JSON = "application/json"
 ACCEPTED = frozenset({"", "*/*", JSON})
 RENDERER = SafeJSONRenderer()
@@ -283,7 +271,7 @@ class ExecuteRoute:
     def _enabled() -> bool:
         if not settings.EXECUTE_ROUTE:
             return False
-        if tuple(settings.MIDDLEWARE) != SHIPPED_MIDDLEWARE:
+        if tuple(settings.MIDDLEWARE) != tuple(settings.SHIPPED_MIDDLEWARE):
             logger.warning("EXECUTE_ROUTE is off: MIDDLEWARE differs from the shipped list; Django answers")
             return False
         return all(database.get("CONN_MAX_AGE", 0) == 0 for database in settings.DATABASES.values())

@@ -307,7 +307,7 @@ async def test_a_client_that_leaves_mid_run_cancels_it(
 def test_the_route_is_off_with_other_middleware_or_persistent_connections(settings, monkeypatch):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
     assert not execute_route.ExecuteRoute._enabled()
-    settings.MIDDLEWARE = list(execute_route.SHIPPED_MIDDLEWARE)
+    settings.MIDDLEWARE = list(settings.SHIPPED_MIDDLEWARE)
     assert execute_route.ExecuteRoute._enabled()
     settings.EXECUTE_ROUTE = False
     assert not execute_route.ExecuteRoute._enabled()
