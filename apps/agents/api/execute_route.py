@@ -175,9 +175,16 @@ def http_answer(request: ASGIRequest, response: Response) -> HttpResponse:
     patch_vary_headers(answer, ("Accept",))
     for hooks in (FRAME_OPTIONS, COMMON, SECURITY):
         answer = hooks.process_response(request, answer)
-    if answer.status_code >= 400:
-        log_response("%s: %s", answer.reason_phrase, request.path, response=answer, request=request)
     return answer
+
+
+async def log_refusal(request: ASGIRequest, answer: HttpResponse) -> None:
+    """django.request's line for a 4xx or 5xx, as Django's handler writes it: in a thread, since a deployment's
+    handlers for it may block (Django's own mail_admins sends 5xx by SMTP when ADMINS is set)."""
+    if answer.status_code >= 400:
+        await sync_to_async(log_response, thread_sensitive=False)(
+            "%s: %s", answer.reason_phrase, request.path, response=answer, request=request
+        )
 
 
 async def send_answer(answer: HttpResponse, send: Send) -> None:
@@ -349,5 +356,7 @@ class ExecuteRoute:
                 outcome = await runs.run_sync(outcome.run)
             except Exception as exc:
                 outcome = api_exception_handler(exc, {})
-        await send_answer(http_answer(request, outcome), send)
+        answer = http_answer(request, outcome)
+        await log_refusal(request, answer)  # before the answer, as Django's handler
+        await send_answer(answer, send)
         return True

@@ -116,7 +116,7 @@ async def test_a_plain_run_is_answered_by_the_route_as_django_answers_it(
 )
 async def test_a_failed_run_answers_as_django_does(
     live_server_url, fake_registry, fake_openai, fake_anthropic, fake_gemini, headers, django_calls, monkeypatch,
-    fault, status,
+    fault, status, caplog,
 ):  # fmt: skip
     async def send() -> httpx.Response:
         for fake in (fake_openai, fake_anthropic, fake_gemini):  # no platform left to fall back to
@@ -129,6 +129,10 @@ async def test_a_failed_run_answers_as_django_does(
     assert by_route.status_code == status
     assert by_route.json()["success"] is False
     assert shape(by_route) == shape(by_django)
+    logged = [
+        r for r in caplog.records if r.name == "django.request" and r.getMessage() == f"Bad Gateway: {URL}"
+    ]
+    assert len(logged) == 2  # django.request's line, by the route and by Django alike
 
 
 async def test_refusals_after_the_rate_is_counted_are_answered_by_the_route_as_by_django(
