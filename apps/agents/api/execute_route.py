@@ -17,7 +17,7 @@ answer's headers. tests/agents/test_execute_route.py holds the answers of both p
 
 Everything else goes to Django untouched, *before anything is counted or written*: another route or method,
 a session cookie instead of a token, an unknown token, an agent the user cannot see, an empty body, a stream
-or background run, a Host not in ALLOWED_HOSTS, a plain-HTTP request that SECURE_SSL_REDIRECT redirects, a
+or background run (a body that names either key is handed over before any work), a Host not in ALLOWED_HOSTS, a plain-HTTP request that SECURE_SSL_REDIRECT redirects, a
 body over MAX_REQUEST_BYTES. Django answers those as it always did (401, 404, 400...). Once a request has
 counted against the user's rate limits it is answered here: a 429, a body that does not parse or validate
 (400 with the field named: parsed once, not again by Django), the admission's 409/422/503, the run's
@@ -74,6 +74,9 @@ ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 JSON = "application/json"
 ACCEPTED = frozenset({"", "*/*", JSON})
 RENDERER = SafeJSONRenderer()
+# A body that names one of these keys is handed to Django before any work here (one that names them only in a
+# text, or spells them with escapes, is found out after validation instead, still before anything is counted).
+OTHER_MODES = (b'"stream"', b'"background"')
 PARSER = BoundedJSONParser()
 
 
@@ -331,7 +334,10 @@ class ExecuteRoute:
         """Django's request object for a request this route may answer, or None (Django answers)."""
         if not incoming.complete:
             return None  # too large: Django's 400
-        request = ASGIRequest(scope, io.BytesIO(b"".join(incoming.chunks)))
+        body = b"".join(incoming.chunks)
+        if any(key in body for key in OTHER_MODES):
+            return None  # most likely a stream or background run: Django's, without authenticating it twice
+        request = ASGIRequest(scope, io.BytesIO(body))
         if request.content_type != JSON or request.headers.get("Accept", "").strip().lower() not in ACCEPTED:
             return None
         try:
