@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
-from django.conf import settings
 from django.core import signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -34,6 +33,8 @@ django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() d
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.db import close_old_connections, reset_queries  # noqa: E402
+
+from apps.agents.services.db import connections_end_with_requests  # noqa: E402
 
 #: Idle request threads kept for the next requests; more than this many idle ones are stopped.
 IDLE_THREADS = 64
@@ -113,7 +114,7 @@ def skip_start_checks_under_asgi() -> bool:
     Signals can be connected per sender but not "all senders but one", so the two receivers are taken off
     for all senders and put back for the WSGI handler (runserver). The test client connects its own around
     each request."""
-    if any(database.get("CONN_MAX_AGE", 0) != 0 for database in settings.DATABASES.values()):
+    if not connections_end_with_requests():
         return False
     for receiver in CONNECTION_CHECKS:
         signals.request_started.disconnect(receiver)

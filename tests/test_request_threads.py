@@ -16,7 +16,6 @@ from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import dispatcher
 
 from apps.agents.api import views
-from config import asgi
 from config.asgi import PooledThreadsASGIHandler, application, skip_start_checks_under_asgi
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,7 +86,9 @@ async def test_a_request_start_makes_no_thread_hop_for_the_connection_checks(mon
 
 def test_persistent_connections_keep_the_checks(monkeypatch):
     # With CONN_MAX_AGE, a request thread may hold a connection from its previous request: Django's checks stay.
-    monkeypatch.setattr(asgi, "settings", type("S", (), {"DATABASES": {"default": {"CONN_MAX_AGE": 60}}}))
+    from django.conf import settings
+
+    monkeypatch.setitem(settings.DATABASES["default"], "CONN_MAX_AGE", 60)
     monkeypatch.setattr(signals.request_started, "receivers", list(signals.request_started.receivers))
     signals.request_started.connect(close_old_connections)
     assert not skip_start_checks_under_asgi()

@@ -61,7 +61,13 @@ from apps.agents.api.renderers import SafeJSONRenderer
 from apps.agents.api.serializers import AgentExecutionInputSerializer
 from apps.agents.api.throttling import RunRateThrottle
 from apps.agents.api.views import AgentViewSet
-from apps.agents.services.db import admission_slot, db_unit, kept_if_cancelled, pooled
+from apps.agents.services.db import (
+    admission_slot,
+    connections_end_with_requests,
+    db_unit,
+    kept_if_cancelled,
+    pooled,
+)
 from config import middleware
 
 logger = logging.getLogger(__name__)
@@ -284,7 +290,7 @@ class ExecuteRoute:
         if tuple(settings.MIDDLEWARE) != tuple(settings.SHIPPED_MIDDLEWARE):
             logger.warning("EXECUTE_ROUTE is off: MIDDLEWARE differs from the shipped list; Django answers")
             return False
-        return all(database.get("CONN_MAX_AGE", 0) == 0 for database in settings.DATABASES.values())
+        return connections_end_with_requests()
 
     def _match(self, scope: dict[str, Any]) -> str | None:
         if not self.enabled or scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):

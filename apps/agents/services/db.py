@@ -59,6 +59,12 @@ def pooled(alias: str = DEFAULT_DB_ALIAS) -> bool:
     return pool_options(alias) is not None
 
 
+def connections_end_with_requests() -> bool:
+    """Whether no database keeps a connection from one request to the next (CONN_MAX_AGE 0, the pool
+    included): then the connection checks at a request's start find nothing to do (config/asgi.py)."""
+    return all(database.get("CONN_MAX_AGE", 0) == 0 for database in settings.DATABASES.values())
+
+
 def release_connection(alias: str = DEFAULT_DB_ALIAS) -> None:
     """Give this thread's pooled connection back to the pool, unless a transaction is open on it."""
     connection = connections[alias]

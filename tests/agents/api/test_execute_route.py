@@ -192,6 +192,8 @@ NOT_PLAIN = {
     "no token": ({"Authorization": ""}, {}, 401),
     "unknown token": ({"Authorization": "Token nope"}, {}, 401),
     "token with three parts": ({"Authorization": "Token a b"}, {}, 401),
+    "token not ASCII": ({"Authorization": "Token caf\xe9".encode("latin-1")}, {}, 401),
+    "token of 10,000 characters": ({"Authorization": "Token " + "k" * 10_000}, {}, 401),
     "another user's agent": ({}, {"url": "/api/v1/agents/bobs/execute/"}, 404),
     "no such agent": ({}, {"url": "/api/v1/agents/nobody/execute/"}, 404),
     "empty body": ({"Content-Type": "application/json"}, {"json": None, "content": b""}, 400),
