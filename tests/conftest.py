@@ -144,6 +144,31 @@ def django_db_modify_db_settings(django_db_modify_db_settings):  # type: ignore[
     _close_connection_pools()
 
 
+@pytest.fixture(autouse=True)
+def _final_writes_in_the_test_transaction(request, settings):
+    """A test run in a transaction that is rolled back at its end (pytest-django's `db`) keeps its rows from
+    every other connection, the writes from the event loop's included (services/db.py): for it a run's final
+    write is a unit of database work, on the connection of the test's transaction. Tests whose writes are
+    committed (`transaction=True`, `transactional_db`, the live server) write from the loop where the
+    settings do (PostgreSQL)."""
+    marker = request.node.get_closest_marker("django_db")
+    committed = "transactional_db" in request.fixturenames or (
+        marker is not None and marker.kwargs.get("transaction", bool(marker.args and marker.args[0]))
+    )
+    if not committed:
+        settings.DB_ASYNC_WRITERS = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loop_connections_closed_before_the_test_database_is_dropped(django_db_setup):  # type: ignore[no-untyped-def]
+    """The idle connections of the writes from the event loop (services/db.py) of loops that have ended: left
+    open, PostgreSQL refuses to drop the test database ("being accessed by other users")."""
+    yield
+    from apps.agents.services.db import close_idle_writers
+
+    close_idle_writers()
+
+
 @pytest.fixture
 def listener():
     """A TCP listener on 127.0.0.1 that counts connections: hostile schemas point their references at it, and

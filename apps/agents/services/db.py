@@ -26,6 +26,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -217,6 +220,9 @@ async def afirst(queryset: QuerySet[Any]) -> Model | Any | None:
 # bound and prepared on the server (execute_statements): about 0.3 ms less per run than bound by the client.
 
 
+#: A statement and its parameters.
+Statement = tuple[str, Sequence[Any]]
+
 #: A condition (SQL, parameters) an INSERT is made on: evaluated by the database in the INSERT's statement.
 Condition = tuple[str, Sequence[Any]]
 
@@ -269,6 +275,39 @@ def update_row(
 
     `along` gives statements (SQL, parameters) to write before the UPDATE in the same transaction, committed
     with it even when it changes no row: execute_statements (on PostgreSQL in the same round trip)."""
+    update = update_statement(model, pk, values, where_in=where_in, where_null=where_null, alias=alias)
+    before = along() if along is not None else ()
+    return execute_statements([*before, update], alias)[-1].rowcount
+
+
+async def aupdate_row(
+    model: type[Model],
+    pk: Any,
+    values: Mapping[str, Any],
+    *,
+    where_in: Mapping[str, Sequence[Any]] | None = None,
+    where_null: Sequence[str] = (),
+    alias: str = DEFAULT_DB_ALIAS,
+    along: Along | None = None,
+) -> int:
+    """update_row written from the event loop over one of its own connections (see "Writes from the event
+    loop" below); only where async_writes(alias)."""
+    update = update_statement(model, pk, values, where_in=where_in, where_null=where_null, alias=alias)
+    before = along() if along is not None else ()
+    return (await aexecute_statements([*before, update], alias))[-1].rowcount
+
+
+def update_statement(
+    model: type[Model],
+    pk: Any,
+    values: Mapping[str, Any],
+    *,
+    where_in: Mapping[str, Sequence[Any]] | None = None,
+    where_null: Sequence[str] = (),
+    alias: str = DEFAULT_DB_ALIAS,
+) -> Statement:
+    """update_row's UPDATE statement. The values are converted by their fields (get_db_prep_save) with
+    `connections[alias]` only for its operations: nothing connects, so this may run on the event loop."""
     connection = connections[alias]
     meta = model._meta
     sets = tuple(values)
@@ -279,13 +318,7 @@ def update_row(
         field = meta.get_field(name)
         params.extend(field.get_db_prep_value(value, connection) for value in allowed)
     shape = (sets, tuple((name, len(allowed)) for name, allowed in where_in.items()), tuple(where_null))
-    sql = _update_sql(model, alias, *shape)
-    before = along() if along is not None else ()
-    return execute_statements([*before, (sql, params)], alias)[-1].rowcount
-
-
-#: A statement and its parameters.
-Statement = tuple[str, Sequence[Any]]
+    return _update_sql(model, alias, *shape), params
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +380,155 @@ def _pipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed]:
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+# ------------------------------------------------------------------------------------------- writes from the loop
+# A unit of database work is a thread hop: the event loop hands the unit to the request's thread, that thread
+# waits for the GIL while the loop runs, the loop waits for it in turn, and wakes it and is woken by it. On a
+# run request that costs more than the statements themselves: with both of a run's units run on the loop
+# instead (blocking it: a measurement, never shipped) a server took 20 % less CPU per run and served 25 % more
+# runs (bench/ab.py, 2026-12-04; README: Performance). So the statements of a run's final write, which need
+# nothing from the ORM but their text and converted values (update_statement), are sent from the event loop
+# over psycopg's async connection: no thread, no GIL hand-over, and the loop serves other requests while
+# PostgreSQL answers.
+#
+# The connections: a few per event loop (DB_ASYNC_WRITERS, beside the pool's DB_POOL_MAX_SIZE), kept idle
+# between writes as the pool keeps its own. Not psycopg_pool's AsyncConnectionPool: its pool belongs to one
+# loop and runs tasks on it, and a loop that ends without closing it (asyncio.run in a management command,
+# each test's loop) leaves its connections open until the garbage collector finds them; here a closed loop's
+# idle connections are closed as soon as another loop asks, without needing the dead loop.
+
+
+def async_writes(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether the hot path's writes go from the event loop (aupdate_row): PostgreSQL with the pool, and
+    DB_ASYNC_WRITERS above 0. Elsewhere they stay units of database work (SQLite has no async driver)."""
+    return int(getattr(settings, "DB_ASYNC_WRITERS", 0)) > 0 and pooled(alias)
+
+
+@dataclass(slots=True)
+class _Writers:
+    """One event loop's connections for `alias`: the idle ones, and a slot for each that may be out."""
+
+    slots: asyncio.Semaphore
+    idle: list[tuple[Any, float]]  # (connection, when it came back)
+    pid: int  # the process that opened them: a forked child (Celery prefork) must not close its parent's
+
+
+_writers: dict[tuple[asyncio.AbstractEventLoop, str], _Writers] = {}
+_writers_lock = threading.Lock()  # loops of different threads (the server's, the background runs') may ask
+
+
+def _loop_writers(alias: str) -> _Writers:
+    loop = asyncio.get_running_loop()
+    writers = _writers.get((loop, alias))
+    if writers is not None:
+        return writers
+    close_idle_writers()
+    with _writers_lock:
+        writers = _writers.setdefault(
+            (loop, alias), _Writers(asyncio.Semaphore(int(settings.DB_ASYNC_WRITERS)), [], os.getpid())
+        )
+    return writers
+
+
+def close_idle_writers() -> None:
+    """Close the idle connections of every event loop that is no longer running (closed, or stopped and
+    never to run again): called when a new loop asks for its own, and by the test suite before it drops its
+    database. A running loop's connections are its own to close."""
+    with _writers_lock:
+        for key in [key for key in _writers if not key[0].is_running()]:
+            writers = _writers.pop(key)
+            if writers.pid != os.getpid():
+                continue  # a parent's, inherited by a fork: its sockets are the parent's to close
+            for connection, _ in writers.idle:
+                connection.pgconn.finish()  # the socket only: with its loop gone nothing async is left to do
+
+
+async def _writer(alias: str, writers: _Writers) -> Any:
+    """An idle connection of this loop (checked by a round trip if it sat idle long enough to have gone
+    stale, as the pool checks its own: config/db_pool.py), or a new one."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from config.db_pool import CHECK_AFTER_IDLE_SECONDS
+
+    while writers.idle:
+        connection, returned = writers.idle.pop()
+        if time.monotonic() - returned <= CHECK_AFTER_IDLE_SECONDS:
+            return connection
+        try:
+            await AsyncConnectionPool.check_connection(connection)
+        except Exception:
+            await connection.close()
+            continue
+        return connection
+    return await _connect(alias)
+
+
+async def _connect(alias: str) -> Any:
+    """A new async connection with the parameters Django gives its own (database, credentials, OPTIONS, its
+    type adapters), in autocommit as Django's, and the role Django would assume."""
+    import psycopg
+    from psycopg import sql
+
+    connection = connections[alias]
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)  # Django's sync cursor class
+    raw = await psycopg.AsyncConnection.connect(autocommit=True, **params)
+    role = connection.settings_dict["OPTIONS"].get("assume_role")
+    if role:
+        await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    return raw
+
+
+async def aexecute_statements(
+    statements: Sequence[Statement], alias: str = DEFAULT_DB_ALIAS
+) -> list[Executed]:
+    """execute_statements from the event loop: the same one round trip and implicit transaction, bound and
+    prepared on the server, errors as Django's. Waits at most the pool's timeout for a connection of this
+    loop, then 503 `overloaded` (as an exhausted pool). Only where async_writes(alias)."""
+    from psycopg.pq import TransactionStatus
+
+    writers = _loop_writers(alias)
+    slots = writers.slots
+    if slots.locked():
+        try:
+            async with asyncio.timeout(float(pool_options(alias)["timeout"])):  # type: ignore[index]
+                await slots.acquire()
+        except TimeoutError:
+            raise Overloaded() from None
+    else:
+        await slots.acquire()
+    raw = None
+    try:
+        with connections[alias].wrap_database_errors:
+            raw = await _writer(alias, writers)
+            return await _apipeline(raw, statements)
+    finally:
+        if raw is not None:
+            if not raw.closed and raw.info.transaction_status == TransactionStatus.IDLE:
+                writers.idle.append((raw, time.monotonic()))
+            else:  # broken, or left mid-statement by a cancellation: its state is unknown
+                await raw.close()
+        slots.release()
+
+
+async def _apipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed]:
+    import psycopg
+
+    cursors = []
+    try:
+        async with raw.pipeline():
+            for sql, params in statements:
+                cursor = psycopg.AsyncCursor(raw)
+                cursors.append(cursor)
+                await cursor.execute(sql, params)
+        return [
+            Executed(cursor.rowcount, await cursor.fetchall() if cursor.description is not None else [])
+            for cursor in cursors
+        ]
+    finally:
+        for cursor in cursors:
+            await cursor.close()
 
 
 @functools.cache

@@ -24,7 +24,16 @@ from django.utils import timezone
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import Agent, AgentExecution, Conversation, ExecutionMode, ExecutionStatus
-from apps.agents.services.db import Along, Condition, Write, db_unit, insert_row, update_row
+from apps.agents.services.db import (
+    Along,
+    Condition,
+    Write,
+    async_writes,
+    aupdate_row,
+    db_unit,
+    insert_row,
+    update_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,26 +154,43 @@ class StateManager:
         self, execution: AgentExecution, target: str, *, along: Along | None = None, **fields: Any
     ) -> AgentExecution:
         """`along`: statements written in the UPDATE's transaction, before it (services/db.py update_row)."""
-        fields = self._fields(execution, target, fields)
-        # The same conditional UPDATE as _plan's filter, as a lean statement (services/db.py). A cancel
-        # request is final: a run whose cancel was requested never ends completed, even when its answer
-        # arrives before the process holding it notices the request (record_outcome then records it
-        # cancelled).
-        no_cancel = ("cancel_requested_at",) if target == S.COMPLETED else ()
-        allowed = {"status": ALLOWED_FROM[target]}
+        fields, where_in, where_null = self._update(execution, target, fields)
         changed = update_row(
-            AgentExecution, execution.pk, fields, where_in=allowed, where_null=no_cancel, along=along
+            AgentExecution, execution.pk, fields, where_in=where_in, where_null=where_null, along=along
         )
         if changed != 1:
             raise self._illegal(execution, target)
-        logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
-        return self._applied(execution, fields)
+        return self._transitioned(execution, target, fields)
 
     async def atransition(
         self, execution: AgentExecution, target: str, *, along: Along | None = None, **fields: Any
     ) -> AgentExecution:
-        # One unit of work (services/db.py): the connection goes back to the pool as soon as it is written.
-        return await _units.transition(self, execution, target, along=along, **fields)
+        if not async_writes():
+            # One unit of work (services/db.py): the connection goes back to the pool as soon as it is written.
+            return await _units.transition(self, execution, target, along=along, **fields)
+        # The same UPDATE, sent from the event loop (services/db.py: writes from the loop).
+        fields, where_in, where_null = self._update(execution, target, fields)
+        changed = await aupdate_row(
+            AgentExecution, execution.pk, fields, where_in=where_in, where_null=where_null, along=along
+        )
+        if changed != 1:
+            raise await _units.illegal(self, execution, target)
+        return self._transitioned(execution, target, fields)
+
+    def _update(
+        self, execution: AgentExecution, target: str, fields: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Sequence[str]], tuple[str, ...]]:
+        """The transition's fields and the conditions of its UPDATE (the same as _plan's filter, for a lean
+        statement: services/db.py). A cancel request is final: a run whose cancel was requested never ends
+        completed, even when its answer arrives before the process holding it notices the request
+        (record_outcome then records it cancelled)."""
+        fields = self._fields(execution, target, fields)
+        no_cancel = ("cancel_requested_at",) if target == S.COMPLETED else ()
+        return fields, {"status": ALLOWED_FROM[target]}, no_cancel
+
+    def _transitioned(self, execution: AgentExecution, target: str, fields: dict[str, Any]) -> AgentExecution:
+        logger.info("execution %s -> %s", execution.pk, target, extra={"execution_id": str(execution.pk)})
+        return self._applied(execution, fields)
 
     @staticmethod
     def _outcome_fields(
@@ -290,6 +316,7 @@ _units = SimpleNamespace(
     fail_execution=db_unit(StateManager.fail_execution),
     cancel_execution=db_unit(StateManager.cancel_execution),
     heartbeat=db_unit(StateManager.heartbeat),
+    illegal=db_unit(StateManager._illegal),
     get_execution=db_unit(StateManager.get_execution),
 )
 

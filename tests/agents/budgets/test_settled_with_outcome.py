@@ -46,16 +46,24 @@ async def test_the_last_settlement_and_the_slot_go_with_the_outcome_update(
     separate: list[object] = []  # the ledger's own writes after the hold: close() (none expected)
     monkeypatch.setattr(budget_services, "apply", lambda releases: separate.append(releases))
     final_writes: list[list[str]] = []
-    update_row = state_module.update_row
+    update_row, aupdate_row = state_module.update_row, state_module.aupdate_row
 
-    def spied(model, pk, values, *, along=None, **kwargs):  # type: ignore[no-untyped-def]
+    def seen(values, along):  # type: ignore[no-untyped-def]
         if values.get("status") == "completed":
             statements = along() if along is not None else []
             final_writes.append([sql for sql, _ in statements])
             along = (lambda: statements) if statements else None
-        return update_row(model, pk, values, along=along, **kwargs)
+        return along
 
+    def spied(model, pk, values, *, along=None, **kwargs):  # type: ignore[no-untyped-def]
+        return update_row(model, pk, values, along=seen(values, along), **kwargs)
+
+    async def aspied(model, pk, values, *, along=None, **kwargs):  # type: ignore[no-untyped-def]
+        return await aupdate_row(model, pk, values, along=seen(values, along), **kwargs)
+
+    # The final write is a unit (update_row) or, on PostgreSQL, sent from the event loop (aupdate_row).
     monkeypatch.setattr(state_module, "update_row", spied)
+    monkeypatch.setattr(state_module, "aupdate_row", aspied)
     fake_openai.reply(Reply(input_tokens=13, output_tokens=12))
 
     result = await engine.execute_agent(agent, {"task": "hi"}, alice)
