@@ -334,7 +334,7 @@ def execute_statements(statements: Sequence[Statement], alias: str = DEFAULT_DB_
 
     PostgreSQL: in one round trip, each bound and prepared on the server. psycopg's pipeline mode sends them
     all, then one Sync: the server runs them as one implicit transaction, and a failing one rolls back those
-    before it and skips those after. Bound on the server, parameters travel as typed values instead of being
+    before it and skips those after (a lone statement is sent without a pipeline: see _pipeline). Bound on the server, parameters travel as typed values instead of being
     quoted into the text on the client (a budgeted run's INSERT has 60 of them), and a statement used a few
     times on a pooled connection is prepared there: the server no longer parses and plans it on every run
     (a budget hold plans in 0.09 ms, the INSERT's admission condition in 0.05 ms). Errors are Django's, and
@@ -368,11 +368,20 @@ def _pipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed]:
 
     cursors = []
     try:
-        with raw.pipeline():
-            for sql, params in statements:
-                cursor = psycopg.Cursor(raw)  # server-side binding (Django's own cursors bind on the client)
-                cursors.append(cursor)
-                cursor.execute(sql, params)
+        if len(statements) == 1:
+            # Alone, a statement is its own transaction and its own round trip without a pipeline, whose
+            # setup, Sync and read-or-write waits cost more CPU than the statement (a run's INSERT without a
+            # budget, its final UPDATE): 1.07x requests/s for the INSERT's unit, 1.12x for the final write
+            # from the loop (bench/ab.py, 2026-12-04, one run each).
+            cursor = psycopg.Cursor(raw)  # server-side binding (Django's own cursors bind on the client)
+            cursors.append(cursor)
+            cursor.execute(*statements[0])
+        else:
+            with raw.pipeline():
+                for sql, params in statements:
+                    cursor = psycopg.Cursor(raw)
+                    cursors.append(cursor)
+                    cursor.execute(sql, params)
         return [
             Executed(cursor.rowcount, cursor.fetchall() if cursor.description is not None else [])
             for cursor in cursors
@@ -517,11 +526,16 @@ async def _apipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed
 
     cursors = []
     try:
-        async with raw.pipeline():
-            for sql, params in statements:
-                cursor = psycopg.AsyncCursor(raw)
-                cursors.append(cursor)
-                await cursor.execute(sql, params)
+        if len(statements) == 1:  # alone: see _pipeline
+            cursor = psycopg.AsyncCursor(raw)
+            cursors.append(cursor)
+            await cursor.execute(*statements[0])
+        else:
+            async with raw.pipeline():
+                for sql, params in statements:
+                    cursor = psycopg.AsyncCursor(raw)
+                    cursors.append(cursor)
+                    await cursor.execute(sql, params)
         return [
             Executed(cursor.rowcount, await cursor.fetchall() if cursor.description is not None else [])
             for cursor in cursors

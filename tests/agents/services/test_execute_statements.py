@@ -43,6 +43,14 @@ def test_a_failing_statement_undoes_the_ones_before_it_and_raises_djangos_error(
     assert list(Group.objects.values_list("name", flat=True)) == ["writers"]
 
 
+def test_a_lone_failing_statement_raises_djangos_error_and_leaves_the_connection_usable():
+    execute_statements([INSERT])
+    with pytest.raises(IntegrityError):  # sent without a pipeline on PostgreSQL: the same error
+        execute_statements([INSERT])
+    (counted,) = execute_statements([("SELECT count(*) FROM auth_group", [])])
+    assert counted.rows == [(1,)]
+
+
 def test_on_postgresql_the_statements_are_one_round_trip_logged_as_one_query():
     with CaptureQueriesContext(connection) as queries:
         execute_statements([INSERT, ("SELECT count(*) FROM auth_group WHERE name = %s", ["writers"])])

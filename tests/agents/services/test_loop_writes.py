@@ -118,6 +118,10 @@ async def test_statements_from_the_loop_are_one_transaction_and_raise_djangos_er
     assert await in_a_unit(_group_names)() == ["editors"]  # the first INSERT was rolled back
     (again,) = await db.aexecute_statements([INSERT])  # and the connection went back usable
     assert again.rowcount == 1
+    with pytest.raises(IntegrityError):  # a lone statement (sent without a pipeline) alike
+        await db.aexecute_statements([INSERT])
+    (counted,) = await db.aexecute_statements([("SELECT count(*) FROM auth_group", [])])
+    assert counted.rows == [(2,)]
 
 
 async def test_a_connection_idle_long_enough_to_have_gone_stale_is_checked_and_replaced(
