@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ab.py DB_ASYNC_WRITERS=0 -- DB_ASYNC_WRITERS=4
     .venv/bin/python bench/ab.py EXECUTE_ROUTE=false --            # B: the settings as shipped
+    .venv/bin/python bench/ab.py @4c500a7 --                       # A: the code of another commit
     ROUNDS=10 TURN_SECONDS=2.5 CONCURRENCY=16 .venv/bin/python bench/ab.py ...
 
 A change of the hot path is measured here before `make bench` (which takes six minutes and compares us with
@@ -17,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from _root import ROOT
@@ -35,17 +39,36 @@ OUT = ROOT / "bench" / "results" / "ab.json"
 
 
 def parse(argv: list[str]) -> dict[str, dict[str, str]]:
-    """`A1=x A2=y -- B1=z`: each side's environment (either may be empty: the settings as shipped)."""
+    """`A1=x A2=y -- @rev B1=z`: each side's environment (either may be empty: the settings as shipped), and
+    under REVISION the commit whose code it runs (`@rev`; this checkout's own code by default)."""
     if "--" not in argv:
         raise SystemExit(__doc__)
     split = argv.index("--")
     sides = {}
     for name, words in (("A", argv[:split]), ("B", argv[split + 1 :])):
-        pairs = [word.split("=", 1) for word in words]
-        if any(len(pair) != 2 for pair in pairs):
-            raise SystemExit(f"not NAME=value: {words}")
-        sides[name] = dict(pairs)
+        revisions = [word[1:] for word in words if word.startswith("@")]
+        pairs = [word.split("=", 1) for word in words if not word.startswith("@")]
+        if any(len(pair) != 2 for pair in pairs) or len(revisions) > 1:
+            raise SystemExit(f"not NAME=value or one @revision: {words}")
+        sides[name] = dict(pairs) | ({REVISION: revisions[0]} if revisions else {})
     return sides
+
+
+REVISION = "REVISION"
+
+
+def checkout(revision: str) -> Path:
+    """A worktree of `revision` (made once, under bench/results/logs/), run with this checkout's venv: the
+    code before a change, served beside the code after it."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    path = procs.LOGS / f"ab-{commit}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True)
+    if (ROOT / ".env").exists():  # the SECRET_KEY `make bench` wrote (settings read .env from the checkout)
+        shutil.copy(ROOT / ".env", path / ".env")
+    return path
 
 
 def start(name: str, fake: procs.Server, extra: dict[str, str]) -> procs.Server:
@@ -53,7 +76,8 @@ def start(name: str, fake: procs.Server, extra: dict[str, str]) -> procs.Server:
     argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "config.serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "warning", "--workers", str(procs.web_workers())]
     env = {**run.ours_env(fake.url + "/v1"), **extra}
-    return procs.start(f"ab-{name}", argv, env, port=port, health="/api/v1/health/", timeout=60)
+    code = checkout(extra[REVISION]) if REVISION in extra else ROOT
+    return procs.start(f"ab-{name}", argv, env, port=port, health="/api/v1/health/", timeout=60, cwd=code)
 
 
 async def turns(

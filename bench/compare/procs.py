@@ -83,12 +83,13 @@ class Server:
         return self.process.pid
 
 
-def launch(name: str, argv: list[str], env: dict[str, str], *, port: int) -> Server:
-    """Start a server in its own process group, output to bench/results/logs/<name>.log; see wait_ready."""
+def launch(name: str, argv: list[str], env: dict[str, str], *, port: int, cwd: Path = ROOT) -> Server:
+    """Start a server in its own process group, output to bench/results/logs/<name>.log; see wait_ready.
+    `cwd`: the checkout whose code it runs (bench/ab.py's other revision), this one by default."""
     LOGS.mkdir(parents=True, exist_ok=True)
     out = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
     )
     return Server(name, process, f"http://127.0.0.1:{port}")
 
@@ -118,9 +119,16 @@ def wait_ready(server: Server, health: str, timeout: float) -> Server:
 
 
 def start(
-    name: str, argv: list[str], env: dict[str, str], *, port: int, health: str, timeout: float
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    port: int,
+    health: str,
+    timeout: float,
+    cwd: Path = ROOT,
 ) -> Server:
-    return wait_ready(launch(name, argv, env, port=port), health, timeout)
+    return wait_ready(launch(name, argv, env, port=port, cwd=cwd), health, timeout)
 
 
 def stop(server: Server) -> None:
