@@ -58,8 +58,9 @@ REVISION = "REVISION"
 
 
 def checkout(revision: str) -> Path:
-    """A worktree of `revision` (made once, under bench/results/logs/), run with this checkout's venv: the
-    code before a change, served beside the code after it."""
+    """A worktree of `revision` (made once, under bench/results/logs/, kept for the next run; `git worktree
+    remove` it when done), run with this checkout's venv: the code before a change, beside the code after it.
+    Both share the bench database, so the revision must have the same migrations."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()

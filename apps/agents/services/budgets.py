@@ -250,8 +250,8 @@ class BudgetGuard:
 
     def closing(self) -> Along | None:
         """The last settlements and the slot's release as statements for the run's outcome UPDATE to write
-        before it, in its transaction and round trip (execution_records.record_outcome): made in that
-        write's thread (pricing a usage is CPU). None: nothing to write. Taken once: close() then has
+        before it, in its transaction and round trip (execution_records.record_outcome): made where that
+        write is made, its thread or the event loop (pricing a usage is CPU, no I/O). None: nothing to write. Taken once: close() then has
         nothing left; if that write fails, the reaper releases the reservations, as after a failed close()."""
         self._take_admitted()  # a run that ended before its first attempt
         settled, self._settled = self._settled, []

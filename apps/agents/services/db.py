@@ -257,7 +257,8 @@ def insert_row(
     return True
 
 
-#: Statements (SQL, parameters) for update_row to write with its UPDATE, made in its unit's thread.
+#: Statements (SQL, parameters) for update_row to write with its UPDATE, made where the write is made (its
+#: unit's thread, or the event loop for aupdate_row): CPU only, never a query.
 Along = Callable[[], Sequence[tuple[str, Sequence[Any]]]]
 
 
@@ -290,8 +291,8 @@ async def aupdate_row(
     alias: str = DEFAULT_DB_ALIAS,
     along: Along | None = None,
 ) -> int:
-    """update_row written from the event loop over one of its own connections (see "Writes from the event
-    loop" below); only where async_writes(alias)."""
+    """update_row, sent from the event loop over one of its own connections (see "writes from the loop"
+    below); only where async_writes(alias). The twin of update_row, as Django's async methods are."""
     update = update_statement(model, pk, values, where_in=where_in, where_null=where_null, alias=alias)
     before = along() if along is not None else ()
     return (await aexecute_statements([*before, update], alias))[-1].rowcount
@@ -334,10 +335,11 @@ def execute_statements(statements: Sequence[Statement], alias: str = DEFAULT_DB_
 
     PostgreSQL: in one round trip, each bound and prepared on the server. psycopg's pipeline mode sends them
     all, then one Sync: the server runs them as one implicit transaction, and a failing one rolls back those
-    before it and skips those after (a lone statement is sent without a pipeline: see _pipeline). Bound on the server, parameters travel as typed values instead of being
-    quoted into the text on the client (a budgeted run's INSERT has 60 of them), and a statement used a few
-    times on a pooled connection is prepared there: the server no longer parses and plans it on every run
-    (a budget hold plans in 0.09 ms, the INSERT's admission condition in 0.05 ms). Errors are Django's, and
+    before it and skips those after (a lone statement is sent without a pipeline: see _pipeline). Bound on
+    the server, parameters travel as typed values instead of being quoted into the text on the client (a
+    budgeted run's INSERT has 60 of them), and a statement used a few times on a pooled connection is
+    prepared there: the server no longer parses and plans it on every run (a budget hold plans in 0.09 ms,
+    the INSERT's admission condition in 0.05 ms). Errors are Django's, and
     the batch is logged as one query (it is one round trip) where Django logs queries. Elsewhere (SQLite)
     the statements run one by one in an atomic block, with the cursor's own parameter binding."""
     connection = connections[alias]
@@ -371,8 +373,8 @@ def _pipeline(raw: Any, statements: Sequence[Statement]) -> list[Executed]:
         if len(statements) == 1:
             # Alone, a statement is its own transaction and its own round trip without a pipeline, whose
             # setup, Sync and read-or-write waits cost more CPU than the statement (a run's INSERT without a
-            # budget, its final UPDATE): 1.07x requests/s for the INSERT's unit, 1.12x for the final write
-            # from the loop (bench/ab.py, 2026-12-04, one run each).
+            # budget, its final UPDATE): 1.08x requests/s for the INSERT's unit, 1.13x for the final write
+            # from the loop (bench/ab.py, 2026-12-04, one run of 10 rounds each).
             cursor = psycopg.Cursor(raw)  # server-side binding (Django's own cursors bind on the client)
             cursors.append(cursor)
             cursor.execute(*statements[0])
