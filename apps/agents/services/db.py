@@ -23,6 +23,7 @@ within the pool's timeout is the same 503 `overloaded` as an exhausted pool.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -298,6 +299,17 @@ async def aupdate_row(
     return (await aexecute_statements([*before, update], alias))[-1].rowcount
 
 
+async def aread_field(model: type[Model], pk: Any, name: str, alias: str = DEFAULT_DB_ALIAS) -> Any:
+    """`model.objects.filter(pk=pk).values_list(name, flat=True).first()`, read from the event loop like the
+    writes (no unit slot to wait for); only where async_writes(alias)."""
+    connection = connections[alias]
+    quote, meta = connection.ops.quote_name, model._meta
+    field = meta.get_field(name)
+    sql = f"SELECT {quote(field.column)} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
+    (read,) = await aexecute_statements([(sql, [meta.pk.get_db_prep_value(pk, connection)])], alias)
+    return read.rows[0][0] if read.rows else None
+
+
 def update_statement(
     model: type[Model],
     pk: Any,
@@ -442,17 +454,42 @@ def _loop_writers(alias: str) -> _Writers:
     return writers
 
 
-def close_idle_writers() -> None:
-    """Close the idle connections of every event loop that is no longer running (closed, or stopped and
-    never to run again): called when a new loop asks for its own, and by the test suite before it drops its
-    database. A running loop's connections are its own to close."""
+def close_idle_writers(*, running_too: bool = False) -> None:
+    """Close the idle connections of every event loop that has closed: called when a new loop asks for its
+    own. A running loop's connections are its own to close; `running_too` (the test suite, before it drops
+    its database) has each running loop close its idle ones, and waits for it."""
     with _writers_lock:
-        for key in [key for key in _writers if not key[0].is_running()]:
+        for key in [key for key in _writers if key[0].is_closed()]:
             writers = _writers.pop(key)
             if writers.pid != os.getpid():
                 continue  # a parent's, inherited by a fork: its sockets are the parent's to close
             for connection, _ in writers.idle:
                 connection.pgconn.finish()  # the socket only: with its loop gone nothing async is left to do
+        running = [(key[0], writers) for key, writers in _writers.items() if writers.pid == os.getpid()]
+    if not running_too:
+        return
+    for loop, writers in running:
+        try:
+            asyncio.run_coroutine_threadsafe(_close_idle(writers), loop).result(timeout=5)
+        except (RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+            logger.warning("idle connections of a running event loop not closed")
+
+
+async def _close_idle(writers: _Writers) -> None:
+    idle, writers.idle = writers.idle, []
+    for connection, _ in idle:
+        await connection.close()
+
+
+def _forget_parents_writers() -> None:
+    # A forked child (Celery prefork) starts with no writers and a lock nobody holds; the parent's connections
+    # are the parent's (psycopg does not close them from a child either).
+    global _writers_lock
+    _writers_lock = threading.Lock()
+    _writers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_writers)
 
 
 async def _writer(alias: str, writers: _Writers) -> Any:
@@ -464,12 +501,16 @@ async def _writer(alias: str, writers: _Writers) -> Any:
 
     while writers.idle:
         connection, returned = writers.idle.pop()
+        if connection.closed:
+            continue
         if time.monotonic() - returned <= CHECK_AFTER_IDLE_SECONDS:
             return connection
         try:
             await AsyncConnectionPool.check_connection(connection)
-        except Exception:
+        except BaseException as exc:  # stale, or the write was cancelled meanwhile: never left open
             await connection.close()
+            if not isinstance(exc, Exception):
+                raise
             continue
         return connection
     return await _connect(alias)
@@ -477,17 +518,24 @@ async def _writer(alias: str, writers: _Writers) -> Any:
 
 async def _connect(alias: str) -> Any:
     """A new async connection with the parameters Django gives its own (database, credentials, OPTIONS, its
-    type adapters), in autocommit as Django's, and the role Django would assume."""
+    type adapters), in autocommit as Django's, with the time zone and the role Django would set. Connecting
+    waits at most the pool's timeout (psycopg's own default is over two minutes) unless OPTIONS says."""
     import psycopg
     from psycopg import sql
 
     connection = connections[alias]
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)  # Django's sync cursor class
+    params.setdefault("connect_timeout", max(1, round(float(pool_options(alias)["timeout"]))))  # type: ignore[index]
     raw = await psycopg.AsyncConnection.connect(autocommit=True, **params)
-    role = connection.settings_dict["OPTIONS"].get("assume_role")
-    if role:
-        await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    try:
+        await raw.execute("SELECT set_config('TimeZone', %s, false)", [connection.timezone_name])
+        role = connection.settings_dict["OPTIONS"].get("assume_role")
+        if role:
+            await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    except BaseException:
+        await raw.close()
+        raise
     return raw
 
 

@@ -28,6 +28,7 @@ from apps.agents.services.db import (
     Along,
     Condition,
     Write,
+    aread_field,
     async_writes,
     aupdate_row,
     db_unit,
@@ -173,8 +174,9 @@ class StateManager:
         changed = await aupdate_row(
             AgentExecution, execution.pk, fields, where_in=where_in, where_null=where_null, along=along
         )
-        if changed != 1:
-            raise await _units.illegal(self, execution, target)
+        if changed != 1:  # what the row says instead, read on the loop too: no unit slot to wait for
+            current = await aread_field(AgentExecution, execution.pk, "status")
+            raise IllegalTransition(execution.pk, current, target)
         return self._transitioned(execution, target, fields)
 
     def _update(
@@ -316,7 +318,6 @@ _units = SimpleNamespace(
     fail_execution=db_unit(StateManager.fail_execution),
     cancel_execution=db_unit(StateManager.cancel_execution),
     heartbeat=db_unit(StateManager.heartbeat),
-    illegal=db_unit(StateManager._illegal),
     get_execution=db_unit(StateManager.get_execution),
 )
 

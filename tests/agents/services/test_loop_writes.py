@@ -99,11 +99,18 @@ async def test_a_runs_final_write_goes_from_the_loop_and_records_what_the_unit_r
     assert from_loop.execution_time is not None
 
 
-async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(on_the_loop, fake_registry):
+async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(
+    on_the_loop, fake_registry, monkeypatch
+):
     user = await in_a_unit(UserFactory)()
     agent = await in_a_unit(AgentFactory)(owner=user)
     result = await execution_engine.execute_agent(agent, {"task": "hi"}, user)
     row = await in_a_unit(AgentExecution.objects.get)(pk=result.execution_id)
+
+    def no_slot(alias="default"):
+        raise db.Overloaded()  # every unit slot taken: the status must not wait for one
+
+    monkeypatch.setattr(db, "unit_slot", no_slot)
     with pytest.raises(IllegalTransition) as lost:
         await state_manager.acomplete_execution(row, output={"again": True})
     assert lost.value.current == ExecutionStatus.COMPLETED  # read back for the error, as the unit does
