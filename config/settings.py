@@ -176,7 +176,7 @@ else:
             DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
             DATABASES["default"]["ENGINE"] = "config.postgresql"
     # A run's final write is sent from the event loop over psycopg's async connection instead of a unit of
-    # database work in a thread (apps/agents/services/db.py, "writes from the loop"): at most this many such
+    # database work in a thread (apps/agents/services/loop_writes.py): at most this many such
     # connections per event loop, beside the pool's. 0: every write is a unit. Only with the pool.
     DB_ASYNC_WRITERS = env.int("DB_ASYNC_WRITERS", default=4) if DB_POOL_MAX_SIZE > 0 else 0
 

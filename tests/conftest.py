@@ -161,10 +161,10 @@ def _final_writes_in_the_test_transaction(request, settings):
 
 @pytest.fixture(scope="session", autouse=True)
 def _loop_connections_closed_before_the_test_database_is_dropped(django_db_setup):  # type: ignore[no-untyped-def]
-    """The idle connections of the writes from the event loop (services/db.py), of every loop: left open,
+    """The idle connections of the writes from the event loop (services/loop_writes.py), of every loop: left open,
     PostgreSQL refuses to drop the test database ("being accessed by other users")."""
     yield
-    from apps.agents.services.db import close_idle_writers
+    from apps.agents.services.loop_writes import close_idle_writers
 
     close_idle_writers(running_too=True)  # the in-process runner's loop and the live server's still run
 

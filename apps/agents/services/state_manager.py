@@ -28,13 +28,11 @@ from apps.agents.services.db import (
     Along,
     Condition,
     Write,
-    aread_field,
-    async_writes,
-    aupdate_row,
     db_unit,
     insert_row,
     update_row,
 )
+from apps.agents.services.loop_writes import aread_field, async_writes, aupdate_row
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +167,7 @@ class StateManager:
         if not async_writes():
             # One unit of work (services/db.py): the connection goes back to the pool as soon as it is written.
             return await _units.transition(self, execution, target, along=along, **fields)
-        # The same UPDATE, sent from the event loop (services/db.py: writes from the loop).
+        # The same UPDATE, sent from the event loop (services/loop_writes.py).
         fields, where_in, where_null = self._update(execution, target, fields)
         changed = await aupdate_row(
             AgentExecution, execution.pk, fields, where_in=where_in, where_null=where_null, along=along

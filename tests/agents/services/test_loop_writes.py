@@ -1,4 +1,4 @@
-"""Writes from the event loop (services/db.py): a run's final UPDATE sent over psycopg's async connection, on
+"""Writes from the event loop (services/loop_writes.py): a run's final UPDATE sent over psycopg's async connection, on
 PostgreSQL with the pool, instead of a unit of database work in a thread. Elsewhere (SQLite, DB_ASYNC_WRITERS=0)
 the write stays a unit; both give the same row.
 
@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection
 
 from apps.agents.errors import IllegalTransition
 from apps.agents.models import AgentExecution, ExecutionStatus
-from apps.agents.services import db
+from apps.agents.services import db, loop_writes
 from apps.agents.services.execution_engine import execution_engine
 from apps.agents.services.state_manager import StateManager, _units, state_manager
 from tests.factories import AgentFactory, UserFactory
@@ -42,7 +42,7 @@ def _group_names() -> list[str]:
 
 @pytest.fixture
 def on_the_loop():
-    if not db.async_writes():
+    if not loop_writes.async_writes():
         pytest.skip(NO_ASYNC_DRIVER)
 
 
@@ -118,54 +118,56 @@ async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(
 
 async def test_statements_from_the_loop_are_one_transaction_and_raise_djangos_errors(on_the_loop):
     renamed = ("UPDATE auth_group SET name = %s WHERE name = %s", ["editors", "writers"])
-    inserted, updated = await db.aexecute_statements([INSERT, renamed])
+    inserted, updated = await loop_writes.aexecute_statements([INSERT, renamed])
     assert (inserted.rowcount, updated.rowcount) == (1, 1)
     with pytest.raises(IntegrityError):  # Django's, as the sync path raises it
-        await db.aexecute_statements([INSERT, ("INSERT INTO auth_group (name) VALUES (%s)", ["editors"])])
+        await loop_writes.aexecute_statements(
+            [INSERT, ("INSERT INTO auth_group (name) VALUES (%s)", ["editors"])]
+        )
     assert await in_a_unit(_group_names)() == ["editors"]  # the first INSERT was rolled back
-    (again,) = await db.aexecute_statements([INSERT])  # and the connection went back usable
+    (again,) = await loop_writes.aexecute_statements([INSERT])  # and the connection went back usable
     assert again.rowcount == 1
     with pytest.raises(IntegrityError):  # a lone statement (sent without a pipeline) alike
-        await db.aexecute_statements([INSERT])
-    (counted,) = await db.aexecute_statements([("SELECT count(*) FROM auth_group", [])])
+        await loop_writes.aexecute_statements([INSERT])
+    (counted,) = await loop_writes.aexecute_statements([("SELECT count(*) FROM auth_group", [])])
     assert counted.rows == [(2,)]
 
 
 async def test_a_connection_idle_long_enough_to_have_gone_stale_is_checked_and_replaced(
     on_the_loop, monkeypatch
 ):
-    await db.aexecute_statements([INSERT])
-    writers = db._loop_writers("default")
+    await loop_writes.aexecute_statements([INSERT])
+    writers = loop_writes._loop_writers("default")
     ((idle, _),) = writers.idle
     await in_a_unit(_terminate)(idle.info.backend_pid)
     monkeypatch.setattr("config.db_pool.CHECK_AFTER_IDLE_SECONDS", 0.0)  # it has been idle "too long"
     await asyncio.sleep(0.05)
-    renamed = await db.aexecute_statements([("UPDATE auth_group SET name = %s", ["checked"])])
+    renamed = await loop_writes.aexecute_statements([("UPDATE auth_group SET name = %s", ["checked"])])
     assert renamed[0].rowcount == 1  # written over a new connection, not lost to the dead one
     assert idle.closed
 
 
 async def test_a_recently_used_connection_is_handed_out_without_a_check(on_the_loop, monkeypatch):
-    await db.aexecute_statements([INSERT])
-    ((idle, _),) = db._loop_writers("default").idle
+    await loop_writes.aexecute_statements([INSERT])
+    ((idle, _),) = loop_writes._loop_writers("default").idle
     checks = []
 
     async def check(conn):
         checks.append(conn)
 
     monkeypatch.setattr("psycopg_pool.AsyncConnectionPool.check_connection", check)
-    await db.aexecute_statements([("SELECT 1", [])])
+    await loop_writes.aexecute_statements([("SELECT 1", [])])
     assert checks == []
-    assert db._loop_writers("default").idle[0][0] is idle  # the same connection, reused
+    assert loop_writes._loop_writers("default").idle[0][0] is idle  # the same connection, reused
 
 
 def test_a_closed_loops_connections_are_closed_when_another_loop_asks():
-    if not db.async_writes():
+    if not loop_writes.async_writes():
         pytest.skip(NO_ASYNC_DRIVER)
 
     async def write() -> int:
-        await db.aexecute_statements([("SELECT 1", [])])
-        return db._loop_writers("default").idle[0][0].info.backend_pid
+        await loop_writes.aexecute_statements([("SELECT 1", [])])
+        return loop_writes._loop_writers("default").idle[0][0].info.backend_pid
 
     first = asyncio.run(write())  # a management command's asyncio.run, a test's loop: gone after this
     assert _backend_alive(first)
@@ -183,16 +185,16 @@ async def test_with_every_connection_out_a_write_waits_the_pool_timeout_then_is_
     settings.DB_ASYNC_WRITERS = 1
     monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"]["pool"], "timeout", 0.2)
     # This loop's writers, one slot, taken by a write that is still running.
-    db._writers.pop((asyncio.get_running_loop(), "default"), None)
-    slow = asyncio.ensure_future(db.aexecute_statements([("SELECT pg_sleep(1)", [])]))
+    loop_writes._writers.pop((asyncio.get_running_loop(), "default"), None)
+    slow = asyncio.ensure_future(loop_writes.aexecute_statements([("SELECT pg_sleep(1)", [])]))
     await asyncio.sleep(0.1)
     started = time.monotonic()
     with pytest.raises(db.Overloaded) as refused:
-        await db.aexecute_statements([("SELECT 1", [])])
+        await loop_writes.aexecute_statements([("SELECT 1", [])])
     assert time.monotonic() - started >= 0.2
     assert refused.value.status == 503 and db.pool_exhausted(refused.value)
     await slow
-    await db.aexecute_statements([("SELECT 1", [])])  # the slot came back
+    await loop_writes.aexecute_statements([("SELECT 1", [])])  # the slot came back
 
 
 def _running(query: str) -> int:
@@ -202,10 +204,10 @@ def _running(query: str) -> int:
 
 
 async def test_a_write_cancelled_midway_is_stopped_on_the_server_and_its_connection_left_usable(on_the_loop):
-    await db.aexecute_statements([("SELECT 1", [])])
-    writers = db._loop_writers("default")
+    await loop_writes.aexecute_statements([("SELECT 1", [])])
+    writers = loop_writes._loop_writers("default")
     slow = "SELECT pg_sleep(5) /* cancelled */"
-    write = asyncio.ensure_future(db.aexecute_statements([(slow, [])]))
+    write = asyncio.ensure_future(loop_writes.aexecute_statements([(slow, [])]))
     await asyncio.sleep(0.3)
     assert await in_a_unit(_running)(slow) == 1
     started = time.monotonic()
@@ -217,24 +219,24 @@ async def test_a_write_cancelled_midway_is_stopped_on_the_server_and_its_connect
     # Back in the idle list only in a known state (idle, no transaction open), else closed.
     for connection_, _ in writers.idle:
         assert not connection_.closed and connection_.info.transaction_status == 0  # IDLE
-    (after,) = await db.aexecute_statements([("SELECT 1", [])])
+    (after,) = await loop_writes.aexecute_statements([("SELECT 1", [])])
     assert after.rows == [(1,)]
 
 
 def test_connections_inherited_by_a_fork_are_left_to_the_parent():
-    if not db.async_writes():
+    if not loop_writes.async_writes():
         pytest.skip(NO_ASYNC_DRIVER)
 
-    async def write() -> db._Writers:
-        await db.aexecute_statements([("SELECT 1", [])])
-        return db._loop_writers("default")
+    async def write() -> loop_writes._Writers:
+        await loop_writes.aexecute_statements([("SELECT 1", [])])
+        return loop_writes._loop_writers("default")
 
     writers = asyncio.run(write())
     ((inherited, _),) = writers.idle
     writers.pid += 1  # as a Celery prefork child sees its parent's entry
     try:
-        db.close_idle_writers()  # what a child's first loop does when it asks for its own
+        loop_writes.close_idle_writers()  # what a child's first loop does when it asks for its own
         assert not inherited.closed  # the parent's socket was not touched: the parent still uses it
-        assert all(other is not writers for other in db._writers.values())  # and the child forgot it
+        assert all(other is not writers for other in loop_writes._writers.values())  # and the child forgot it
     finally:
         inherited.pgconn.finish()
