@@ -42,6 +42,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+
 from config.redis_cache import SharedRedisCache, SharedRedisCacheClient
 
 logger = logging.getLogger(__name__)
@@ -215,6 +218,17 @@ class NearRedisCacheClient(SharedRedisCacheClient):
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         return {key: self._serializer.loads(raw) for key, raw in self._read(keys).items()}
 
+    def peek_many(self, keys: list[str]) -> dict[str, Any] | None:
+        """The values of `keys` that this process's copies hold, or None when they cannot answer now (not
+        trusted, or one of `keys` not copied): what get_many would return, without I/O."""
+        copies = self.copies
+        if not copies.trusted():
+            return None
+        raws = [copies.get(key) for key in keys]
+        if any(raw is None for raw in raws):
+            return None
+        return {key: self._serializer.loads(raw) for key, raw in zip(keys, raws, strict=True)}
+
     def _read(self, keys: list[str]) -> dict[str, bytes]:
         copies = self.copies
         if not copies.trusted():
@@ -293,3 +307,20 @@ class NearRedisCache(SharedRedisCache):
     def _new_client(self) -> NearRedisCacheClient:
         digest = hashlib.sha256(repr(self._shared_as()).encode()).hexdigest()[:24]
         return NearRedisCacheClient(self._servers, f"near-cache:{digest}", **self._options)
+
+    def peek_many(self, keys: list[str], version: int | None = None) -> dict[str, Any] | None:
+        made = {self.make_and_validate_key(key, version=version): key for key in keys}
+        found = self._cache.peek_many(list(made))
+        return None if found is None else {made[key]: value for key, value in found.items()}
+
+
+def peek_many(cache: BaseCache, keys: list[str]) -> dict[str, Any] | None:
+    """Every one of `keys` as `cache.get_many` would give it, if this process can answer without I/O (the
+    event loop's admission, apps/agents/services/loop_admission.py): from the near cache's trusted copies or
+    the process's own memory (LocMemCache). None otherwise, also when one of `keys` is not there: the
+    caller then reads the cache the usual way, in a thread."""
+    if isinstance(cache, LocMemCache):
+        found = cache.get_many(keys)
+        return found if len(found) == len(keys) else None
+    peek = getattr(cache, "peek_many", None)
+    return peek(keys) if peek is not None else None

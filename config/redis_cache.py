@@ -15,7 +15,9 @@ copy of its table of response callbacks each time); here one is kept per pool.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,12 +29,31 @@ class SharedRedisCacheClient(RedisCacheClient):
     def __init__(self, servers: list[str], **options: Any) -> None:
         super().__init__(servers, **options)
         self._clients: dict[int, Any] = {}  # id(pool) -> redis.Redis over that pool (pools live as long)
+        # Event loop -> redis.asyncio.Redis on the primary: asyncio connections belong to the loop that opened
+        # them. A loop's client goes when the loop does (its sockets closed with it by the garbage collector:
+        # a server has one loop per process; tests and management commands' asyncio.run have more).
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         pool = self._get_connection_pool(write)
         client = self._clients.get(id(pool))
         if client is None:
             client = self._clients[id(pool)] = self._client(connection_pool=pool)
+        return client
+
+    def loop_client(self) -> Any:
+        """A redis.asyncio client of the running event loop, on the primary (where writes go)."""
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._loop_clients.get(loop)
+        if client is None:
+            # Django's options less its parser, which is redis-py's sync one (asyncio picks its own).
+            options = {name: value for name, value in self._pool_options.items() if name != "parser_class"}
+            pool = redis.asyncio.ConnectionPool.from_url(self._servers[0], **options)
+            client = self._loop_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
 
@@ -68,11 +89,20 @@ class SharedRedisCache(RedisCache):
         same order: INCR and EXPIRE of every counter in one round trip, and in one MULTI so that no counter
         is ever left without its expiry. Django's add() + incr() took three round trips per counter (incr
         checks EXISTS first), the rate limits' largest cost with Redis."""
-        keys = {
-            self.make_and_validate_key(key, version=version): seconds for key, seconds in counters.items()
-        }
         with self._cache.get_client(None, write=True).pipeline(transaction=True) as pipe:
-            for key, seconds in keys.items():
-                pipe.incr(key).expire(key, seconds)
-            replies = pipe.execute()
+            return self._counts(self._queue_counts(pipe, counters, version).execute())
+
+    async def aincr_with_expiry(self, counters: Mapping[str, int], version: int | None = None) -> list[int]:
+        """incr_with_expiry from the event loop (the same MULTI), over the loop's own asyncio client."""
+        async with self._cache.loop_client().pipeline(transaction=True) as pipe:
+            return self._counts(await self._queue_counts(pipe, counters, version).execute())
+
+    def _queue_counts(self, pipe: Any, counters: Mapping[str, int], version: int | None) -> Any:
+        for key, seconds in counters.items():
+            made = self.make_and_validate_key(key, version=version)
+            pipe.incr(made).expire(made, seconds)
+        return pipe
+
+    @staticmethod
+    def _counts(replies: list[Any]) -> list[int]:
         return [int(count) for count in replies[::2]]

@@ -304,3 +304,36 @@ def test_every_write_is_announced_to_the_other_processes(write, location):
 
     write(cache)
     assert until(lambda: reader.get(key, None) != 1)
+
+
+def test_peek_answers_only_from_the_copies_and_only_what_they_hold():
+    """peek_many (the run admission on the event loop): what get_many would give, from the copies and
+    without I/O, or None: a key not copied, copies not trusted, or a copy dropped by a change."""
+    cache = near()
+    cache.set_many({"token": ("user", 1), "agent": "helper"}, 60)
+    wait_until_trusted(cache)
+    assert near_cache.peek_many(cache, ["token"]) is None  # not read yet: not copied
+    cache.get_many(["token", "agent"])
+    with redis_commands() as sends:
+        found = near_cache.peek_many(cache, ["token", "agent"])
+        partial = near_cache.peek_many(cache, ["token", "absent"])
+    with mock.patch.object(cache._cache.copies, "trusted", return_value=False):
+        untrusted = near_cache.peek_many(cache, ["token"])
+    cache.set("agent", "renamed", 60)  # a change (another process's: its notice drops the copy the same way)
+    dropped = near_cache.peek_many(cache, ["agent"]) is None
+
+    assert sends == []
+    assert found == {"token": ("user", 1), "agent": "helper"}
+    assert (partial, untrusted) == (None, None)
+    assert dropped
+
+
+def test_peek_reads_a_process_memory_cache_and_nothing_else():
+    locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "peek"}
+    memory = CacheHandler({"m": locmem})["m"]
+    memory.set("k", 1)
+    dummy = CacheHandler({"d": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}})["d"]
+
+    assert near_cache.peek_many(memory, ["k"]) == {"k": 1}
+    assert near_cache.peek_many(memory, ["k", "absent"]) is None
+    assert near_cache.peek_many(dummy, ["k"]) is None

@@ -25,6 +25,7 @@ from django.dispatch import receiver
 
 from apps.agents.models import Agent
 from apps.agents.selectors import agent_key_filter, parse_uuid
+from config.near_cache import peek_many
 
 PREFIX = "agent:"
 
@@ -62,6 +63,19 @@ def agent_get_runnable(*, user: Any, key: str) -> Agent | None:
         if seconds:
             _cache().set(entry, agent, seconds)
     return agent if visible_to(agent, user) else None
+
+
+def agent_in_memory(*, user: Any, key: str) -> tuple[bool, Agent | None]:
+    """agent_get_runnable answered from this process's memory only (config/near_cache.py peek_many):
+    (True, the agent or None as agent_get_runnable would give it), or (False, None) when that needs I/O."""
+    if not settings.AGENT_CACHE_SECONDS or agent_key_filter(key) is None:
+        return False, None
+    entry = _cache_key(key)
+    found = peek_many(_cache(), [entry])
+    if found is None:
+        return False, None
+    agent = found[entry]
+    return True, agent if visible_to(agent, user) else None
 
 
 def forget(*keys: str) -> None:

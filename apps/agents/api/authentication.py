@@ -23,6 +23,8 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+from config.near_cache import peek_many
+
 PREFIX = "auth-token:"
 
 
@@ -44,10 +46,24 @@ class CachedTokenAuthentication(TokenAuthentication):
             user, token = super().authenticate_credentials(key)  # raises for unknown keys: never cached
             _cache().set(entry, (user, token), settings.AUTH_CACHE_SECONDS)
             return user, token
-        user, token = found
-        if not user.is_active:  # cannot happen while invalidation works; cheap to keep true anyway
-            raise exceptions.AuthenticationFailed("User inactive or deleted.")
-        return user, token
+        return _active(found)
+
+    def peek_credentials(self, key: str) -> tuple[Any, Any] | None:
+        """authenticate_credentials answered from this process's memory only (config/near_cache.py
+        peek_many), or None when that needs I/O (not cached, or not in this process): for the run admission
+        on the event loop."""
+        if not settings.AUTH_CACHE_SECONDS:
+            return None
+        entry = _cache_key(key)
+        found = peek_many(_cache(), [entry])
+        return None if found is None else _active(found[entry])
+
+
+def _active(found: tuple[Any, Any]) -> tuple[Any, Any]:
+    user, token = found
+    if not user.is_active:  # cannot happen while invalidation works; cheap to keep true anyway
+        raise exceptions.AuthenticationFailed("User inactive or deleted.")
+    return user, token
 
 
 class CachedBearerTokenAuthentication(CachedTokenAuthentication):

@@ -13,7 +13,13 @@ Accept, `*/*` or `application/json`; no query string, so no `?format=`), for a s
 functions and in an order that answers alike: the token authentication, the agent lookup, the body's parser
 and serializer, the run rate limit (RunRateThrottle), the admission and the run (api/runs.py), the one
 exception handler and JSON renderer, and Django's own security, common and frame-options middleware for the
-answer's headers. tests/agents/test_execute_route.py holds the answers of both paths equal.
+answer's headers. tests/agents/api/test_execute_route.py holds the answers of both paths equal.
+
+Where the admission runs: on the event loop when nothing in it needs a thread (admit_on_loop: the token, the
+agent and the budgets in this process's memory, no Idempotency-Key, conversation, budget or output schema,
+PostgreSQL with the pool; services/loop_admission.py), else in the request's thread as one unit of database
+work (admit). Both take the same steps in the same order and answer alike (tests/agents/api/
+test_loop_admission.py).
 
 Everything else goes to Django untouched, *before anything is counted or written*: another route or method,
 a session cookie instead of a token, an unknown token, an agent the user cannot see, an empty body, a stream
@@ -52,15 +58,16 @@ from rest_framework.exceptions import AuthenticationFailed, ParseError, Throttle
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.agents.agent_cache import agent_get_runnable
+from apps.agents.agent_cache import agent_get_runnable, agent_in_memory
 from apps.agents.api import runs
 from apps.agents.api.authentication import CachedTokenAuthentication
 from apps.agents.api.exceptions import api_exception_handler
 from apps.agents.api.parsers import BoundedJSONParser
 from apps.agents.api.renderers import SafeJSONRenderer
 from apps.agents.api.serializers import AgentExecutionInputSerializer
-from apps.agents.api.throttling import RunRateThrottle
+from apps.agents.api.throttling import RunRateThrottle, counts_on_loop
 from apps.agents.api.views import AgentViewSet
+from apps.agents.services import loop_admission
 from apps.agents.services.db import (
     admission_slot,
     connections_end_with_requests,
@@ -119,15 +126,40 @@ def _token_schemes() -> frozenset[str]:
     return frozenset(schemes)
 
 
-def _user(request: ASGIRequest, schemes: frozenset[str]) -> Any:
+def _credentials(request: ASGIRequest, schemes: frozenset[str]) -> str:
+    """The token key of the Authorization header; Unplain for any other header (Django answers it)."""
     parts = request.headers.get("Authorization", "").split()
     if len(parts) != 2 or parts[0].lower() not in schemes or not parts[1].isascii():
         raise Unplain
+    return parts[1]
+
+
+def _user(request: ASGIRequest, schemes: frozenset[str]) -> Any:
     try:
-        user, _token = CachedTokenAuthentication().authenticate_credentials(parts[1])
+        user, _token = CachedTokenAuthentication().authenticate_credentials(_credentials(request, schemes))
     except AuthenticationFailed:
         raise Unplain from None
     return user
+
+
+def _body(request: ASGIRequest) -> tuple[dict[str, Any], Exception | None]:
+    """The body's validated data, or the refusal it gets once the rate is counted (a 400); Unplain for a stream
+    or background run."""
+    try:
+        body = AgentExecutionInputSerializer(data=PARSER.parse(io.BytesIO(request.body)))
+        if not body.is_valid():
+            return {}, ValidationError(body.errors)
+    except ParseError as exc:
+        return {}, exc
+    if body.validated_data["stream"] or body.validated_data["background"]:
+        raise Unplain
+    return body.validated_data, None
+
+
+def _drf_request(request: ASGIRequest, user: Any) -> Request:
+    drf_request = Request(request)
+    drf_request.user = user
+    return drf_request
 
 
 def admit(request: ASGIRequest, key: str, schemes: frozenset[str]) -> Admitted | Response:
@@ -141,26 +173,69 @@ def admit(request: ASGIRequest, key: str, schemes: frozenset[str]) -> Admitted |
     agent = agent_get_runnable(user=user, key=key)
     if agent is None or not request.body:
         raise Unplain
-    try:
-        body = AgentExecutionInputSerializer(data=PARSER.parse(io.BytesIO(request.body)))
-        valid = body.is_valid()
-    except ParseError as exc:
-        valid, refusal = False, exc
-    else:
-        refusal = ValidationError(body.errors)
-        if valid and (body.validated_data["stream"] or body.validated_data["background"]):
-            raise Unplain
-    drf_request = Request(request)
-    drf_request.user = user
+    validated, refusal = _body(request)
+    drf_request = _drf_request(request, user)
     throttle = RunRateThrottle()
     try:
         if not throttle.allow_request(drf_request, None):  # type: ignore[arg-type]
             raise Throttled(throttle.wait())
-        if not valid:
+        if refusal is not None:
             raise refusal
-        command = runs.build_command(request=drf_request, agent=agent, validated=body.validated_data)
+        command = runs.build_command(request=drf_request, agent=agent, validated=validated)
         return Admitted(command, runs.admit(command))
     except Exception as exc:  # a refusal (429, 400, 409, 422, 503...): the one handler's envelope
+        return api_exception_handler(exc, {})
+
+
+#: The largest body admitted on the event loop: parsing and validating it there is CPU no other request can
+#: use meanwhile, so a larger one (up to DATA_UPLOAD_MAX_MEMORY_SIZE) is parsed in the admission's thread.
+LOOP_BODY_BYTES = 64 * 1024
+
+
+async def admit_on_loop(
+    request: ASGIRequest, key: str, schemes: frozenset[str]
+) -> Admitted | Response | None:
+    """admit's steps in admit's order, on the event loop without a thread (services/loop_admission.py): the
+    token and the agent from this process's memory, the rate counted through Redis' asyncio client, the
+    INSERT sent from the loop. None, before anything is counted or written, when a step needs I/O or the
+    thread (not in memory, an Idempotency-Key, a conversation, a budget...): then admit answers."""
+    if not loop_admission.available() or len(request.body) > LOOP_BODY_BYTES or not counts_on_loop():
+        return None
+    if request.headers.get(runs.IDEMPOTENCY_HEADER, "").strip():
+        return None  # a replay reads the earlier row first
+    credentials = _credentials(request, schemes)
+    try:
+        found = CachedTokenAuthentication().peek_credentials(credentials)
+    except AuthenticationFailed:
+        raise Unplain from None
+    if found is None:
+        return None
+    user = found[0]
+    known, agent = agent_in_memory(user=user, key=key)
+    if not known:
+        return None
+    if agent is None or not request.body:
+        raise Unplain
+    validated, refusal = _body(request)
+    drf_request = _drf_request(request, user)
+    command = planned = None
+    if refusal is None:
+        try:
+            command = runs.build_command(request=drf_request, agent=agent, validated=validated)
+            planned = loop_admission.plan(agent, command.input_data, user, command.context)
+            if planned is None:
+                return None
+        except Exception as exc:  # refused once the rate is counted, as in admit
+            refusal = exc
+    throttle = RunRateThrottle()
+    try:
+        if not await throttle.aallow_request(drf_request):
+            raise Throttled(throttle.wait())
+        if refusal is not None:
+            raise refusal
+        run = loop_admission.admit(planned, mode=command.mode, request_hash=command.request_hash)  # type: ignore[arg-type, union-attr]
+        return Admitted(command, await kept_if_cancelled(run, runs.abandon))
+    except Exception as exc:
         return api_exception_handler(exc, {})
 
 
@@ -357,8 +432,11 @@ class ExecuteRoute:
     async def _answer(self, request: ASGIRequest, key: str, send: Send) -> bool:
         """Answer the request; False when it is Django's to answer after all (nothing was sent)."""
         try:
+            # One slot for either way: on the loop it bounds the Redis and PostgreSQL round trips of a burst.
             async with admission_slot():
-                outcome = await kept_if_cancelled(_admit_unit(request, key, self._schemes), abandon)
+                outcome = await admit_on_loop(request, key, self._schemes)
+                if outcome is None:
+                    outcome = await kept_if_cancelled(_admit_unit(request, key, self._schemes), abandon)
         except Unplain:
             return False
         except Exception as exc:  # no admission slot, no pool connection: 503

@@ -16,6 +16,7 @@ import time
 
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.locmem import LocMemCache
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -53,17 +54,38 @@ class WindowRateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
+        windows = self._windows(request, now)
+        if not windows:
+            return True
+        counts = _count(caches["throttle"], {key: period + 1 for key, _, period, _ in windows})
+        return self._allowed(windows, counts, now)
+
+    async def aallow_request(self, request: Request) -> bool:
+        """allow_request from the event loop, where counts_on_loop() (the run admission on the loop:
+        apps/agents/services/loop_admission.py)."""
+        now = time.time()
+        windows = self._windows(request, now)
+        if not windows:
+            return True
+        cache = caches["throttle"]
+        counters = {key: period + 1 for key, _, period, _ in windows}
+        aincr = getattr(cache, "aincr_with_expiry", None)
+        counts = await aincr(counters) if aincr is not None else _count(cache, counters)
+        return self._allowed(windows, counts, now)
+
+    def _windows(self, request: Request, now: float) -> list[tuple[str, int, int, int]]:
+        """(key, allowed, period, window) of each scope that has a rate."""
         ident = self.ident(request)
-        windows = []  # (key, allowed, period, window) of each scope that has a rate
+        windows = []
         for scope in self.scopes:
             rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
             if rate:
                 allowed, period = parse_rate(rate)
                 window = int(now // period)
                 windows.append((f"throttle:{scope}:{ident}:{window}", allowed, period, window))
-        if not windows:
-            return True
-        counts = _count(caches["throttle"], {key: period + 1 for key, _, period, _ in windows})
+        return windows
+
+    def _allowed(self, windows: list[tuple[str, int, int, int]], counts: list[int], now: float) -> bool:
         waits = [
             (window + 1) * period - now
             for (_, allowed, period, window), count in zip(windows, counts, strict=True)
@@ -76,6 +98,13 @@ class WindowRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+def counts_on_loop() -> bool:
+    """Whether aallow_request counts without blocking the loop: Redis through its asyncio client
+    (config/redis_cache.py), or the process's own memory."""
+    cache = caches["throttle"]
+    return hasattr(cache, "aincr_with_expiry") or isinstance(cache, LocMemCache)
 
 
 def _count(cache: BaseCache, counters: dict[str, int]) -> list[int]:

@@ -33,12 +33,17 @@ from django.dispatch import receiver
 
 from apps.agents.models import Budget
 from apps.agents.services.budget_windows import Applicable
+from config.near_cache import peek_many
 
 GENERATION = "budgets:generation"
 
 
 def _cache() -> Any:
     return caches["auth"]
+
+
+def _entry(user_id: Any, agent_id: Any) -> str:
+    return f"budgets:{user_id}:{agent_id}"
 
 
 def applicable(user_id: Any, agent_id: Any, read: Callable[[], Applicable]) -> Applicable:
@@ -48,7 +53,7 @@ def applicable(user_id: Any, agent_id: Any, read: Callable[[], Applicable]) -> A
     if seconds <= 0:
         return read()
     cache = _cache()
-    key = f"budgets:{user_id}:{agent_id}"
+    key = _entry(user_id, agent_id)
     found = cache.get_many([GENERATION, key])
     generation = found.get(GENERATION)
     entry = found.get(key)
@@ -62,6 +67,18 @@ def applicable(user_id: Any, agent_id: Any, read: Callable[[], Applicable]) -> A
         definitions = Applicable(fresh.budgets, fresh.inactive, fresh.scopes, {})
         cache.set(key, (generation, definitions), seconds)
     return fresh
+
+
+def peek(user_id: Any, agent_id: Any) -> Applicable | None:
+    """applicable()'s cached entry if this process holds it and it is current (config/near_cache.py
+    peek_many), else None (the caller reads it the usual way, in a thread)."""
+    if int(settings.BUDGET_CACHE_SECONDS) <= 0:
+        return None
+    key = _entry(user_id, agent_id)
+    found = peek_many(_cache(), [GENERATION, key])
+    if found is None or found[key][0] != found[GENERATION]:
+        return None
+    return found[key][1]
 
 
 def forget_all() -> None:

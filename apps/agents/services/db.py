@@ -237,21 +237,33 @@ def insert_row(
     `only_if`, only if that condition holds (`INSERT ... SELECT ... WHERE`, the same one statement); with
     `write`, written by it (services/budget_ledger.py: the run's first hold in the same round trip).
     Whether the row was written."""
-    connection = connections[alias]
-    fields = obj._meta.local_concrete_fields
-    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
-    condition, condition_params = only_if if only_if is not None else ("", ())
-    statement = (_insert_sql(type(obj), alias, bool(condition)) + condition, [*values, *condition_params])
+    statement = insert_statement(obj, alias, only_if=only_if)
     if write is not None:
         written = write(obj, statement)
     else:
         (inserted,) = execute_statements([statement], alias)
-        written = not condition or inserted.rowcount == 1
-    if not written:
-        return False
+        written = only_if is None or inserted.rowcount == 1
+    if written:
+        inserted_as(obj, alias)
+    return written
+
+
+def insert_statement(
+    obj: Model, alias: str = DEFAULT_DB_ALIAS, *, only_if: Condition | None = None
+) -> Statement:
+    """insert_row's statement. The values are converted by their fields (pre_save, get_db_prep_save) with
+    `connections[alias]` only for its operations: nothing connects, so this may run on the event loop."""
+    connection = connections[alias]
+    fields = obj._meta.local_concrete_fields
+    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
+    condition, condition_params = only_if if only_if is not None else ("", ())
+    return _insert_sql(type(obj), alias, bool(condition)) + condition, [*values, *condition_params]
+
+
+def inserted_as(obj: Model, alias: str) -> None:
+    """`obj` as save() leaves an instance it inserted: saved, in `alias`."""
     obj._state.adding = False
     obj._state.db = alias
-    return True
 
 
 #: Statements (SQL, parameters) for update_row to write with its UPDATE, made where the write is made (its

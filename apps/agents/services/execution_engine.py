@@ -132,7 +132,8 @@ class ExecutionEngine:
         **admission: Unpack[Admission],
     ) -> AdmittedRun:
         """Validate a request and create its row, in the calling thread (sync ORM work). The one place a row
-        is created: idempotent admission and the conversation claim (409), see
+        is created (but for loop_admission.py's, the same row for a request without an Idempotency-Key, a
+        budget or a conversation): idempotent admission and the conversation claim (409), see
         apps/agents/services/idempotency.py. Bad input raises ApplicationError before anything is written.
 
         The API calls this in its DRF half (api/runs.py), so that a run request's admission shares that

@@ -1,5 +1,6 @@
-"""Writes from the event loop: a run's final UPDATE sent over psycopg's async connection (services/db.py
-builds the statement; this module sends it).
+"""Writes from the event loop: a run's INSERT (when its admission needs no thread: services/loop_admission.py)
+and its final UPDATE, sent over psycopg's async connection (services/db.py builds the statements; this module
+sends them).
 
 A unit of database work is a thread hop: the event loop hands the unit to the request's thread, that thread
 waits for the GIL while the loop runs, the loop waits for it in turn, and wakes it and is woken by it. On a
@@ -38,6 +39,8 @@ from apps.agents.services.db import (
     Executed,
     Overloaded,
     Statement,
+    insert_statement,
+    inserted_as,
     pool_options,
     pooled,
     update_statement,
@@ -233,6 +236,13 @@ async def aupdate_row(
     update = update_statement(model, pk, values, where_in=where_in, where_null=where_null, alias=alias)
     before = along() if along is not None else ()
     return (await aexecute_statements([*before, update], alias))[-1].rowcount
+
+
+async def ainsert_row(obj: Model, alias: str = DEFAULT_DB_ALIAS) -> None:
+    """insert_row (without a condition or a write of its own), sent from the event loop: the run admission on
+    the loop (services/loop_admission.py); only where async_writes(alias)."""
+    await aexecute_statements([insert_statement(obj, alias)], alias)
+    inserted_as(obj, alias)
 
 
 async def aread_field(model: type[Model], pk: Any, name: str, alias: str = DEFAULT_DB_ALIAS) -> Any:

@@ -4,12 +4,14 @@ request in one round trip with the counter's expiry never lost."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from unittest import mock
 
 import pytest
 import redis
+import redis.asyncio
 from django.core.cache import CacheHandler, caches
 
 from tests.agents.api.conftest import throttle_rates
@@ -96,3 +98,31 @@ def test_rate_limits_counted_in_redis_refuse_past_the_rate(settings, alice_clien
         assert keys and all(0 < server.ttl(key) <= 61 for key in keys)
     finally:
         caches["throttle"].clear()
+
+
+async def test_a_counter_counted_from_the_event_loop_is_the_same_counter_in_one_round_trip(server):
+    """aincr_with_expiry (the run admission on the loop): the same MULTI on the same key, through the loop's
+    own asyncio client, one per loop (asyncio connections belong to the loop that opened them)."""
+    cache = cache_handler()["r"]
+    assert cache.incr_with_expiry({"hits": 61}) == [1]
+    assert await cache.aincr_with_expiry({"hits": 61, "runs": 3601}) == [2, 1]
+    client = cache._cache.loop_client()
+    with mock.patch.object(
+        redis.asyncio.connection.AbstractConnection, "send_packed_command", autospec=True,
+        side_effect=redis.asyncio.connection.AbstractConnection.send_packed_command,
+    ) as sends:  # fmt: skip
+        assert await cache.aincr_with_expiry({"hits": 61}) == [3]
+
+    assert sends.call_count == 1
+    assert cache.get("hits") == 3
+    assert 3540 < server.ttl(cache.make_and_validate_key("runs")) <= 3601
+    assert cache._cache.loop_client() is client
+    other_loop = await asyncio.to_thread(lambda: asyncio.run(_loop_client(cache)))
+    assert other_loop is not client
+    await client.aclose()
+
+
+async def _loop_client(cache):  # type: ignore[no-untyped-def]
+    client = cache._cache.loop_client()
+    await client.aclose()
+    return client
