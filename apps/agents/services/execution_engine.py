@@ -37,6 +37,7 @@ from apps.agents.engine.tools import ToolRegistry
 from apps.agents.errors import ApplicationError, IllegalTransition
 from apps.agents.models import TERMINAL_STATUSES, Agent, AgentExecution, ExecutionMode
 from apps.agents.models import ExecutionStatus as Status
+from apps.agents.services import loop_admission
 from apps.agents.services.background import anotify_cancel
 from apps.agents.services.budgets import aapplicable_budgets, guard_for
 from apps.agents.services.conversation_lock import arelease_conversation
@@ -175,10 +176,21 @@ class ExecutionEngine:
     async def _admit(
         self, agent: Agent, input_data: Any, user: Any, context: Any, mode: str, admission: Admission
     ) -> AdmittedRun:
-        # A caller cancelled during the hop (an async view whose client left) has its row cancelled at once.
-        return await kept_if_cancelled(
-            self._admit_unit(agent, input_data, user, context, mode=mode, **admission), self.abandon
-        )
+        # On the loop when nothing in the admission needs a thread (services/loop_admission.py: no
+        # Idempotency-Key, conversation or budget, the budgets' entry in memory, PostgreSQL), else one unit.
+        # A caller cancelled meanwhile (an async view whose client left) has its row cancelled at once.
+        planned = None
+        if (
+            mode != ExecutionMode.BACKGROUND
+            and loop_admission.available()
+            and not (admission.get("idempotency_key") or "").strip()
+        ):
+            planned = loop_admission.plan(agent, input_data, user, context, options=admission.get("options"))
+        if planned is not None:
+            work = loop_admission.admit(planned, mode=mode, request_hash=admission.get("request_hash", ""))
+        else:
+            work = self._admit_unit(agent, input_data, user, context, mode=mode, **admission)
+        return await kept_if_cancelled(work, self.abandon)
 
     # ------------------------------------------------------------------ the seed's contract
     # Each takes the seed's (agent, input_data, user, context) and, from the API, the Idempotency-Key and the
