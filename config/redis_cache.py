@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,11 +29,13 @@ class SharedRedisCacheClient(RedisCacheClient):
         super().__init__(servers, **options)
         self._clients: dict[int, Any] = {}  # id(pool) -> redis.Redis over that pool (pools live as long)
         # Event loop -> redis.asyncio.Redis on the primary: asyncio connections belong to the loop that opened
-        # them. A loop's client goes when the loop does (its sockets closed with it by the garbage collector:
-        # a server has one loop per process; tests and management commands' asyncio.run have more).
-        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        # them. A plain dict, not a WeakKeyDictionary: a client's connections refer to their loop, so a weak
+        # key would never die. A closed loop's client is dropped when another loop asks (loop_client), and
+        # its connections, unreachable with their loop, are closed by the garbage collector (the transports
+        # close their sockets when collected). A server has one loop per process; tests and management
+        # commands' asyncio.run have more.
+        self._loop_clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._loop_clients_lock = threading.Lock()
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         pool = self._get_connection_pool(write)
@@ -49,12 +50,17 @@ class SharedRedisCacheClient(RedisCacheClient):
 
         loop = asyncio.get_running_loop()
         client = self._loop_clients.get(loop)
-        if client is None:
-            # Django's options less its parser, which is redis-py's sync one (asyncio picks its own).
-            options = {name: value for name, value in self._pool_options.items() if name != "parser_class"}
-            pool = redis.asyncio.ConnectionPool.from_url(self._servers[0], **options)
-            client = self._loop_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
-        return client
+        if client is not None:
+            return client
+        # Django's options less its parser, which is redis-py's sync one (asyncio picks its own).
+        options = {name: value for name, value in self._pool_options.items() if name != "parser_class"}
+        client = redis.asyncio.Redis(
+            connection_pool=redis.asyncio.ConnectionPool.from_url(self._servers[0], **options)
+        )
+        with self._loop_clients_lock:  # loops of several threads may ask (a live server's, a test's)
+            for closed in [other for other in self._loop_clients if other.is_closed()]:
+                del self._loop_clients[closed]
+            return self._loop_clients.setdefault(loop, client)
 
 
 _clients: dict[tuple[str, ...], SharedRedisCacheClient] = {}

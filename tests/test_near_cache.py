@@ -319,7 +319,7 @@ def test_peek_answers_only_from_the_copies_and_only_what_they_hold():
         partial = near_cache.peek_many(cache, ["token", "absent"])
     with mock.patch.object(cache._cache.copies, "trusted", return_value=False):
         untrusted = near_cache.peek_many(cache, ["token"])
-    cache.set("agent", "renamed", 60)  # a change (another process's: its notice drops the copy the same way)
+    cache.set("agent", "renamed", 60)  # a change here (another process's notices: tested above, for get)
     dropped = near_cache.peek_many(cache, ["agent"]) is None
 
     assert sends == []

@@ -216,6 +216,8 @@ async def admit_on_loop(
         return None
     if agent is None or not request.body:
         raise Unplain
+    if not loop_admission.ready(agent, user):
+        return None  # before the body is parsed: the thread parses it
     validated, refusal = _body(request)
     drf_request = _drf_request(request, user)
     command = planned = None

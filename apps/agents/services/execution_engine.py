@@ -184,6 +184,7 @@ class ExecutionEngine:
             mode != ExecutionMode.BACKGROUND
             and loop_admission.available()
             and not (admission.get("idempotency_key") or "").strip()
+            and loop_admission.ready(agent, user)
         ):
             planned = loop_admission.plan(agent, input_data, user, context, options=admission.get("options"))
         if planned is not None:

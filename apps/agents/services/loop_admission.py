@@ -41,6 +41,16 @@ def available() -> bool:
     return async_writes()
 
 
+def ready(agent: Any, user: Any) -> bool:
+    """Whether running `agent` for `user` can be admitted on the loop as far as the agent and the budgets
+    tell (the module docstring; the request's own content is plan's to judge). Nothing read or written."""
+    if not isinstance(agent, Agent) or agent.output_schema or limit_errors(agent, staff=False):
+        return False
+    user_id = user.pk if getattr(user, "is_authenticated", False) else None
+    applicable = budget_cache.peek(user_id, agent.pk)
+    return applicable is not None and not applicable.budgets
+
+
 def plan(
     agent: Agent,
     input_data: Any,
@@ -50,15 +60,13 @@ def plan(
     options: RequestOptions | None = None,
 ) -> PreparedRun | None:
     """The validated run (prepare_run: ApplicationError for a bad request, as in the thread), or None when its
-    admission needs the database or the thread (the module docstring): then nothing was read or written.
-    Only where available()."""
+    admission needs the database or the thread (a conversation): then nothing was read or written. Only
+    where available() and ready(agent, user).
+
+    The validation is CPU linear in the request, as the run's own work on the loop right after it (its
+    prompt rendered, the SDK's request body): the route bounds what it parses on the loop (LOOP_BODY_BYTES),
+    the facade's and in-process callers' inputs are already objects."""
     if isinstance(context, Mapping) and context.get("conversation_id"):
-        return None
-    if agent.output_schema or limit_errors(agent, staff=False):
-        return None
-    user_id = user.pk if getattr(user, "is_authenticated", False) else None
-    applicable = budget_cache.peek(user_id, agent.pk)
-    if applicable is None or applicable.budgets:
         return None
     return prepare_run(agent, input_data, user, context, options=options)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
@@ -22,23 +23,12 @@ from apps.agents.models import Agent, AgentExecution, Budget, Conversation, Exec
 from apps.agents.services import budget_cache, loop_admission, loop_writes
 from tests.agents.api.conftest import throttle_rates, token_for
 from tests.agents.api.test_execute_route import BODY, URL, _alice_id, _user_counters, post, shape
+from tests.agents.services.test_engine_loop_admission import NO_ASYNC_DRIVER, fields_of
 from tests.factories import AgentFactory
 from tests.fakes.live_server import async_wait_until
 from tests.fakes.server import Fault
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-NO_ASYNC_DRIVER = (
-    "PostgreSQL only: the admission on the loop sends its INSERT over psycopg's async connection, and SQLite "
-    "has none (its runs are admitted in their thread, tested everywhere else); `.ci/run` runs this test in "
-    "its PostgreSQL pass"
-)
-
-# What a run's row must record alike whichever way it was admitted.
-ROW_FIELDS = (
-    "status", "mode", "agent_id", "agent_slug", "user_id", "conversation_id", "input_data", "context",
-    "idempotency_key", "request_hash", "input_tokens", "output_tokens", "cost", "output", "error_code",
-)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +39,7 @@ def _on_the_loop() -> None:
 
 @pytest.fixture
 async def headers(alice) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """As test_execute_route's: alice's token, and her agent "helper" on the fake OpenAI server."""
     await sync_to_async(AgentFactory)(
         owner=alice, agent_id="helper", preferred_platform="openai", max_retries=0
     )
@@ -83,8 +74,7 @@ async def warm(base: str, headers: dict[str, str], fake: Any) -> None:
 
 
 def row_of(response: httpx.Response) -> dict[str, Any]:
-    row = AgentExecution.objects.get(pk=response.json()["execution_id"])
-    return {name: getattr(row, name) for name in ROW_FIELDS}
+    return fields_of(response.json()["execution_id"])
 
 
 async def test_a_plain_run_is_admitted_on_the_loop_and_recorded_as_in_the_thread(
@@ -150,9 +140,17 @@ THREAD_ONLY = {
 
 @pytest.mark.parametrize("case", list(THREAD_ONLY))
 async def test_what_needs_the_database_or_the_thread_is_admitted_in_the_thread(
-    live_server_url, fake_registry, fake_openai, headers, alice, threads, case
+    live_server_url, fake_registry, fake_openai, headers, alice, threads, monkeypatch, case
 ):
     await warm(live_server_url, headers, fake_openai)
+    parsed: list[str] = []
+    body = execute_route._body
+
+    def counted(request):  # type: ignore[no-untyped-def]
+        parsed.append(request.path)
+        return body(request)
+
+    monkeypatch.setattr(execute_route, "_body", counted)
     extra = await THREAD_ONLY[case](alice)
     extra_headers = extra.pop("extra_headers", {})
     caches["throttle"].clear()
@@ -163,6 +161,8 @@ async def test_what_needs_the_database_or_the_thread_is_admitted_in_the_thread(
     assert answer.status_code == 200, answer.text[:300]
     assert threads == ["helper", "helper"]  # the warm-up's and this one's
     assert await sync_to_async(_user_counters)(await _alice_id(headers)) == [1]  # counted once
+    # Parsed once, by the thread: only a conversation, named in the body, is found out after parsing it.
+    assert len(parsed) == (2 if case == "a conversation" else 1)
 
 
 REFUSALS = {
@@ -244,9 +244,10 @@ async def test_with_redis_the_copies_and_the_counters_are_read_on_the_loop(
             fake_openai.reply(text="on the loop")
             third = await post(live_server_url, headers)
             refused = await post(live_server_url, headers)
-    finally:
-        caches["throttle"].clear()
-        caches["auth"].clear()
+    finally:  # this test's keys only: clear() would empty the database other workers' tests use
+        server = redis.Redis.from_url(redis_url)
+        server.delete(*server.keys(f"{prefix}*"))
+        server.close()
 
     assert (third.status_code, refused.status_code) == (200, 429)
     assert threads == ["helper", "helper"]

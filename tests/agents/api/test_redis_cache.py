@@ -5,8 +5,11 @@ request in one round trip with the counter's expiry never lost."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
+import weakref
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -102,7 +105,7 @@ def test_rate_limits_counted_in_redis_refuse_past_the_rate(settings, alice_clien
 
 async def test_a_counter_counted_from_the_event_loop_is_the_same_counter_in_one_round_trip(server):
     """aincr_with_expiry (the run admission on the loop): the same MULTI on the same key, through the loop's
-    own asyncio client, one per loop (asyncio connections belong to the loop that opened them)."""
+    own asyncio client (asyncio connections belong to the loop that opened them)."""
     cache = cache_handler()["r"]
     assert cache.incr_with_expiry({"hits": 61}) == [1]
     assert await cache.aincr_with_expiry({"hits": 61, "runs": 3601}) == [2, 1]
@@ -116,13 +119,27 @@ async def test_a_counter_counted_from_the_event_loop_is_the_same_counter_in_one_
     assert sends.call_count == 1
     assert cache.get("hits") == 3
     assert 3540 < server.ttl(cache.make_and_validate_key("runs")) <= 3601
-    assert cache._cache.loop_client() is client
-    other_loop = await asyncio.to_thread(lambda: asyncio.run(_loop_client(cache)))
-    assert other_loop is not client
+    assert cache._cache.loop_client() is client  # one per loop
     await client.aclose()
 
 
-async def _loop_client(cache):  # type: ignore[no-untyped-def]
-    client = cache._cache.loop_client()
-    await client.aclose()
-    return client
+async def test_a_closed_loop_s_client_is_dropped_and_collected_when_another_loop_asks(server):
+    """Its connections refer to their loop: kept in a WeakKeyDictionary they kept their loop, and themselves,
+    alive for good (an open socket per finished loop). Dropped, they are collected, sockets closed."""
+    cache = cache_handler()["r"]
+
+    async def count_once() -> Any:
+        await cache.aincr_with_expiry({"hits": 61})
+        return weakref.ref(cache._cache.loop_client())
+
+    finished = await asyncio.to_thread(asyncio.run, count_once())  # that loop is closed now
+    assert finished() is not None and finished() in cache._cache._loop_clients.values()
+
+    mine = cache._cache.loop_client()  # another loop asks
+    gc.collect()
+
+    assert finished() is None  # dropped, and its connection with it
+    # Another running loop's (a live server's, sharing this process's client) would stay; a closed one does not.
+    assert mine in cache._cache._loop_clients.values()
+    assert not any(loop.is_closed() for loop in cache._cache._loop_clients)
+    await mine.aclose()

@@ -115,17 +115,25 @@ async def test_a_key_a_conversation_or_a_background_run_is_admitted_in_a_unit(
 
 
 async def test_bad_input_on_the_loop_raises_as_in_a_unit_and_writes_nothing(
-    fake_registry, fake_openai, agent, alice, units
+    fake_registry, fake_openai, agent, alice, units, monkeypatch
 ):
     fake_openai.reply(text="warm")
     await engine.execute_agent(agent, {"task": "hi"}, alice)
 
     with pytest.raises(ApplicationError) as on_loop:
         await engine.execute_agent(agent, {"no_task": 1}, alice)
+    with monkeypatch.context() as off, pytest.raises(ApplicationError) as in_unit:
+        off.setattr(loop_admission, "plan", lambda *args, **kwargs: None)
+        await engine.execute_agent(agent, {"no_task": 1}, alice)
+    with pytest.raises(ApplicationError) as no_agent:  # not an Agent: refused by prepare_run, in the unit
+        await engine.execute_agent(None, {"task": "hi"}, alice)
 
-    assert units == ["sync"]
+    assert units == ["sync", "sync", "sync"]  # the warm-up, the loop turned off, no agent
     assert on_loop.value.status == 400
-    assert any(name.startswith("input_data") for name in on_loop.value.fields)
+    assert (on_loop.value.code, on_loop.value.message, on_loop.value.fields) == (
+        in_unit.value.code, in_unit.value.message, in_unit.value.fields,
+    )  # fmt: skip
+    assert (no_agent.value.status, no_agent.value.fields) == (400, {"agent": "required"})
     assert await AgentExecution.objects.acount() == 1
 
 
