@@ -21,6 +21,7 @@ from apps.agents.api import execute_route
 from apps.agents.api.authentication import CachedTokenAuthentication
 from apps.agents.models import Agent, AgentExecution, Budget, Conversation, ExecutionStatus
 from apps.agents.services import budget_cache, loop_admission, loop_writes
+from config import near_cache
 from tests.agents.api.conftest import throttle_rates, token_for
 from tests.agents.api.test_execute_route import BODY, URL, _alice_id, _user_counters, post, shape
 from tests.agents.services.test_engine_loop_admission import NO_ASYNC_DRIVER, fields_of
@@ -224,11 +225,16 @@ async def test_an_inactive_agent_is_refused_on_the_loop_as_in_the_thread(
 
 
 async def test_with_redis_the_copies_and_the_counters_are_read_on_the_loop(
-    live_server_url, fake_registry, fake_openai, headers, threads, settings
+    live_server_url, fake_registry, fake_openai, headers, threads, settings, monkeypatch
 ):
     """REDIS_URL's caches (config/settings.py): tokens, agents and budgets from the near cache's copies (a value
     is copied when read, not when written: the second request fills them), the rate counted in Redis through
     the loop's asyncio client, against the same counter as the thread's."""
+    # One ping as the subscriber starts, then none within a long lease: a pong unread on its socket makes the
+    # copies untrusted for that moment (by design: tests/test_near_cache.py no_pongs), which would send one
+    # request to the thread and fail the count below.
+    monkeypatch.setattr(near_cache, "PING_SECONDS", 60.0)
+    monkeypatch.setattr(near_cache, "LEASE_SECONDS", 120.0)
     prefix = uuid.uuid4().hex
     redis_url = "redis://127.0.0.1:6379/13"
     settings.CACHES = {
