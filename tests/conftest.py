@@ -159,6 +159,21 @@ def _final_writes_in_the_test_transaction(request, settings):
         settings.DB_ASYNC_WRITERS = 0
 
 
+ASYNC_WRITES_ONLY = (
+    "PostgreSQL only: SQLite has no async driver, so there a run's admission and writes are always units of "
+    "database work in a thread (what every other test runs); `.ci/run` runs this test in its PostgreSQL pass"
+)
+
+
+@pytest.fixture
+def async_writes_only() -> None:
+    """Skips (with its reason) where the event loop sends no writes of its own (services/loop_writes.py)."""
+    from apps.agents.services.loop_writes import async_writes
+
+    if not async_writes():
+        pytest.skip(ASYNC_WRITES_ONLY)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _loop_connections_closed_before_the_test_database_is_dropped(django_db_setup):  # type: ignore[no-untyped-def]
     """The idle connections of the writes from the event loop (services/loop_writes.py), of every loop: left open,

@@ -28,6 +28,20 @@ def token_for(user) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+async def headers(alice) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """alice's token header, and her agent "helper" on the fake OpenAI server (no retries): the execute
+    route's tests (test_execute_route, test_loop_admission)."""
+    from asgiref.sync import sync_to_async
+
+    from tests.factories import AgentFactory
+
+    await sync_to_async(AgentFactory)(
+        owner=alice, agent_id="helper", preferred_platform="openai", max_retries=0
+    )
+    return {"Authorization": f"Token {await sync_to_async(token_for)(alice)}"}
+
+
+@pytest.fixture
 def staff(db):  # type: ignore[no-untyped-def]
     return UserFactory(username="staff", is_staff=True)
 

@@ -21,7 +21,7 @@ from apps.agents.api import execute_route, throttling
 from apps.agents.api.throttling import parse_rate
 from apps.agents.models import Agent, AgentExecution, Budget, BudgetUsage, ExecutionStatus
 from apps.agents.services.budgets import period_start
-from tests.agents.api.conftest import throttle_rates, token_for
+from tests.agents.api.conftest import throttle_rates
 from tests.factories import AgentFactory
 from tests.fakes.live_server import async_wait_until
 from tests.fakes.server import Fault
@@ -33,14 +33,6 @@ BODY = {"input_data": {"task": "hi"}}
 # Values that differ between two runs of the same request.
 VOLATILE_FIELDS = {"execution_id", "execution_time", "links"}
 VOLATILE_HEADERS = {"date", "server", "content-length"}
-
-
-@pytest.fixture
-async def headers(alice) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    await sync_to_async(AgentFactory)(
-        owner=alice, agent_id="helper", preferred_platform="openai", max_retries=0
-    )
-    return {"Authorization": f"Token {await sync_to_async(token_for)(alice)}"}
 
 
 @pytest.fixture

@@ -20,31 +20,15 @@ from django.core.cache import caches
 from apps.agents.api import execute_route
 from apps.agents.api.authentication import CachedTokenAuthentication
 from apps.agents.models import Agent, AgentExecution, Budget, Conversation, ExecutionStatus
-from apps.agents.services import budget_cache, loop_admission, loop_writes
+from apps.agents.services import budget_cache, loop_admission
 from config import near_cache
-from tests.agents.api.conftest import throttle_rates, token_for
+from tests.agents.api.conftest import throttle_rates
 from tests.agents.api.test_execute_route import BODY, URL, _alice_id, _user_counters, post, shape
-from tests.agents.services.test_engine_loop_admission import NO_ASYNC_DRIVER, fields_of
-from tests.factories import AgentFactory
+from tests.agents.services.test_engine_loop_admission import fields_of
 from tests.fakes.live_server import async_wait_until
 from tests.fakes.server import Fault
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _on_the_loop() -> None:
-    if not loop_writes.async_writes():
-        pytest.skip(NO_ASYNC_DRIVER)
-
-
-@pytest.fixture
-async def headers(alice) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """As test_execute_route's: alice's token, and her agent "helper" on the fake OpenAI server."""
-    await sync_to_async(AgentFactory)(
-        owner=alice, agent_id="helper", preferred_platform="openai", max_retries=0
-    )
-    return {"Authorization": f"Token {await sync_to_async(token_for)(alice)}"}
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_writes_only")]
 
 
 @pytest.fixture

@@ -13,27 +13,16 @@ from asgiref.sync import sync_to_async
 
 from apps.agents.errors import ApplicationError
 from apps.agents.models import AgentExecution, ExecutionStatus
-from apps.agents.services import loop_admission, loop_writes
+from apps.agents.services import loop_admission
 from apps.agents.services.execution_engine import execution_engine as engine
 from tests.factories import AgentFactory, ConversationFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_writes_only")]
 
-NO_ASYNC_DRIVER = (
-    "PostgreSQL only: the admission on the loop sends its INSERT over psycopg's async connection, and SQLite "
-    "has none (its runs are admitted in a unit of database work, tested everywhere else); `.ci/run` runs "
-    "this test in its PostgreSQL pass"
-)
 ROW_FIELDS = (
     "status", "mode", "agent_id", "agent_slug", "user_id", "conversation_id", "input_data", "context",
     "idempotency_key", "request_hash", "input_tokens", "output_tokens", "cost", "output", "error_code",
 )  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _on_the_loop() -> None:
-    if not loop_writes.async_writes():
-        pytest.skip(NO_ASYNC_DRIVER)
 
 
 @pytest.fixture(autouse=True)

@@ -21,13 +21,9 @@ from apps.agents.services.execution_engine import execution_engine
 from apps.agents.services.state_manager import StateManager, _units, state_manager
 from tests.factories import AgentFactory, UserFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_writes_only")]
 
 INSERT = ("INSERT INTO auth_group (name) VALUES (%s)", ["writers"])
-NO_ASYNC_DRIVER = (
-    "PostgreSQL only: SQLite has no async driver, so its writes are always units of database work (tested "
-    "everywhere else); `.ci/run` runs this test in its PostgreSQL pass"
-)
 
 
 def in_a_unit(fn):
@@ -38,12 +34,6 @@ def in_a_unit(fn):
 
 def _group_names() -> list[str]:
     return list(Group.objects.values_list("name", flat=True))
-
-
-@pytest.fixture
-def on_the_loop():
-    if not loop_writes.async_writes():
-        pytest.skip(NO_ASYNC_DRIVER)
 
 
 @pytest.fixture
@@ -82,7 +72,7 @@ def _row(execution_id):
 
 
 async def test_a_runs_final_write_goes_from_the_loop_and_records_what_the_unit_records(
-    on_the_loop, no_unit_transition, fake_registry, settings, monkeypatch
+    no_unit_transition, fake_registry, settings, monkeypatch
 ):
     user = await in_a_unit(UserFactory)()
     agent = await in_a_unit(AgentFactory)(owner=user)
@@ -99,9 +89,7 @@ async def test_a_runs_final_write_goes_from_the_loop_and_records_what_the_unit_r
     assert from_loop.execution_time is not None
 
 
-async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(
-    on_the_loop, fake_registry, monkeypatch
-):
+async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(fake_registry, monkeypatch):
     user = await in_a_unit(UserFactory)()
     agent = await in_a_unit(AgentFactory)(owner=user)
     result = await execution_engine.execute_agent(agent, {"task": "hi"}, user)
@@ -116,7 +104,7 @@ async def test_a_lost_transition_is_still_reported_as_the_rows_outcome(
     assert lost.value.current == ExecutionStatus.COMPLETED  # read back for the error, as the unit does
 
 
-async def test_statements_from_the_loop_are_one_transaction_and_raise_djangos_errors(on_the_loop):
+async def test_statements_from_the_loop_are_one_transaction_and_raise_djangos_errors():
     renamed = ("UPDATE auth_group SET name = %s WHERE name = %s", ["editors", "writers"])
     inserted, updated = await loop_writes.aexecute_statements([INSERT, renamed])
     assert (inserted.rowcount, updated.rowcount) == (1, 1)
@@ -133,9 +121,7 @@ async def test_statements_from_the_loop_are_one_transaction_and_raise_djangos_er
     assert counted.rows == [(2,)]
 
 
-async def test_a_connection_idle_long_enough_to_have_gone_stale_is_checked_and_replaced(
-    on_the_loop, monkeypatch
-):
+async def test_a_connection_idle_long_enough_to_have_gone_stale_is_checked_and_replaced(monkeypatch):
     await loop_writes.aexecute_statements([INSERT])
     writers = loop_writes._loop_writers("default")
     ((idle, _),) = writers.idle
@@ -147,7 +133,7 @@ async def test_a_connection_idle_long_enough_to_have_gone_stale_is_checked_and_r
     assert idle.closed
 
 
-async def test_a_recently_used_connection_is_handed_out_without_a_check(on_the_loop, monkeypatch):
+async def test_a_recently_used_connection_is_handed_out_without_a_check(monkeypatch):
     await loop_writes.aexecute_statements([INSERT])
     ((idle, _),) = loop_writes._loop_writers("default").idle
     checks = []
@@ -162,9 +148,6 @@ async def test_a_recently_used_connection_is_handed_out_without_a_check(on_the_l
 
 
 def test_a_closed_loops_connections_are_closed_when_another_loop_asks():
-    if not loop_writes.async_writes():
-        pytest.skip(NO_ASYNC_DRIVER)
-
     async def write() -> int:
         await loop_writes.aexecute_statements([("SELECT 1", [])])
         return loop_writes._loop_writers("default").idle[0][0].info.backend_pid
@@ -180,7 +163,7 @@ def test_a_closed_loops_connections_are_closed_when_another_loop_asks():
 
 
 async def test_with_every_connection_out_a_write_waits_the_pool_timeout_then_is_overloaded(
-    on_the_loop, settings, monkeypatch
+    settings, monkeypatch
 ):
     settings.DB_ASYNC_WRITERS = 1
     monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"]["pool"], "timeout", 0.2)
@@ -203,7 +186,7 @@ def _running(query: str) -> int:
         return cursor.fetchone()[0]
 
 
-async def test_a_write_cancelled_midway_is_stopped_on_the_server_and_its_connection_left_usable(on_the_loop):
+async def test_a_write_cancelled_midway_is_stopped_on_the_server_and_its_connection_left_usable():
     await loop_writes.aexecute_statements([("SELECT 1", [])])
     writers = loop_writes._loop_writers("default")
     slow = "SELECT pg_sleep(5) /* cancelled */"
@@ -224,9 +207,6 @@ async def test_a_write_cancelled_midway_is_stopped_on_the_server_and_its_connect
 
 
 def test_connections_inherited_by_a_fork_are_left_to_the_parent():
-    if not loop_writes.async_writes():
-        pytest.skip(NO_ASYNC_DRIVER)
-
     async def write() -> loop_writes._Writers:
         await loop_writes.aexecute_statements([("SELECT 1", [])])
         return loop_writes._loop_writers("default")
